@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS organization_users;
+DROP TABLE IF EXISTS organizations;

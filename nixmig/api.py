@@ -1,0 +1,236 @@
+"""The Python API: what the management commands call, and what scripts and tests can call.
+
+Twins of the Nixopus Go migrator's API: ``load_tree`` (LoadMigrations), ``migrate_up``
+(ApplyMigrations), ``rollback`` / ``rollback_all`` (RollbackMigration(s)),
+``applied_migrations`` (GetAppliedMigrations), ``reset_migrations`` (ResetMigrations).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from django.db import DatabaseError, connections
+from django.db.utils import ConnectionDoesNotExist
+
+from . import conf, signals
+from .exceptions import DatabaseUnavailable, NixmigError, PlanError
+from .executor import Executor
+from .lock import MigrationLock
+from .plan import AppliedRecord, Entry, Status, plan_down, plan_up, resolve
+from .recorder import Recorder
+from .tree import Tree, load_tree as _load_tree
+
+Callback = Callable[..., None]
+
+
+@dataclass
+class RunResult:
+    """What a run did."""
+
+    direction: str
+    planned: list[Entry]
+    done: list[Entry] = field(default_factory=list)
+    seconds: float = 0.0
+    database: str = "default"
+    fake: bool = False
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self.done]
+
+
+def load_tree(directory: str | Path | None = None) -> Tree:
+    """Read the migration tree (default: NIXMIG['MIGRATIONS_DIR'])."""
+    return _load_tree(directory if directory is not None else conf.migrations_dir())
+
+
+def connection_for(database: str = "default"):
+    """Return the connection of ``database``, connected; raise a clear error when it can't be."""
+    try:
+        connection = connections[database]
+    except ConnectionDoesNotExist:
+        raise NixmigError(f"There is no database {database!r} in settings.DATABASES "
+                          f"(known: {', '.join(connections)}).") from None
+    if connection.vendor != "postgresql":
+        raise NixmigError(f"Database {database!r} is {connection.vendor}; nixmig works with PostgreSQL only.")
+    try:
+        connection.ensure_connection()
+    except DatabaseError as exc:
+        params = connection.settings_dict
+        where = params.get("HOST") or "the local socket"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailable(
+            f"Can't connect to database {database!r} ({params.get('NAME')} on {where}"
+            f"{':' + str(params['PORT']) if params.get('PORT') else ''}): {first}. Check DATABASE_URL or "
+            "settings.DATABASES and that the server is running.") from None
+    return connection
+
+
+def _state(connection, tree: Tree, table: str | None = None):
+    recorder = Recorder(connection, table)
+    state = recorder.read()
+    return recorder, state, resolve(tree, state.records, state.progress)
+
+
+def status(*, directory: str | Path | None = None, database: str = "default", tree: Tree | None = None,
+           create_table: bool = True) -> Status:
+    """Return every migration with its state, and the problems found.
+
+    Creates the tracking table when it is missing (so a fresh database reads as 'all pending'),
+    but only if the migration lock is free and the database is writable; it never waits.
+    """
+    tree = tree or load_tree(directory)
+    connection = connection_for(database)
+    recorder, state, result = _state(connection, tree)
+    if create_table and not state.exists and not connection.in_atomic_block:
+        _try_create(connection, recorder)
+    return result
+
+
+def _try_create(connection, recorder: Recorder) -> None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s || current_database(), 0))",
+                           [f"nixmig:{recorder.table}:"])
+            if not cursor.fetchone()[0]:
+                return  # another runner holds the lock and will create the table
+            try:
+                cursor.execute(recorder.create_sql())
+            finally:
+                cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s || current_database(), 0))",
+                               [f"nixmig:{recorder.table}:"])
+    except DatabaseError:
+        pass  # a read-only database or standby: status stays read-only
+
+
+def migrate_up(*, directory: str | Path | None = None, database: str = "default", to: str | None = None,
+               fake: bool = False, atomic: bool = False, allow_changed: bool = False,
+               allow_out_of_order: bool = False, lock_wait: float | None = None,
+               progress: Callback | None = None) -> RunResult:
+    """Apply pending migrations in order (all, or up to and including ``to``)."""
+    return _run("up", directory, database, progress, lock_wait, fake,
+                lambda status: plan_up(status, to=to, allow_changed=allow_changed,
+                                       allow_out_of_order=allow_out_of_order), atomic=atomic)
+
+
+def migrate_down(*, directory: str | Path | None = None, database: str = "default", steps: int | None = 1,
+                 to: str | None = None, everything: bool = False, fake: bool = False,
+                 lock_wait: float | None = None, progress: Callback | None = None) -> RunResult:
+    """Roll back the most recently applied migrations (``steps``, down ``to`` one, or ``everything``)."""
+    return _run("down", directory, database, progress, lock_wait, fake,
+                lambda status: plan_down(status, steps=steps, to=to, everything=everything, fake=fake))
+
+
+def plan(direction: str = "up", *, directory: str | Path | None = None, database: str = "default",
+         **options) -> list[Entry]:
+    """Return what ``migrate_up`` / ``migrate_down`` would run with these options, changing nothing."""
+    tree = load_tree(directory)
+    tree.raise_for_errors()
+    current = status(tree=tree, database=database, create_table=False)
+    if direction == "up":
+        entries = plan_up(current, **options)
+    else:
+        entries = plan_down(current, **options)
+    _prepare(tree, entries, direction, options.get("fake", False))
+    return entries
+
+
+def _prepare(tree: Tree, entries: list[Entry], direction: str, fake: bool) -> dict:
+    """Check every file of the plan before anything runs; return them ready to send."""
+    from .sqltext import prepare  # imported here: status never needs the parser
+
+    if fake:
+        return {}
+    files = {e.id: (e.migration.up if direction == "up" else e.migration.down) for e in entries}
+    return {mid: prepare(f) for mid, f in files.items() if f is not None}
+
+
+def _run(direction, directory, database, progress, lock_wait, fake, make_plan, atomic=False) -> RunResult:
+    emit = progress or (lambda event, **data: None)
+    tree = load_tree(directory)
+    tree.raise_for_errors()
+    for problem in tree.problems:
+        if problem.level == "warning":
+            emit("warning", message=problem.message)
+    connection = connection_for(database)
+    recorder = Recorder(connection)
+    started = time.perf_counter()
+    with MigrationLock(connection, recorder.table, wait=lock_wait, callback=emit,
+                       command=f"sqlmigrate_{direction}"):
+        state = recorder.read()  # re-read under the lock: another runner may have applied everything
+        current = resolve(tree, state.records, state.progress)
+        entries = make_plan(current)
+        prepared = _prepare(tree, entries, direction, fake)
+        result = RunResult(direction, entries, database=database, fake=fake)
+        emit("plan", direction=direction, entries=entries, fake=fake)
+        if not entries:
+            if not state.exists:
+                recorder.ensure_schema(state)
+            result.seconds = time.perf_counter() - started
+            return result
+        recorder.ensure_schema(state, current)
+        signals.pre_sqlmigrate.send(sender=RunResult, direction=direction, database=database, plan=entries,
+                                    fake=fake)
+        executor = Executor(connection, recorder, emit)
+        try:
+            if direction == "up":
+                result.done = executor.apply(entries, prepared, fake=fake, atomic=atomic)
+            else:
+                result.done = executor.unapply(entries, prepared, fake=fake)
+        finally:
+            result.seconds = time.perf_counter() - started
+        signals.post_sqlmigrate.send(sender=RunResult, direction=direction, database=database,
+                                     result=result)
+    return result
+
+
+def applied_migrations(database: str = "default") -> list[AppliedRecord]:
+    """Return the tracking table's rows in application order (GetAppliedMigrations)."""
+    connection = connection_for(database)
+    return Recorder(connection).read().records
+
+
+def rollback(steps: int = 1, **options) -> RunResult:
+    """Roll back the last ``steps`` applied migrations (RollbackMigration / RollbackMigrations)."""
+    return migrate_down(steps=steps, **options)
+
+
+def rollback_all(**options) -> RunResult:
+    """Roll back every applied migration."""
+    return migrate_down(everything=True, steps=None, **options)
+
+
+def reset_migrations(**options) -> RunResult:
+    """Forget every applied migration without running SQL (ResetMigrations = down --all --fake)."""
+    return migrate_down(everything=True, steps=None, fake=True, **options)
+
+
+def repair(ids: list[str] | None = None, *, directory: str | Path | None = None, database: str = "default",
+           lock_wait: float | None = None) -> list[str]:
+    """Record the current checksum of edited applied files (all changed ones, or ``ids``)."""
+    tree = load_tree(directory)
+    tree.raise_for_errors()
+    connection = connection_for(database)
+    recorder = Recorder(connection)
+    with MigrationLock(connection, recorder.table, wait=lock_wait, command="sqlmigrate_repair"):
+        state = recorder.read()
+        current = resolve(tree, state.records, state.progress)
+        current.raise_for_errors()
+        changed = {e.id: e for e in current.with_state("changed")}
+        wanted = list(changed) if not ids else [i.strip("/") for i in ids]
+        for mid in wanted:
+            if mid not in changed:
+                raise PlanError(f"{mid} is not a changed applied migration; sqlmigrate_status lists the changed ones.")
+        recorder.ensure_schema(state, current)
+        for mid in wanted:
+            recorder.set_checksum(changed[mid].record, changed[mid].migration.checksum)
+    return wanted
+
+
+# Go-style aliases.
+apply_migrations = migrate_up
+get_applied_migrations = applied_migrations
+load_migrations = load_tree

@@ -1,0 +1,41 @@
+"""Settings, read at access time from ``settings.NIXMIG`` so ``override_settings`` works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "MIGRATIONS_DIR": None,  # None: BASE_DIR / "migrations_sql"
+    "TABLE": "migrations",
+    "LOCK_TIMEOUT": "10s",  # SET LOCAL lock_timeout per transactional migration
+    "STATEMENT_TIMEOUT": "0",  # 0 = no limit: backfills may legitimately run long
+    "LOCK_RETRIES": 3,  # retries after lock_not_available, with backoff
+    "LOCK_WAIT": 300,  # seconds to wait for the migration lock
+    "APPLY_ON_STARTUP": False,
+    "RUN_WITH_MIGRATE": False,
+    "APPLICATION_NAME": "nixmig",
+}
+
+
+def get(key: str) -> Any:
+    """Return the value of NIXMIG[key], or its default."""
+    from django.conf import settings
+
+    return getattr(settings, "NIXMIG", {}).get(key, DEFAULTS[key])
+
+
+def migrations_dir() -> Path:
+    """Return the configured migrations directory."""
+    value = get("MIGRATIONS_DIR")
+    if value:
+        return Path(value)
+    from django.conf import settings
+
+    base = getattr(settings, "BASE_DIR", None)
+    return Path(base) / "migrations_sql" if base else Path.cwd() / "migrations_sql"
+
+
+def table() -> str:
+    """Return the tracking table's name (optionally ``schema.table``)."""
+    return get("TABLE")

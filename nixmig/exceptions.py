@@ -1,0 +1,38 @@
+"""Errors that nixmig raises. Each message says what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class NixmigError(Exception):
+    """Base class: a failure with a message meant for the person running nixmig."""
+
+
+class TreeError(NixmigError):
+    """The migration tree on disk is invalid; nothing was run."""
+
+
+class MigrationFailed(NixmigError):
+    """A migration failed in the database and was rolled back (or partly applied)."""
+
+    def __init__(self, message: str, *, migration_id: str = "", sqlstate: str | None = None,
+                 applied: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.migration_id = migration_id
+        self.sqlstate = sqlstate
+        self.applied = applied
+
+
+class PlanError(NixmigError):
+    """What was asked can't be planned (unknown id, irreversible migration, ...)."""
+
+
+class LockTimeout(NixmigError):
+    """Another runner held the migration lock for longer than --lock-wait."""
+
+
+class TrackingTableError(NixmigError):
+    """The tracking table is in a state nixmig can't use safely."""
+
+
+class DatabaseUnavailable(NixmigError):
+    """The database could not be reached."""

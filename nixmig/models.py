@@ -1,0 +1,31 @@
+"""The tracking table as a read-only model, for the admin and for queries.
+
+The table is created by nixmig itself (any sqlmigrate_* command), not by Django's
+``migrate``, so the model is unmanaged: ``manage.py migrate`` before or after never fails.
+"""
+
+from django.db import models
+
+from . import conf
+
+
+class MigrationRecord(models.Model):
+    name = models.CharField(max_length=255, help_text="<NNN>_<name>, as the Go migrator wrote it.")
+    module = models.CharField(max_length=255, null=True, blank=True)
+    applied_at = models.DateTimeField()
+    checksum = models.CharField(max_length=64, null=True, blank=True)
+    execution_ms = models.FloatField(null=True, blank=True, verbose_name="execution time (ms)")
+
+    class Meta:
+        managed = False
+        db_table = conf.table()
+        ordering = ["-applied_at", "-id"]
+        verbose_name = "applied SQL migration"
+        default_permissions = ("view",)
+
+    def __str__(self) -> str:
+        return self.migration_id
+
+    @property
+    def migration_id(self) -> str:
+        return f"{self.module}/{self.name}" if self.module else self.name

@@ -1,0 +1,191 @@
+"""The one object that owns the tracking table.
+
+A row in the tracking table always means the migration is applied (the Nixopus Go
+migrator reads it that way too). The table keeps the Go migrator's columns
+``id BIGSERIAL, name VARCHAR, applied_at TIMESTAMPTZ`` (``name`` is the bare
+``<NNN>_<name>``) and adds nullable ``module``, ``checksum`` and ``execution_ms``, so
+the Go migrator can keep inserting ``(name, applied_at)`` rows after nixmig adopted
+its table. Progress of a no-transaction migration that stopped part-way lives in a
+separate ``<table>_progress`` table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import DatabaseError, transaction
+
+from . import conf
+from .exceptions import TrackingTableError
+from .plan import AppliedRecord, Progress, Status
+from .tree import Migration
+
+REQUIRED_COLUMNS = {"id", "name", "applied_at"}
+NIXMIG_COLUMNS = {"module": "VARCHAR", "checksum": "VARCHAR(64)", "execution_ms": "DOUBLE PRECISION"}
+
+
+@dataclass(frozen=True)
+class TableState:
+    exists: bool
+    columns: frozenset[str]
+    records: list[AppliedRecord]
+    progress: list[Progress]
+    progress_exists: bool
+
+    @property
+    def needs_upgrade(self) -> bool:
+        return self.exists and not set(NIXMIG_COLUMNS) <= self.columns
+
+
+def literal(value: str | None) -> str:
+    """Quote a string as an SQL literal (standard_conforming_strings is on since PostgreSQL 9.1)."""
+    if value is None:
+        return "NULL"
+    if "\\" in value or "\x00" in value:
+        raise ValueError(f"refusing to quote {value!r}")
+    return "'" + value.replace("'", "''") + "'"
+
+
+class Recorder:
+    """Read and write the tracking table of one database connection."""
+
+    def __init__(self, connection, table: str | None = None):
+        self.connection = connection
+        self.table = table or conf.table()
+        quote = connection.ops.quote_name
+        parts = self.table.split(".")
+        if not all(parts) or len(parts) > 2:
+            raise TrackingTableError(f"NIXMIG['TABLE'] = {self.table!r} is not a table name; use 'migrations' "
+                                     "or 'schema.migrations'.")
+        self.qtable = ".".join(quote(p) for p in parts)
+        self.qprogress = ".".join(quote(p) for p in parts[:-1] + [parts[-1] + "_progress"])
+        self.index_name = quote(parts[-1] + "_module_name_key")
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self) -> TableState:
+        """Return the table's columns, its rows in application order, and any progress rows."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL, "
+                "ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                "AND attnum > 0 AND NOT attisdropped)",
+                [self.qtable, self.qprogress, self.qtable])
+            exists, progress_exists, columns = cursor.fetchone()
+            columns = frozenset(columns)
+            records: list[AppliedRecord] = []
+            if exists:
+                missing = REQUIRED_COLUMNS - columns
+                if missing:
+                    raise TrackingTableError(
+                        f"The tracking table {self.table} has no column(s) {', '.join(sorted(missing))}; it was "
+                        "altered by hand or belongs to another tool. Restore the columns id, name and applied_at, "
+                        "or set NIXMIG['TABLE'] to another table name.")
+                extra = ", ".join(c if c in columns else f"NULL AS {c}" for c in NIXMIG_COLUMNS)
+                try:
+                    cursor.execute(f"SELECT id, name::text, applied_at, {extra} FROM {self.qtable} ORDER BY id")
+                    rows = cursor.fetchall()
+                except DatabaseError as exc:
+                    raise TrackingTableError(
+                        f"The tracking table {self.table} can't be read ({str(exc).strip()}); was it altered by "
+                        "hand? Its columns must be id BIGINT, name VARCHAR, applied_at TIMESTAMPTZ.") from exc
+                records = [AppliedRecord(r[0], r[1], r[3], r[2], r[4], r[5]) for r in rows]
+            progress: list[Progress] = []
+            if progress_exists:
+                cursor.execute(f"SELECT module, name, direction, checksum, statements_done, statement_hashes, "
+                               f"total, error, updated_at FROM {self.qprogress}")
+                progress = [Progress(r[0], r[1], r[2], r[3], r[4], tuple(r[5]), r[6], r[7], r[8])
+                            for r in cursor.fetchall()]
+        return TableState(exists, columns, records, progress, progress_exists)
+
+    # -- schema --------------------------------------------------------------------------
+
+    def create_sql(self) -> str:
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.qtable} ("
+            "id BIGSERIAL PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+            "module VARCHAR, checksum VARCHAR(64), execution_ms DOUBLE PRECISION); "
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {self.index_name} ON {self.qtable} (module, name)"
+        )
+
+    def ensure_schema(self, state: TableState, status: Status | None = None) -> None:
+        """Create the table, or upgrade a Go migrator's table in place. Call with the lock held."""
+        statements = []
+        if not state.exists:
+            statements.append(self.create_sql())
+        elif state.needs_upgrade:
+            statements.append(f"ALTER TABLE {self.qtable} " + ", ".join(
+                f"ADD COLUMN IF NOT EXISTS {c} {t}" for c, t in NIXMIG_COLUMNS.items()))
+            statements.append(f"CREATE UNIQUE INDEX IF NOT EXISTS {self.index_name} ON {self.qtable} (module, name)")
+        if status is not None and status.legacy:
+            statements.append(self.adopt_sql(status.legacy))
+        if not statements:
+            return
+        with transaction.atomic(using=self.connection.alias), self.connection.cursor() as cursor:
+            for sql in statements:
+                cursor.execute(sql)
+
+    def adopt_sql(self, legacy: tuple[tuple[AppliedRecord, Migration], ...]) -> str:
+        """Return SQL that fills module and checksum of bare-name rows, keeping id, name and applied_at."""
+        values = ", ".join(f"({r.row_id}, {literal(m.module)}, {literal(m.checksum)})" for r, m in legacy)
+        return (f"UPDATE {self.qtable} AS t SET module = v.module, checksum = v.checksum "
+                f"FROM (VALUES {values}) AS v(id, module, checksum) WHERE t.id = v.id")
+
+    def ensure_progress_table(self) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.qprogress} (module VARCHAR NOT NULL, name VARCHAR NOT NULL, "
+                "direction VARCHAR(4) NOT NULL, checksum VARCHAR(64) NOT NULL, statements_done INTEGER NOT NULL, "
+                "statement_hashes TEXT[] NOT NULL, total INTEGER NOT NULL, error TEXT, "
+                "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (module, name, direction))")
+
+    # -- writing -------------------------------------------------------------------------
+
+    def record_sql(self, migration: Migration) -> str:
+        """SQL that records ``migration`` as applied; the execution time is measured by the server.
+
+        Sent in the same query string as the migration's body, ``statement_timestamp()`` is
+        when that string arrived, so the difference to ``clock_timestamp()`` is its run time.
+        """
+        return (
+            f"INSERT INTO {self.qtable} (name, module, checksum, applied_at, execution_ms) VALUES "
+            f"({literal(migration.name)}, {literal(migration.module)}, {literal(migration.checksum)}, "
+            "clock_timestamp(), round((1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))"
+            "::numeric, 3)::float8)"
+        )
+
+    def unrecord_sql(self, record: AppliedRecord) -> str:
+        return f"DELETE FROM {self.qtable} WHERE id = {int(record.row_id)}"
+
+    def record_applied(self, migration: Migration) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.record_sql(migration))
+
+    def record_unapplied(self, record: AppliedRecord) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.unrecord_sql(record))
+
+    def set_checksum(self, record: AppliedRecord, checksum: str) -> None:
+        """Accept an intended edit of an applied file."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {self.qtable} SET checksum = %s WHERE id = %s", [checksum, record.row_id])
+
+    def delete_all(self) -> int:
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {self.qtable}")
+            return cursor.rowcount
+
+    def save_progress(self, migration: Migration, direction: str, checksum: str, hashes: list[str], total: int,
+                      error: str | None) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {self.qprogress} (module, name, direction, checksum, statements_done, statement_hashes, "
+                "total, error, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now()) "
+                "ON CONFLICT (module, name, direction) DO UPDATE SET checksum = EXCLUDED.checksum, "
+                "statements_done = EXCLUDED.statements_done, statement_hashes = EXCLUDED.statement_hashes, "
+                "total = EXCLUDED.total, error = EXCLUDED.error, updated_at = now()",
+                [migration.module, migration.name, direction, checksum, len(hashes), hashes, total, error])
+
+    def clear_progress_sql(self, migration: Migration, direction: str) -> str:
+        return (f"DELETE FROM {self.qprogress} WHERE module = {literal(migration.module)} "
+                f"AND name = {literal(migration.name)} AND direction = {literal(direction)}")

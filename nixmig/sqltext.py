@@ -1,0 +1,240 @@
+"""Split and classify the statements of a SQL file with PostgreSQL's own parser (pglast).
+
+Each file is parsed once, with the C parser (libpg_query's JSON output, which is far
+cheaper than building Python AST objects). When libpg_query can't parse a file (it
+lags the newest server grammar by a release), the C scanner splits it instead and the
+server is left to judge the SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from pglast import parser
+
+from .exceptions import TreeError
+from .tree import SqlFile, line_of
+
+# Statements PostgreSQL refuses inside a transaction block.
+_ALWAYS_NO_TX = {
+    "VacuumStmt": None,  # VACUUM (not ANALYZE, see below)
+    "CreatedbStmt": "CREATE DATABASE",
+    "DropdbStmt": "DROP DATABASE",
+    "AlterSystemStmt": "ALTER SYSTEM",
+    "CreateTableSpaceStmt": "CREATE TABLESPACE",
+    "DropTableSpaceStmt": "DROP TABLESPACE",
+}
+_TX_BEGIN = {"TRANS_STMT_BEGIN", "TRANS_STMT_START"}
+_TX_END = {"TRANS_STMT_COMMIT"}
+_TX_ROLLBACK = {"TRANS_STMT_ROLLBACK"}
+_TX_INSIDE = {"TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO"}
+# Scanner fallback: statement-leading keywords.
+_SCAN_TX = {"BEGIN_P": "BEGIN", "START": "BEGIN", "COMMIT": "COMMIT", "END_P": "COMMIT",
+            "ROLLBACK": "ROLLBACK", "ABORT_P": "ROLLBACK"}
+
+
+@dataclass(frozen=True)
+class Statement:
+    start: int  # character offsets into the file's text
+    end: int
+    line: int  # line of the statement's first token
+    kind: str  # parse node name, e.g. "CreateStmt"; "" when only the scanner split it
+    no_transaction: str | None = None  # why it can't run in a transaction, e.g. "CREATE INDEX CONCURRENTLY"
+    transaction_control: str | None = None  # "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "PREPARE"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    statements: tuple[Statement, ...]
+    parsed: bool  # False: the parser failed and the scanner split the file
+    parse_error: str | None = None
+
+    @property
+    def no_transaction(self) -> tuple[Statement, ...]:
+        return tuple(s for s in self.statements if s.no_transaction)
+
+    @property
+    def transaction_control(self) -> tuple[Statement, ...]:
+        return tuple(s for s in self.statements if s.transaction_control)
+
+
+def _char_offsets(text: str, byte_offsets: list[int]) -> list[int]:
+    """Convert sorted UTF-8 byte offsets into character offsets of ``text``."""
+    if text.isascii():
+        return byte_offsets
+    data = text.encode("utf-8")
+    out, chars, last = [], 0, 0
+    for b in byte_offsets:
+        chars += len(data[last:b].decode("utf-8", errors="replace"))
+        last = b
+        out.append(chars)
+    return out
+
+
+def _skip_space_and_comments(text: str, i: int, end: int) -> int:
+    """Return the index of the first token at or after ``i``."""
+    while i < end:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif text.startswith("--", i):
+            nl = text.find("\n", i)
+            i = end if nl == -1 else nl + 1
+        elif text.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < end and depth:
+                if text.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        else:
+            break
+    return i
+
+
+def _classify(node_name: str, node: dict) -> tuple[str | None, str | None]:
+    """Return (no_transaction reason, transaction control) for one parse node."""
+    if node_name == "TransactionStmt":
+        kind = node.get("kind", "TRANS_STMT_BEGIN")
+        if kind in _TX_BEGIN:
+            return None, "BEGIN"
+        if kind in _TX_END:
+            return None, "COMMIT"
+        if kind in _TX_ROLLBACK:
+            return None, "ROLLBACK"
+        if kind in _TX_INSIDE:
+            return None, "SAVEPOINT"
+        return None, "PREPARE"
+    if node_name in _ALWAYS_NO_TX:
+        if node_name == "VacuumStmt":
+            return ("VACUUM" if node.get("is_vacuumcmd") else None), None
+        return _ALWAYS_NO_TX[node_name], None
+    if node_name == "IndexStmt" and node.get("concurrent"):
+        return "CREATE INDEX CONCURRENTLY", None
+    if node_name == "DropStmt" and node.get("concurrent"):
+        return "DROP INDEX CONCURRENTLY", None
+    if node_name == "ReindexStmt":
+        params = [p.get("DefElem", {}).get("defname") for p in node.get("params", [])]
+        if "concurrently" in params:
+            return "REINDEX ... CONCURRENTLY", None
+        if node.get("kind") in ("REINDEX_OBJECT_DATABASE", "REINDEX_OBJECT_SYSTEM"):
+            return "REINDEX DATABASE/SYSTEM", None
+    if node_name == "ClusterStmt" and not node.get("relation"):
+        return "CLUSTER (all tables)", None
+    if node_name == "AlterTableStmt":
+        for cmd in node.get("cmds", []):
+            c = cmd.get("AlterTableCmd", {})
+            if c.get("subtype") == "AT_DetachPartition" and c.get("def", {}).get("PartitionCmd", {}).get("concurrent"):
+                return "DETACH PARTITION ... CONCURRENTLY", None
+    return None, None
+
+
+def analyze(text: str) -> Analysis:
+    """Split ``text`` into statements and classify each one."""
+    try:
+        tree = json.loads(parser.parse_sql_json(text))
+    except parser.ParseError as exc:
+        return _scan_fallback(text, str(exc))
+    raw = tree.get("stmts", [])
+    data_len = len(text.encode("utf-8")) if not text.isascii() else len(text)
+    starts = [s.get("stmt_location", 0) for s in raw]
+    ends = [st + s["stmt_len"] if s.get("stmt_len") else data_len for st, s in zip(starts, raw)]
+    byte_offsets = sorted(set(starts + ends))
+    to_char = dict(zip(byte_offsets, _char_offsets(text, byte_offsets)))
+    statements = []
+    for s, b_start, b_end in zip(raw, starts, ends):
+        (node_name, node), = s["stmt"].items()
+        start, end = to_char[b_start], to_char[b_end]
+        first = _skip_space_and_comments(text, start, end)
+        no_tx, tx = _classify(node_name, node)
+        statements.append(Statement(first, end, line_of(text, first), node_name, no_tx, tx))
+    return Analysis(tuple(statements), parsed=True)
+
+
+def _scan_fallback(text: str, error: str) -> Analysis:
+    try:
+        slices = parser.split(text, with_parser=False, only_slices=True)
+    except parser.ParseError as exc:
+        # Even the scanner failed (an unterminated quote or comment): one opaque statement.
+        return Analysis((Statement(0, len(text), 1, ""),), parsed=False, parse_error=str(exc))
+    statements = []
+    for sl in slices:
+        chunk = text[sl]
+        try:
+            tokens = [t.name for t in parser.scan(chunk)[:8]]
+        except parser.ParseError:
+            tokens = []
+        no_tx = tx = None
+        if tokens and tokens[0] in _SCAN_TX and (tokens[0] != "BEGIN_P" or "ATOMIC" not in tokens[:2]):
+            tx = _SCAN_TX[tokens[0]]
+        elif "CONCURRENTLY" in tokens:
+            no_tx = " ".join(t.removesuffix("_P") for t in tokens[:tokens.index("CONCURRENTLY") + 1])
+        elif tokens and tokens[0] == "VACUUM":
+            no_tx = "VACUUM"
+        elif tokens[:2] in (["CREATE", "DATABASE"], ["DROP", "DATABASE"], ["ALTER", "SYSTEM_P"]):
+            no_tx = " ".join(t.removesuffix("_P") for t in tokens[:2])
+        statements.append(Statement(sl.start, sl.stop, line_of(text, sl.start), "", no_tx, tx))
+    return Analysis(tuple(statements), parsed=False, parse_error=error)
+
+
+def blank_out(text: str, statements: tuple[Statement, ...]) -> str:
+    """Return ``text`` with the given statements (and their ';') replaced by spaces.
+
+    Line breaks are kept, so error positions and line numbers stay those of the file.
+    """
+    chars = list(text)
+    for s in statements:
+        end = s.end
+        while end < len(text) and text[end] in " \t":
+            end += 1
+        if end < len(text) and text[end] == ";":
+            end += 1
+        for i in range(s.start, end):
+            if chars[i] != "\n":
+                chars[i] = " "
+    return "".join(chars)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A file checked and ready to run: what to send, and how."""
+
+    file: SqlFile
+    analysis: Analysis
+    body: str  # the text sent as one query (top-level BEGIN/COMMIT blanked out)
+    own_transaction: bool  # the file had its own top-level BEGIN/COMMIT
+
+    @property
+    def no_transaction(self) -> bool:
+        return self.file.directives.no_transaction
+
+
+def prepare(sql_file: SqlFile) -> Prepared:
+    """Check a file before anything runs; raise TreeError naming the file and line."""
+    analysis = analyze(sql_file.text)
+    rel = sql_file.relpath
+    if sql_file.directives.no_transaction:
+        if not analysis.parsed and analysis.parse_error and len(analysis.statements) == 1 and not analysis.statements[0].kind:
+            raise TreeError(f"{rel}: can't be split into statements ({analysis.parse_error}); a no-transaction file "
+                            "is sent one statement at a time, so fix the SQL first.")
+        for s in analysis.transaction_control:
+            raise TreeError(f"{rel}:{s.line}: has {s.transaction_control} in a '-- nixmig:no-transaction' file, where "
+                            "every statement runs on its own. Move the statements that need a transaction into a "
+                            "separate migration, or drop the directive.")
+        return Prepared(sql_file, analysis, sql_file.text, False)
+    for s in analysis.no_transaction:
+        raise TreeError(f"{rel}:{s.line}: {s.no_transaction} can't run inside a transaction, and nixmig runs this file "
+                        "in one. Add the line '-- nixmig:no-transaction' at the top of the file (each statement then "
+                        "runs on its own), or move the statement into a migration of its own with that line.")
+    control = analysis.transaction_control
+    for s in control:
+        if s.transaction_control in ("ROLLBACK", "PREPARE"):
+            raise TreeError(f"{rel}:{s.line}: a top-level {s.transaction_control} would end nixmig's transaction and "
+                            "leave the record out of step with the schema; remove it (nixmig already rolls the "
+                            "whole file back on any error).")
+    own = [s for s in control if s.transaction_control in ("BEGIN", "COMMIT")]
+    body = blank_out(sql_file.text, tuple(own)) if own else sql_file.text
+    return Prepared(sql_file, analysis, body, bool(own))

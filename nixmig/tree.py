@@ -1,0 +1,311 @@
+"""Read and validate a migration tree on disk. Pure: no database, no Django settings.
+
+A tree is ``<dir>/<module>/<NNN>_<name>_up.sql`` (and ``_down.sql``); a module may be
+nested (``integrations/github``). Sequence numbers are one counter across modules and
+migrations run in order of (number, module, name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .exceptions import TreeError
+
+FILE_RE = re.compile(r"^(?P<number>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_-]*?)_(?P<direction>up|down)\.sql$")
+MODULE_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+DIRECTIVE_RE = re.compile(r"^--\s*nixmig:\s*([A-Za-z_-]+)\s*(?:=\s*(\S+))?\s*$")
+KNOWN_DIRECTIVES = {"no-transaction", "lock-timeout", "statement-timeout"}
+TIMEOUT_RE = re.compile(r"^[0-9]+\s*(us|ms|s|min|h|d)?$")
+BOM = "\ufeff"
+
+ERROR = "error"  # the tree can't be used: nothing runs
+WARNING = "warning"  # something is wrong, but the runnable part is well defined
+INFO = "info"  # worth knowing (an irreversible migration), not a defect of the tree
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with the tree (or the tracking table) that a user should fix."""
+
+    message: str
+    file: str | None = None
+    level: str = ERROR
+    code: str = ""
+
+    def as_dict(self) -> dict:
+        data = {"level": self.level, "code": self.code, "message": self.message}
+        if self.file is not None:
+            data["file"] = self.file
+        return data
+
+
+@dataclass(frozen=True)
+class Directives:
+    """Options read from a file's leading ``-- nixmig:...`` comment lines."""
+
+    no_transaction: bool = False
+    lock_timeout: str | None = None
+    statement_timeout: str | None = None
+
+
+@dataclass(frozen=True)
+class SqlFile:
+    """One ``_up.sql`` or ``_down.sql`` file, read and normalised."""
+
+    path: Path
+    relpath: str
+    text: str
+    checksum: str
+    directives: Directives
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.text.strip()
+
+
+@dataclass(frozen=True)
+class Migration:
+    """An up file and, when it exists, its down file."""
+
+    module: str
+    number: int
+    name: str  # "<NNN>_<name>", the bare name the Go migrator recorded
+    up: SqlFile
+    down: SqlFile | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.module}/{self.name}" if self.module else self.name
+
+    @property
+    def sort_key(self) -> tuple[int, str, str]:
+        return (self.number, self.module, self.name)
+
+    @property
+    def checksum(self) -> str:
+        return self.up.checksum
+
+    @property
+    def reversible(self) -> bool:
+        return self.down is not None
+
+
+@dataclass(frozen=True)
+class Tree:
+    """All migrations of a directory, in run order, and the problems found reading it."""
+
+    directory: Path
+    migrations: tuple[Migration, ...]
+    problems: tuple[Problem, ...] = ()
+    by_id: dict[str, Migration] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.by_id:
+            self.by_id.update((m.id, m) for m in self.migrations)
+
+    def get(self, migration_id: str) -> Migration | None:
+        return self.by_id.get(migration_id.strip("/"))
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.level == ERROR)
+
+    def raise_for_errors(self) -> None:
+        """Raise TreeError listing every error of the tree, if there is any."""
+        errors = self.errors
+        if errors:
+            lines = "\n".join(f"  - {p.message}" for p in errors)
+            raise TreeError(
+                f"The migration tree {self.directory} has {len(errors)} error(s); nothing was run:\n{lines}"
+            )
+
+    def highest_number(self) -> int:
+        return max((m.number for m in self.migrations), default=0)
+
+
+def normalise(data: bytes) -> bytes:
+    """Return file bytes without a UTF-8 BOM and with LF line endings."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def checksum(data: bytes) -> str:
+    """Return the checksum of file contents; line endings and a BOM don't count."""
+    return hashlib.sha256(normalise(data)).hexdigest()
+
+
+def line_of(text: str, index: int) -> int:
+    """Return the 1-based line number of character ``index`` in ``text``."""
+    return text.count("\n", 0, max(index, 0)) + 1
+
+
+def parse_directives(text: str, relpath: str) -> tuple[Directives, list[Problem]]:
+    """Read ``-- nixmig:...`` lines from the comment block at the top of a file."""
+    values: dict[str, str | None] = {}
+    problems: list[Problem] = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("--"):
+            break
+        match = DIRECTIVE_RE.match(stripped)
+        if not match:
+            if re.match(r"^--\s*nixmig:", stripped):
+                problems.append(Problem(
+                    f"{relpath}:{lineno}: can't read the directive {stripped!r}; write it as "
+                    "'-- nixmig:no-transaction' or '-- nixmig:lock-timeout=5s'.", relpath, ERROR, "bad_directive"))
+            continue
+        key, value = match.group(1).lower(), match.group(2)
+        if key not in KNOWN_DIRECTIVES:
+            problems.append(Problem(
+                f"{relpath}:{lineno}: unknown directive 'nixmig:{key}'; known ones are "
+                f"{', '.join(sorted(KNOWN_DIRECTIVES))}.", relpath, ERROR, "bad_directive"))
+            continue
+        if key == "no-transaction" and value is not None:
+            problems.append(Problem(f"{relpath}:{lineno}: 'nixmig:no-transaction' takes no value.",
+                                    relpath, ERROR, "bad_directive"))
+            continue
+        if key != "no-transaction" and (value is None or not TIMEOUT_RE.match(value)):
+            problems.append(Problem(
+                f"{relpath}:{lineno}: 'nixmig:{key}' needs a duration such as '5s', '500ms' or '2min'.",
+                relpath, ERROR, "bad_directive"))
+            continue
+        values[key] = value
+    return Directives(
+        no_transaction="no-transaction" in values,
+        lock_timeout=values.get("lock-timeout"),
+        statement_timeout=values.get("statement-timeout"),
+    ), problems
+
+
+def read_sql_file(path: Path, relpath: str) -> tuple[SqlFile | None, list[Problem]]:
+    """Read one file; return it, or the problems that make it unusable."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, [Problem(f"{relpath}: can't be read ({exc.strerror}); check its permissions.",
+                              relpath, ERROR, "unreadable")]
+    if b"\x00" in data:
+        line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+        return None, [Problem(
+            f"{relpath}:{line}: contains a NUL byte, which PostgreSQL can't accept in SQL; "
+            "the file is probably binary or UTF-16: save it as UTF-8 text.", relpath, ERROR, "nul_byte")]
+    normalised = normalise(data)
+    try:
+        text = normalised.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = normalised.count(b"\n", 0, exc.start) + 1
+        return None, [Problem(
+            f"{relpath}:{line}: is not valid UTF-8 (byte 0x{normalised[exc.start]:02x} at offset {exc.start}); "
+            "re-save the file as UTF-8.", relpath, ERROR, "not_utf8")]
+    directives, problems = parse_directives(text, relpath)
+    return SqlFile(path, relpath, text, hashlib.sha256(normalised).hexdigest(), directives), problems
+
+
+def _is_ignored(name: str) -> bool:
+    # READMEs, editor backups (foo.sql~, #foo.sql#, foo.sql.swp, .foo.sql.swp) and hidden files.
+    return name.startswith(".") or not name.lower().endswith(".sql")
+
+
+def load_tree(directory: str | os.PathLike) -> Tree:
+    """Read every migration under ``directory`` and return them in run order.
+
+    Raises TreeError only when the directory itself is unusable; problems with single
+    files are collected in ``Tree.problems`` (call ``raise_for_errors()`` before running).
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        if root.exists():
+            raise TreeError(f"The migrations path {root} is not a directory; pass --dir with the folder "
+                            "that holds your module folders.")
+        raise TreeError(f"The migrations directory {root} does not exist; create it, set "
+                        "NIXMIG['MIGRATIONS_DIR'], or pass --dir.")
+    real_root = root.resolve()
+    problems: list[Problem] = []
+    files: dict[tuple[str, str, str], tuple[int, SqlFile]] = {}
+
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        module = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
+        kept = []
+        for d in sorted(dirnames):
+            if d.startswith(".") or d == "__pycache__":
+                continue
+            full = os.path.join(dirpath, d)
+            rel = f"{module}/{d}" if module else d
+            if os.path.islink(full):
+                problems.append(Problem(
+                    f"{rel}/: is a symbolic link to a folder; nixmig does not follow folder links. "
+                    "Move the module folder into the migrations directory.", rel + "/", ERROR, "symlink"))
+                continue
+            if not MODULE_SEGMENT_RE.match(d) or set(d) == {"."}:
+                problems.append(Problem(
+                    f"{rel}/: is not a valid module folder name (use letters, digits, '_', '-' and '.', "
+                    "no spaces); rename the folder.", rel + "/", ERROR, "bad_module"))
+                continue
+            kept.append(d)
+        dirnames[:] = kept
+
+        for filename in sorted(filenames):
+            if _is_ignored(filename):
+                continue
+            full = Path(dirpath) / filename
+            relpath = f"{module}/{filename}" if module else filename
+            if full.is_symlink():
+                target = full.resolve()
+                if not target.is_relative_to(real_root):
+                    problems.append(Problem(
+                        f"{relpath}: is a symbolic link to {target}, outside the migrations directory "
+                        f"{root}; copy the file in instead.", relpath, ERROR, "symlink"))
+                    continue
+                if not target.is_file():
+                    problems.append(Problem(f"{relpath}: is a broken symbolic link; remove it or fix its target.",
+                                            relpath, ERROR, "symlink"))
+                    continue
+            match = FILE_RE.match(filename)
+            if not match:
+                problems.append(Problem(
+                    f"{relpath}: the name does not follow <NNN>_<name>_up.sql or <NNN>_<name>_down.sql "
+                    "(digits, an underscore, a name of letters, digits, '_' or '-', then _up.sql or _down.sql); "
+                    "rename it.", relpath, ERROR, "bad_name"))
+                continue
+            sql_file, file_problems = read_sql_file(full, relpath)
+            problems.extend(file_problems)
+            if sql_file is None:
+                continue
+            number = int(match["number"])
+            bare = f"{match['number']}_{match['name']}"
+            files[(module, bare, match["direction"])] = (number, sql_file)
+
+    migrations = []
+    for (module, bare, direction), (number, up) in files.items():
+        if direction != "up":
+            continue
+        if up.is_empty:
+            problems.append(Problem(
+                f"{up.relpath}: is empty; write the migration's SQL, or delete the file.",
+                up.relpath, ERROR, "empty_up"))
+            continue
+        down_entry = files.get((module, bare, "down"))
+        migration = Migration(module, number, bare, up, down_entry[1] if down_entry else None)
+        migrations.append(migration)
+        if down_entry is None:
+            problems.append(Problem(
+                f"{up.relpath}: has no down file, so {migration.id} is irreversible "
+                f"(add {bare}_down.sql; an empty one is an explicit no-op rollback).",
+                up.relpath, INFO, "irreversible"))
+    for (module, bare, direction), (number, down) in files.items():
+        if direction == "down" and (module, bare, "up") not in files:
+            problems.append(Problem(
+                f"{down.relpath}: matches no up file (expected {bare}_up.sql beside it); "
+                "fix the name of one of the two, or delete it.", down.relpath, WARNING, "orphan_down"))
+
+    migrations.sort(key=lambda m: m.sort_key)
+    problems.sort(key=lambda p: ({ERROR: 0, WARNING: 1, INFO: 2}[p.level], p.file or ""))
+    return Tree(root, tuple(migrations), tuple(problems))
