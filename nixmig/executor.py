@@ -106,19 +106,49 @@ class Executor:
             self._one(direction, entry, prepared.get(entry.id), fake, False, index, total, done)
         return done
 
+    def finish_sql(self, direction: str, entry: Entry) -> str:
+        """SQL that records (up) or forgets (down) ``entry``."""
+        return (self.recorder.record_sql(entry.migration) if direction == "up"
+                else self.recorder.unrecord_sql(entry.record))
+
+    def query_for(self, direction: str, entry: Entry, prep: Prepared | None, *, fake: bool = False,
+                  in_tx: bool = False) -> tuple[str, str]:
+        """Return (prefix, query): the one query string that runs a transactional migration and its record."""
+        body = "" if fake or prep is None else prep.body
+        directives = Directives() if fake or prep is None else prep.file.directives
+        prefix = ("" if in_tx else "BEGIN; ") + self._settings(directives, True) + "\n"
+        query = f"{prefix}{body}\n;\n{self.finish_sql(direction, entry)};" + ("" if in_tx else " COMMIT;")
+        return prefix, query
+
+    def preview(self, direction: str, entries: list[Entry], prepared: dict[str, Prepared], *, fake: bool = False,
+                atomic: bool = False) -> list[tuple[Entry, list[str]]]:
+        """Return, per entry, the exact query strings a run would send (nothing is sent)."""
+        out = []
+        for entry in entries:
+            prep = None if fake else prepared.get(entry.id)
+            if prep is not None and prep.no_transaction:
+                texts = [prep.body[s.start:s.end].strip() + ";" for s in prep.analysis.statements]
+                queries = [self._settings(prep.file.directives, False), *texts,
+                           f"BEGIN; {self.finish_sql(direction, entry)}; "
+                           f"{self.recorder.clear_progress_sql(entry.migration, direction)}; COMMIT;",
+                           "RESET lock_timeout; RESET statement_timeout;"]
+            else:
+                queries = [self.query_for(direction, entry, prep, fake=fake, in_tx=atomic)[1]]
+            out.append((entry, queries))
+        if atomic and out:
+            out[0][1].insert(0, "BEGIN;")
+            out[-1][1].append("COMMIT;")
+        return out
+
     def _one(self, direction, entry, prep, fake, in_tx, index, total, done) -> None:
         self.callback("start", direction=direction, entry=entry, index=index, total=total, fake=fake)
         started = time.perf_counter()
-        finish = (self.recorder.record_sql(entry.migration) if direction == "up"
-                  else self.recorder.unrecord_sql(entry.record))
-        if fake or prep is None:
-            self._transactional(direction, entry, "", finish, Directives(), in_tx, done, prep)
-        elif prep.no_transaction:
-            self._no_transaction(direction, entry, prep, finish, done)
+        if prep is not None and prep.no_transaction and not fake:
+            self._no_transaction(direction, entry, prep, self.finish_sql(direction, entry), done)
         else:
-            if self.callback and prep.body.strip():
+            if prep is not None and not fake and prep.body.strip():
                 self.callback("sql", entry=entry, sql=prep.file.text, own_transaction=prep.own_transaction)
-            self._transactional(direction, entry, prep.body, finish, prep.file.directives, in_tx, done, prep)
+            self._transactional(direction, entry, None if fake else prep, fake, in_tx, done)
         done.append(entry)
         self.callback("success", direction=direction, entry=entry, index=index, total=total, fake=fake,
                       ms=(time.perf_counter() - started) * 1000)
@@ -128,9 +158,9 @@ class Executor:
         return (f"{scope} lock_timeout = {literal(directives.lock_timeout or self.lock_timeout)}; "
                 f"{scope} statement_timeout = {literal(directives.statement_timeout or self.statement_timeout)};")
 
-    def _transactional(self, direction, entry, body, finish, directives, in_tx, done, prep) -> None:
-        prefix = ("" if in_tx else "BEGIN; ") + self._settings(directives, True) + "\n"
-        query = f"{prefix}{body}\n;\n{finish};" + ("" if in_tx else " COMMIT;")
+    def _transactional(self, direction, entry, prep, fake, in_tx, done) -> None:
+        prefix, query = self.query_for(direction, entry, prep, fake=fake, in_tx=in_tx)
+        body = prep.body if prep is not None else ""
         attempt = 0
         while True:
             try:
