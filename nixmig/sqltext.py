@@ -155,28 +155,48 @@ def analyze(text: str) -> Analysis:
 
 
 def _scan_fallback(text: str, error: str) -> Analysis:
+    """Split on the C scanner's tokens: a top-level ';' ends a statement.
+
+    (libpg_query's own scanner split drops statements that start with an unknown word,
+    which is exactly what a file the parser rejects may contain.)
+    """
     try:
-        slices = parser.split(text, with_parser=False, only_slices=True)
+        tokens = parser.scan(text)
     except parser.ParseError as exc:
         # Even the scanner failed (an unterminated quote or comment): one opaque statement.
         return Analysis((Statement(0, len(text), 1, ""),), parsed=False, parse_error=str(exc))
+    groups: list[list] = [[]]
+    depth = atomic = 0
+    for i, tok in enumerate(tokens):
+        name = tok.name
+        if name == "ASCII_59" and depth == 0 and atomic == 0:  # ';'
+            groups.append([])
+            continue
+        groups[-1].append(tok)
+        if name == "ASCII_40":
+            depth += 1
+        elif name == "ASCII_41":
+            depth = max(depth - 1, 0)
+        elif name == "ATOMIC" and i and tokens[i - 1].name == "BEGIN_P":
+            atomic += 1
+        elif name == "END_P" and atomic:
+            atomic -= 1
     statements = []
-    for sl in slices:
-        chunk = text[sl]
-        try:
-            tokens = [t.name for t in parser.scan(chunk)[:8]]
-        except parser.ParseError:
-            tokens = []
+    for group in groups:
+        if not group:
+            continue
+        names = [t.name for t in group[:8]]
         no_tx = tx = None
-        if tokens and tokens[0] in _SCAN_TX and (tokens[0] != "BEGIN_P" or "ATOMIC" not in tokens[:2]):
-            tx = _SCAN_TX[tokens[0]]
-        elif "CONCURRENTLY" in tokens:
-            no_tx = " ".join(t.removesuffix("_P") for t in tokens[:tokens.index("CONCURRENTLY") + 1])
-        elif tokens and tokens[0] == "VACUUM":
+        if names[0] in _SCAN_TX and names[:2] != ["BEGIN_P", "ATOMIC"]:
+            tx = _SCAN_TX[names[0]]
+        elif "CONCURRENTLY" in names:
+            no_tx = " ".join(text[t.start:t.end + 1].upper() for t in group[:names.index("CONCURRENTLY") + 1])
+        elif names[0] == "VACUUM":
             no_tx = "VACUUM"
-        elif tokens[:2] in (["CREATE", "DATABASE"], ["DROP", "DATABASE"], ["ALTER", "SYSTEM_P"]):
-            no_tx = " ".join(t.removesuffix("_P") for t in tokens[:2])
-        statements.append(Statement(sl.start, sl.stop, line_of(text, sl.start), "", no_tx, tx))
+        elif names[:2] in (["CREATE", "DATABASE"], ["DROP", "DATABASE"], ["ALTER", "SYSTEM_P"]):
+            no_tx = " ".join(text[t.start:t.end + 1].upper() for t in group[:2])
+        start, end = group[0].start, group[-1].end + 1
+        statements.append(Statement(start, end, line_of(text, start), "", no_tx, tx))
     return Analysis(tuple(statements), parsed=False, parse_error=error)
 
 
