@@ -14,6 +14,7 @@ import socket
 import time
 from typing import Callable
 
+import psycopg
 from django.db import DatabaseError
 
 from . import conf
@@ -88,8 +89,13 @@ class MigrationLock:
         if self.key is None:
             return
         try:
+            raw = self.connection.connection
+            if raw is not None and raw.info.transaction_status != 0 and not self.connection.in_atomic_block:
+                # Interrupted mid-migration (Ctrl-C): end the aborted transaction, or the unlock fails
+                # and a long-lived process (startup apply) would keep the lock.
+                raw.rollback()
             with self.connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
                 cursor.execute("RESET application_name")
-        except DatabaseError:
+        except (DatabaseError, psycopg.Error):
             pass  # a broken connection has released the lock already
