@@ -72,7 +72,7 @@ def connection_for(database: str = "default"):
 def _state(connection, tree: Tree, table: str | None = None):
     recorder = Recorder(connection, table)
     state = recorder.read()
-    return recorder, state, resolve(tree, state.records, state.progress)
+    return recorder, state, resolve(tree, state.records, state.progress, table=recorder.table)
 
 
 def status(*, directory: str | Path | None = None, database: str = "default", tree: Tree | None = None,
@@ -161,14 +161,14 @@ def _run(direction, directory, database, progress, lock_wait, fake, make_plan, a
     with MigrationLock(connection, recorder.table, wait=lock_wait, callback=emit,
                        command=f"sqlmigrate_{direction}"):
         state = recorder.read()  # re-read under the lock: another runner may have applied everything
-        current = resolve(tree, state.records, state.progress)
+        current = resolve(tree, state.records, state.progress, table=recorder.table)
         entries = make_plan(current)
         prepared = _prepare(tree, entries, direction, fake)
         result = RunResult(direction, entries, database=database, fake=fake)
         emit("plan", direction=direction, entries=entries, fake=fake)
         if not entries:
-            if not state.exists:
-                recorder.ensure_schema(state)
+            if not state.exists or state.needs_upgrade or current.legacy:
+                recorder.ensure_schema(state, current)  # adopt a Go migrator's table even with nothing to run
             result.seconds = time.perf_counter() - started
             return result
         recorder.ensure_schema(state, current)
@@ -217,7 +217,7 @@ def repair(ids: list[str] | None = None, *, directory: str | Path | None = None,
     recorder = Recorder(connection)
     with MigrationLock(connection, recorder.table, wait=lock_wait, command="sqlmigrate_repair"):
         state = recorder.read()
-        current = resolve(tree, state.records, state.progress)
+        current = resolve(tree, state.records, state.progress, table=recorder.table)
         current.raise_for_errors()
         changed = {e.id: e for e in current.with_state("changed")}
         wanted = list(changed) if not ids else [i.strip("/") for i in ids]

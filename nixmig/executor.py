@@ -55,6 +55,11 @@ def _describe(exc: BaseException) -> tuple[str, str | None]:
     return text, sqlstate
 
 
+def _replayable(sqlstate: str | None) -> bool:
+    """True when replaying the failed SQL would fail the same way (not a timeout, lock, deadlock or lost connection)."""
+    return bool(sqlstate) and sqlstate[:2] not in ("08", "40", "53", "55", "57", "58", "XX")
+
+
 def _position(exc: BaseException) -> int | None:
     diag = getattr(_pg_error(exc), "diag", None)
     pos = diag.statement_position if diag is not None else None
@@ -184,8 +189,35 @@ class Executor:
                     offset = pos - len(prefix)
                     if 0 <= offset <= len(body):
                         line = line_of(body, offset)
+                if line is None and prep is not None and not in_tx and _replayable(sqlstate):
+                    line = self._locate(prep)
                 raise self._failure(direction, entry, prep, line, text, sqlstate, done,
-                                    "It was rolled back and is not recorded;") from None
+                                    "It was rolled back and is not recorded;" if direction == "up" else
+                                    "It was rolled back and stays recorded as applied;") from None
+
+    def _locate(self, prep: Prepared) -> int | None:
+        """Return the line of the failing statement by replaying the file one statement at a time.
+
+        PostgreSQL gives no error position for errors such as a DROP that other objects depend
+        on. The replay runs in a transaction that is always rolled back, so it changes nothing.
+        """
+        statements = [s for s in prep.analysis.statements if not s.transaction_control]
+        if len(statements) <= 1:
+            return statements[0].line if statements else None
+        try:
+            with self.connection.cursor() as cursor:
+                cursor.execute("BEGIN; " + self._settings(prep.file.directives, True))
+                for s in statements:
+                    try:
+                        cursor.execute(prep.body[s.start:s.end])
+                    except DatabaseError as exc:
+                        pos = _position(exc)
+                        return line_of(prep.body, s.start + pos) if pos is not None else s.line
+        except DatabaseError:
+            return None
+        finally:
+            self._rollback()
+        return None
 
     def _no_transaction(self, direction, entry, prep: Prepared, finish, done) -> None:
         m = entry.migration
@@ -264,6 +296,6 @@ class Executor:
                 f"run stay so ({before}); later ones were not attempted." if done else
                 "Nothing else was run in this run.")
         return MigrationFailed(
-            f"{verb} {entry.id} failed at {where}: {text}. {what} {kept} Fix the SQL and run "
+            f"{verb} {entry.id} failed at {where}: {text.rstrip('.')}. {what} {kept} Fix the SQL and run "
             f"sqlmigrate_{direction} again.", migration_id=entry.id, sqlstate=sqlstate,
             applied=tuple(e.id for e in done))

@@ -142,8 +142,12 @@ class Status:
 _NUMBER_RE = re.compile(r"^([0-9]+)_")
 
 
-def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] = ()) -> Status:
-    """Match tracking-table rows to files and give every migration its state."""
+def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] = (), *,
+            table: str = "migrations") -> Status:
+    """Match tracking-table rows to files and give every migration its state.
+
+    ``table`` only names the tracking table in the SQL that problems suggest.
+    """
     by_key = {(m.module, m.name): m for m in tree.migrations}
     by_bare: dict[str, list[Migration]] = {}
     for m in tree.migrations:
@@ -152,17 +156,15 @@ def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] =
     matched: dict[tuple[str, str], AppliedRecord] = {}
     missing: list[Entry] = []
     legacy: list[tuple[AppliedRecord, Migration]] = []
+    ambiguous: dict[str, AppliedRecord] = {}  # bare name shared by several modules -> its first row
 
     for rec in records:
         if rec.module is None:
             candidates = by_bare.get(rec.name, [])
             if len(candidates) > 1:
-                problems.append(Problem(
-                    f"The tracking table's row {rec.row_id} names {rec.name!r} without a module, and files of that "
-                    f"name exist in {len(candidates)} modules ({', '.join(m.id for m in candidates)}), so nixmig "
-                    "can't tell which one was applied. Set the row's module by hand, e.g. UPDATE migrations SET "
-                    f"module = '{candidates[0].module}' WHERE id = {rec.row_id}; (and insert a row for each other "
-                    "one that is applied), then run again.", None, ERROR, "ambiguous_record"))
+                first = ambiguous.setdefault(rec.name, rec)
+                problems.append(_ambiguous(rec, candidates, table) if first is rec else
+                                _duplicate(rec.name, first, rec, table))
                 continue
             if candidates:
                 key = (candidates[0].module, rec.name)
@@ -172,11 +174,7 @@ def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] =
         else:
             key = (rec.module, rec.name)
         if key in matched:
-            first = matched[key]
-            problems.append(Problem(
-                f"The tracking table records {'/'.join(k for k in key if k)} twice (rows {first.row_id} and "
-                f"{rec.row_id}), as two runners racing without a lock can leave it. Delete the later row "
-                f"(DELETE FROM migrations WHERE id = {rec.row_id};) and run again.", None, ERROR, "duplicate_record"))
+            problems.append(_duplicate("/".join(k for k in key if k), matched[key], rec, table))
             continue
         matched[key] = rec
         if key not in by_key:
@@ -217,6 +215,30 @@ def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] =
                 f"are applied. Fix the cause and run sqlmigrate_{p.direction} again to resume.",
                 e.migration.up.relpath if e.migration else None, WARNING, "failed"))
     return Status(tuple(entries), tuple(problems), tuple(legacy), tree)
+
+
+def _duplicate(label: str, first: AppliedRecord, rec: AppliedRecord, table: str) -> Problem:
+    """Explain a second row for one migration, with the SQL that removes it."""
+    return Problem(
+        f"The tracking table records {label} twice (rows {first.row_id} and {rec.row_id}), as two runners racing "
+        f"without a lock can leave it (the Go migrator takes none). Delete the later row, DELETE FROM {table} WHERE "
+        f"id = {rec.row_id}; and run again.", None, ERROR, "duplicate_record")
+
+
+def _ambiguous(rec: AppliedRecord, candidates: list[Migration], table: str) -> Problem:
+    """Explain a bare Go name that files in several modules share, with the SQL that settles it."""
+    # The Go migrator kept one file per bare name in a map: the last one its lexical directory walk read.
+    kept = max(candidates, key=lambda m: m.up.relpath.split("/"))
+    others = [m for m in candidates if m is not kept]
+    return Problem(
+        f"The tracking table's row {rec.row_id} names {rec.name!r} without a module, and files of that name exist "
+        f"in {len(candidates)} modules ({', '.join(m.id for m in candidates)}), so nixmig can't tell which one was "
+        f"applied. The Go migrator only ever knew one file per name, the last its directory walk read, so most "
+        f"likely {kept.id} ran and {', '.join(m.id for m in others)} never did; check the schema. Then record the "
+        f"module: ALTER TABLE {table} ADD COLUMN IF NOT EXISTS module VARCHAR; UPDATE {table} SET module = "
+        f"'{kept.module}' WHERE id = {rec.row_id}; (for another module whose file did run too: INSERT INTO {table} "
+        f"(name, module, applied_at) VALUES ('{rec.name}', '{others[0].module}', now());) and run again.",
+        None, ERROR, "ambiguous_record")
 
 
 def plan_up(status: Status, *, to: str | None = None, allow_changed: bool = False,

@@ -213,6 +213,14 @@ def _is_ignored(name: str) -> bool:
     return name.startswith(".") or not name.lower().endswith(".sql")
 
 
+def _unpaired_partner(files: dict, module: str, number: int, direction: str) -> SqlFile | None:
+    """Return the one file of the other direction, same folder and number, that pairs with nothing."""
+    other = "down" if direction == "up" else "up"
+    found = [f for (mod, bare, d), (n, f) in files.items()
+             if d == other and mod == module and n == number and (mod, bare, direction) not in files]
+    return found[0] if len(found) == 1 else None
+
+
 def load_tree(directory: str | os.PathLike) -> Tree:
     """Read every migration under ``directory`` and return them in run order.
 
@@ -296,15 +304,23 @@ def load_tree(directory: str | os.PathLike) -> Tree:
         migration = Migration(module, number, bare, up, down_entry[1] if down_entry else None)
         migrations.append(migration)
         if down_entry is None:
+            partner = _unpaired_partner(files, module, number, "up")
             problems.append(Problem(
+                f"{up.relpath}: has no down file of the same name, so {migration.id} is irreversible; "
+                f"{partner.relpath} is probably its down file with a misspelt name: rename it to {bare}_down.sql."
+                if partner else
                 f"{up.relpath}: has no down file, so {migration.id} is irreversible "
                 f"(add {bare}_down.sql; an empty one is an explicit no-op rollback).",
                 up.relpath, INFO, "irreversible"))
     for (module, bare, direction), (number, down) in files.items():
         if direction == "down" and (module, bare, "up") not in files:
+            partner = _unpaired_partner(files, module, number, "down")
+            fix = (f"it is probably the down file of {partner.relpath}: rename it to "
+                   f"{partner.path.name[:-len('_up.sql')]}_down.sql, or delete it." if partner else
+                   "fix the name of one of the two, or delete it.")
             problems.append(Problem(
-                f"{down.relpath}: matches no up file (expected {bare}_up.sql beside it); "
-                "fix the name of one of the two, or delete it.", down.relpath, WARNING, "orphan_down"))
+                f"{down.relpath}: matches no up file (expected {bare}_up.sql beside it); {fix}",
+                down.relpath, WARNING, "orphan_down"))
 
     migrations.sort(key=lambda m: m.sort_key)
     problems.sort(key=lambda p: ({ERROR: 0, WARNING: 1, INFO: 2}[p.level], p.file or ""))
