@@ -36,6 +36,7 @@ class RunResult:
     seconds: float = 0.0
     database: str = "default"
     fake: bool = False
+    skipped: int = 0  # migrations left out of the plan: already applied (up) or kept (down)
 
     @property
     def ids(self) -> list[str]:
@@ -138,6 +139,28 @@ def plan(direction: str = "up", *, directory: str | Path | None = None, database
     return entries
 
 
+def preview(direction: str = "up", *, directory: str | Path | None = None, database: str = "default",
+            fake: bool = False, atomic: bool = False, **options) -> list[tuple[Entry | None, list[str]]]:
+    """Return, per migration, the exact queries ``migrate_up`` / ``migrate_down`` would send; send none.
+
+    A first item with no entry holds the tracking table's creation when a run would create it.
+    """
+    tree = load_tree(directory)
+    tree.raise_for_errors()
+    connection = connection_for(database)
+    recorder, state, current = _state(connection, tree)
+    entries = plan_up(current, **options) if direction == "up" else plan_down(current, fake=fake, **options)
+    prepared = _prepare(tree, entries, direction, fake)
+    out: list[tuple[Entry | None, list[str]]] = []
+    if entries and not state.exists:
+        out.append((None, ["BEGIN;", recorder.create_sql() + ";", "COMMIT;"]))
+    elif entries and (state.needs_upgrade or current.legacy):
+        out.append((None, ["-- the tracking table is upgraded first (module, checksum and execution_ms "
+                           "columns; module and checksum of the Go migrator's rows)"]))
+    out.extend(Executor(connection, recorder).preview(direction, entries, prepared, fake=fake, atomic=atomic))
+    return out
+
+
 def _prepare(tree: Tree, entries: list[Entry], direction: str, fake: bool) -> dict:
     """Check every file of the plan before anything runs; return them ready to send."""
     from .sqltext import prepare  # imported here: status never needs the parser
@@ -148,8 +171,23 @@ def _prepare(tree: Tree, entries: list[Entry], direction: str, fake: bool) -> di
     return {mid: prepare(f) for mid, f in files.items() if f is not None}
 
 
+def _with_migration_signals(emit: Callback, database: str) -> Callback:
+    """Wrap a progress callback so pre_migration / post_migration are sent around each migration."""
+
+    def callback(event: str, **data) -> None:
+        if event == "start":
+            signals.pre_migration.send(sender=RunResult, direction=data["direction"], database=database,
+                                       migration_id=data["entry"].id, fake=data["fake"])
+        emit(event, **data)
+        if event == "success":
+            signals.post_migration.send(sender=RunResult, direction=data["direction"], database=database,
+                                        migration_id=data["entry"].id, fake=data["fake"], ms=data["ms"])
+
+    return callback
+
+
 def _run(direction, directory, database, progress, lock_wait, fake, make_plan, atomic=False) -> RunResult:
-    emit = progress or (lambda event, **data: None)
+    emit = _with_migration_signals(progress or (lambda event, **data: None), database)
     tree = load_tree(directory)
     tree.raise_for_errors()
     for problem in tree.problems:
@@ -164,7 +202,9 @@ def _run(direction, directory, database, progress, lock_wait, fake, make_plan, a
         current = resolve(tree, state.records, state.progress, table=recorder.table)
         entries = make_plan(current)
         prepared = _prepare(tree, entries, direction, fake)
-        result = RunResult(direction, entries, database=database, fake=fake)
+        result = RunResult(direction, entries, database=database, fake=fake,
+                           skipped=sum(1 for e in current.entries if e.record is not None) - len(entries)
+                           if direction == "down" else len(current.with_state("applied", "changed")))
         emit("plan", direction=direction, entries=entries, fake=fake)
         if not entries:
             if not state.exists or state.needs_upgrade or current.legacy:

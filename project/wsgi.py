@@ -1,6 +1,7 @@
 import os
 
-from django.core.wsgi import get_wsgi_application
+from nixmig.startup import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+# Django's application; first applies pending SQL migrations when NIXMIG["APPLY_ON_STARTUP"] is on.
 application = get_wsgi_application()

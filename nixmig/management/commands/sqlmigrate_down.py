@@ -14,16 +14,26 @@ class Command(NixmigCommand):
         group.add_argument("--to", metavar="ID", help="Roll back everything applied after ID; keep ID.")
         group.add_argument("--all", action="store_true", dest="everything", help="Roll back every migration.")
         parser.add_argument("--plan", action="store_true", help="Print what would be rolled back; change nothing.")
+        parser.add_argument("--sql", action="store_true",
+                            help="Print the exact SQL that would run, transaction wrapper included; run nothing.")
         parser.add_argument("--fake", action="store_true", help="Remove the records only; run no SQL.")
         parser.add_argument("--noinput", "--no-input", action="store_false", dest="interactive",
                             help="Don't ask for confirmation of --all.")
         parser.add_argument("--lock-wait", type=float, metavar="SECONDS",
                             help="How long to wait for another runner's lock (default 300).")
 
-    def run(self, *, directory, database, steps, to, everything, plan, fake, interactive, lock_wait, **options):
+    def run(self, *, directory, database, steps, to, everything, plan, sql, fake, interactive, lock_wait,
+            **options):
         if steps is not None and steps < 1:
             raise CommandError("--steps must be 1 or more.")
+        if plan and sql:
+            raise CommandError("--plan and --sql can't be combined: --plan lists ids, --sql prints the SQL.")
         steps = steps if steps is not None else (None if (to or everything) else 1)
+        if sql:
+            items = api.preview("down", directory=directory, database=database, steps=steps, to=to,
+                                everything=everything, fake=fake)
+            self.write_sql(items, self.renderer, "No migrations to roll back.")
+            return
         if plan:
             entries = api.plan("down", directory=directory, database=database, steps=steps, to=to,
                                everything=everything, fake=fake)
@@ -44,6 +54,7 @@ class Command(NixmigCommand):
         if self.verbosity >= 1:
             if result.done:
                 verb = "Forgot" if fake else "Rolled back"
-                self.stdout.write(f"{verb} {len(result.done)} migration(s) in {result.seconds:.2f} s.")
+                self.stdout.write(f"{verb} {len(result.done)} migration(s), {result.skipped} stay applied, "
+                                  f"in {result.seconds:.2f} s.")
             else:
                 self.stdout.write("No migrations to roll back.")

@@ -10,6 +10,7 @@ MARKS = {"applied": "[X]", "pending": "[ ]", "changed": "[~]", "missing": "[?]",
 
 class Command(NixmigCommand):
     help = "Show every SQL migration with its state, grouped by module, then problems and a summary."
+    multi_database = True
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -17,27 +18,61 @@ class Command(NixmigCommand):
         parser.add_argument("--check", action="store_true",
                             help="Exit 1 if anything is pending, changed, missing or failed, or any problem exists.")
 
-    def run(self, *, directory, database, json: bool, check: bool, **options):
+    def run(self, *, json: bool, check: bool, **options):
+        if options["parallel"] < 1:
+            raise CommandError("--parallel must be 1 or more.")
+        database = options["database"]
+        several = options["all_databases"] or (not isinstance(database, str) and len(set(database or ())) > 1)
+        if json and several:
+            self.stdout.write(_dumps({alias: status.as_dict() for alias, status in self.statuses(options)}))
+            self.fail_unless_up_to_date(check, self.statuses_seen)
+            return
+        self.statuses_seen = []
+        rest = {k: v for k, v in options.items() if k != "database"}
+        self.for_each_database(options, lambda alias, writer: self.show(alias, writer, json, **rest))
+        self.fail_unless_up_to_date(check, self.statuses_seen)
+
+    def statuses(self, options):
+        from nixmig import databases
+
+        selection = databases.select(options["database"], all_databases=options["all_databases"])
+        self.statuses_seen = [(alias, api.status(directory=options["directory"], database=alias))
+                              for alias in selection.aliases]
+        return self.statuses_seen
+
+    def show(self, database, writer, json, *, directory, **options):
         status = api.status(directory=directory, database=database)
+        self.statuses_seen.append((database, status))
         if json:
-            self.stdout.write(_dumps(status.as_dict()))
+            writer.stdout.write(_dumps(status.as_dict()))
         else:
-            self.render(status)
-        if check and not status.ok:
+            self.render(status, writer)
+        c = status.counts()
+        return "up to date" if status.ok else (f"{c['pending']} pending, {c['changed']} changed, "
+                                               f"{c['missing']} missing, {c['failed']} failed")
+
+    def fail_unless_up_to_date(self, check: bool, statuses) -> None:
+        behind = [(alias, status) for alias, status in statuses if not status.ok]
+        if not check or not behind:
+            return
+        messages = []
+        for alias, status in behind:
             counts = status.counts()
             problems = len([p for p in status.problems if p.level != "info"])
-            raise CommandError(
-                f"Not up to date: {counts['pending']} pending, {counts['changed']} changed, {counts['missing']} "
-                f"missing, {counts['failed']} failed, {problems} problem(s).", returncode=1)
+            where = f"database {alias!r}: " if len(statuses) > 1 else ""
+            messages.append(f"{where}{counts['pending']} pending, {counts['changed']} changed, "
+                            f"{counts['missing']} missing, {counts['failed']} failed, {problems} problem(s)")
+        raise CommandError(f"Not up to date: {'; '.join(messages)}.", returncode=1)
 
-    def render(self, status):
+    def render(self, status, writer=None):
         style = self.style
         v = self.verbosity
+        stdout = (writer or self.renderer).stdout
         groups = {}
         for e in status.entries:  # modules in order of their first migration
             groups.setdefault(e.module or "(no module)", []).append(e)
         for module, entries in groups.items():
-            self.stdout.write(style.MIGRATE_LABEL(module))
+            stdout.write(style.MIGRATE_LABEL(module))
             for e in entries:
                 line = f" {MARKS[e.state]} {e.name}"
                 details = []
@@ -55,22 +90,22 @@ class Command(NixmigCommand):
                     line = f"{line:<52} " + ", ".join(details)
                 paint = {"applied": str, "pending": str, "changed": style.WARNING, "missing": style.WARNING,
                          "failed": style.ERROR}[e.state]
-                self.stdout.write(paint(line))
+                stdout.write(paint(line))
         if not status.entries:
-            self.stdout.write("(no migrations)")
+            stdout.write("(no migrations)")
         shown = [p for p in status.problems if p.level != "info" or v >= 1]
         if shown:
-            self.stdout.write(style.MIGRATE_HEADING("Problems:"))
+            stdout.write(style.MIGRATE_HEADING("Problems:"))
             for p in shown:
                 paint = {"error": style.ERROR, "warning": style.WARNING, "info": str}[p.level]
-                self.stdout.write(paint(f"  {p.level}: {p.message}"))
+                stdout.write(paint(f"  {p.level}: {p.message}"))
         c = status.counts()
         summary = (f"{len(status.entries)} migration(s): {c['applied']} applied, {c['pending']} pending, "
                    f"{c['changed']} changed, {c['missing']} missing, {c['failed']} failed")
         late = len(status.out_of_order)
         if late:
             summary += f", {late} out of order"
-        self.stdout.write(style.MIGRATE_HEADING(summary + "."))
+        stdout.write(style.MIGRATE_HEADING(summary + "."))
 
 
 def _dumps(data) -> str:

@@ -1,0 +1,183 @@
+"""The tracking table in the admin: read-only, with what is pending on disk and the SQL of each migration.
+
+Nobody may add, change or delete a record, superusers included: a row means "this
+migration's SQL is in the schema", so editing rows would make the table lie.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db import DatabaseError, connections
+from django.http import HttpRequest
+
+from . import api
+from .exceptions import NixmigError
+from .highlight import highlight_sql
+from .models import MigrationRecord
+from .recorder import NIXMIG_COLUMNS, Recorder
+from .tree import Migration, Tree
+
+PENDING_SHOWN = 100
+
+
+def _cached(request: HttpRequest, key: str, compute):
+    """Compute a value once per request (a ModelAdmin is shared by all requests, so not on self)."""
+    cache = request.__dict__.setdefault("_nixmig", {})
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def _tree(request: HttpRequest) -> Tree | None:
+    def load():
+        try:
+            return api.load_tree()
+        except NixmigError:
+            return None
+    return _cached(request, "tree", load)
+
+
+def _find(tree: Tree | None, record: MigrationRecord) -> Migration | None:
+    """Return the file pair of a record; a Go migrator row without module matches a unique bare name."""
+    if tree is None:
+        return None
+    if record.module is not None:
+        return tree.get(f"{record.module}/{record.name}" if record.module else record.name)
+    same = [m for m in tree.migrations if m.name == record.name]
+    return same[0] if len(same) == 1 else None
+
+
+def checksum_state(record: MigrationRecord, tree: Tree | None) -> str:
+    """Return 'ok', 'changed', 'file missing' or 'not recorded' (a Go migrator row)."""
+    migration = _find(tree, record)
+    if migration is None:
+        return "file missing"
+    if not record.checksum:
+        return "not recorded"
+    return "ok" if record.checksum == migration.checksum else "changed"
+
+
+@admin.register(MigrationRecord)
+class MigrationRecordAdmin(admin.ModelAdmin):
+    list_filter = ("module",)
+    search_fields = ("name", "module")
+    date_hierarchy = "applied_at"
+    ordering = ("-applied_at", "-id")
+    list_per_page = 100
+    actions = ()
+    fields = ("name", "module", "applied_at", "execution_ms", "checksum")
+
+    # -- read-only for everyone --------------------------------------------------------
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    # -- changelist --------------------------------------------------------------------
+
+    @admin.display(description="migration", ordering="name")
+    def migration_id(self, record: MigrationRecord) -> str:
+        return record.migration_id
+
+    @admin.display(description="execution time", ordering="execution_ms")
+    def execution_time(self, record: MigrationRecord) -> str:
+        return "-" if record.execution_ms is None else f"{record.execution_ms:.0f} ms"
+
+    def get_list_display(self, request):
+        tree = _tree(request)
+
+        @admin.display(description="checksum")
+        def checksum(record: MigrationRecord) -> str:
+            return checksum_state(record, tree)
+
+        return ("migration_id", "module", "applied_at", "execution_time", checksum)
+
+    def database(self) -> str:
+        return MigrationRecord.objects.db
+
+    def _table_usable(self, request) -> bool:
+        """True when the tracking table exists with nixmig's columns (the model can read it)."""
+        def probe():
+            connection = connections[self.database()]
+            recorder = Recorder(connection)
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT array(SELECT attname::text FROM pg_attribute WHERE attrelid = "
+                                   "to_regclass(%s) AND attnum > 0 AND NOT attisdropped)", [recorder.qtable])
+                    columns = set(cursor.fetchone()[0])
+            except DatabaseError:
+                return False
+            return {"id", "name", "applied_at", *NIXMIG_COLUMNS} <= columns
+        return _cached(request, "table_usable", probe)
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        return queryset if self._table_usable(request) else queryset.none()
+
+    def changelist_view(self, request, extra_context=None):
+        context = {"nixmig": self.status_context(request), **(extra_context or {})}
+        return super().changelist_view(request, extra_context=context)
+
+    def status_context(self, request) -> dict:
+        """What the changelist shows above the records: pending ids in run order and the problems."""
+        alias = self.database()
+        context = {"database": alias, "table_usable": self._table_usable(request)}
+        try:
+            status = api.status(database=alias, create_table=False)
+        except (NixmigError, DatabaseError) as exc:
+            context["error"] = str(exc).strip()
+            return context
+        pending = status.pending
+        counts = status.counts()
+        context.update(
+            pending=pending[:PENDING_SHOWN],
+            pending_count=len(pending),
+            pending_more=max(len(pending) - PENDING_SHOWN, 0),
+            problems=[p for p in status.problems if p.level in ("error", "warning")],
+            notes=[p for p in status.problems if p.level == "info"],
+            changed=counts["changed"],
+            missing=counts["missing"],
+            applied=counts["applied"] + counts["changed"],
+            hint=f"python manage.py sqlmigrate_up{'' if alias == 'default' else ' --database ' + alias}",
+        )
+        return context
+
+    # -- detail ------------------------------------------------------------------------
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        record = self.get_object(request, object_id) if self._table_usable(request) else None
+        context = dict(extra_context or {})
+        if record is not None:
+            context["nixmig_files"] = self.sql_files(request, record)
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def sql_files(self, request, record: MigrationRecord) -> list[dict]:
+        """The record's up and down files from disk, highlighted, each with a notice when it is off."""
+        tree = _tree(request)
+        migration = _find(tree, record)
+        if migration is None:
+            where = str(tree.directory) if tree is not None else "the migrations directory (it can't be read)"
+            return [{"label": "Up SQL", "level": "error",
+                     "notice": f"The files of {record.migration_id} are missing from {where}."}]
+        up = {"label": "Up SQL", "path": str(migration.up.path), "html": highlight_sql(migration.up.text)}
+        if not record.checksum:
+            up.update(level="info", notice="No checksum was recorded for this row (the Go migrator wrote it), "
+                                           "so edits since it was applied can't be detected.")
+        elif record.checksum != migration.checksum:
+            up.update(level="warning",
+                      notice=f"The file was changed after it was applied: its checksum is {migration.checksum}, "
+                             f"the recorded one {record.checksum}. The database ran the earlier text. Undo the "
+                             "edit, or accept it with 'python manage.py sqlmigrate_repair'.")
+        if migration.down is None:
+            down = {"label": "Down SQL", "level": "info",
+                    "notice": f"There is no down file ({migration.name}_down.sql): this migration is irreversible."}
+        else:
+            down = {"label": "Down SQL", "path": str(migration.down.path), "html": highlight_sql(migration.down.text)}
+            if migration.down.is_empty:
+                down.update(level="info", notice="The down file is empty: rolling back is a no-op.")
+        return [up, down]
