@@ -28,13 +28,18 @@ def _cached(request: HttpRequest, key: str, compute):
     return cache[key]
 
 
-def _tree(request: HttpRequest) -> Tree | None:
+def _load(request: HttpRequest) -> tuple[Tree | None, str | None]:
+    """Return the migration tree read once per request, or None and why it can't be read."""
     def load():
         try:
-            return api.load_tree()
-        except NixmigError:
-            return None
+            return api.load_tree(), None
+        except NixmigError as exc:
+            return None, str(exc)
     return _cached(request, "tree", load)
+
+
+def _tree(request: HttpRequest) -> Tree | None:
+    return _load(request)[0]
 
 
 def _find(tree: Tree | None, record: MigrationRecord) -> Migration | None:
@@ -127,8 +132,12 @@ class MigrationRecordAdmin(admin.ModelAdmin):
         """What the changelist shows above the records: pending ids in run order and the problems."""
         alias = self.database()
         context = {"database": alias, "table_usable": self._table_usable(request)}
+        tree, error = _load(request)
+        if tree is None:
+            context["error"] = error
+            return context
         try:
-            status = api.status(database=alias, create_table=False)
+            status = api.status(tree=tree, database=alias, create_table=False)
         except (NixmigError, DatabaseError) as exc:
             context["error"] = str(exc).strip()
             return context
@@ -164,7 +173,7 @@ class MigrationRecordAdmin(admin.ModelAdmin):
             where = str(tree.directory) if tree is not None else "the migrations directory (it can't be read)"
             return [{"label": "Up SQL", "level": "error",
                      "notice": f"The files of {record.migration_id} are missing from {where}."}]
-        up = {"label": "Up SQL", "path": str(migration.up.path), "html": highlight_sql(migration.up.text)}
+        up = {"label": "Up SQL", "path": migration.up.relpath, "html": highlight_sql(migration.up.text)}
         if not record.checksum:
             up.update(level="info", notice="No checksum was recorded for this row (the Go migrator wrote it), "
                                            "so edits since it was applied can't be detected.")
@@ -177,7 +186,7 @@ class MigrationRecordAdmin(admin.ModelAdmin):
             down = {"label": "Down SQL", "level": "info",
                     "notice": f"There is no down file ({migration.name}_down.sql): this migration is irreversible."}
         else:
-            down = {"label": "Down SQL", "path": str(migration.down.path), "html": highlight_sql(migration.down.text)}
+            down = {"label": "Down SQL", "path": migration.down.relpath, "html": highlight_sql(migration.down.text)}
             if migration.down.is_empty:
                 down.update(level="info", notice="The down file is empty: rolling back is a no-op.")
         return [up, down]

@@ -154,7 +154,8 @@ def test_detail_shows_up_and_down_sql_from_disk_highlighted(admin_client, sql_tr
     record("orgs/002_create_orgs", tree_dir=sql_tree.path)
     pk = connection.cursor().execute("SELECT id FROM migrations").fetchone()[0]
     html = admin_client.get(f"{CHANGELIST}{pk}/change/").content.decode()
-    assert f"<code>{sql_tree.path / 'orgs' / '002_create_orgs_up.sql'}</code>" in html
+    assert "<h3>Up SQL <code>orgs/002_create_orgs_up.sql</code></h3>" in html
+    assert "<h3>Down SQL <code>orgs/002_create_orgs_down.sql</code></h3>" in html
     assert ('<pre class="nixmig-sql"><span class="sql-comment">-- the orgs</span>\n'
             '<span class="sql-keyword">CREATE</span> <span class="sql-keyword">TABLE</span> orgs (id serial '
             '<span class="sql-keyword">PRIMARY</span> <span class="sql-keyword">KEY</span>, name text '

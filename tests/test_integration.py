@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import io
 import re
+import subprocess
 import sys
 import time
 import uuid
@@ -101,7 +102,6 @@ def wait_for(condition, what: str):
 def start_worker(db: ScratchDB, tree):
     env = db.env(DJANGO_SETTINGS_MODULE="settings_startup", NIXMIG_TEST_MIGRATIONS_DIR=str(tree.path),
                  PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
-    import subprocess
     return subprocess.Popen([sys.executable, "-c", WORKER], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -208,8 +208,13 @@ def test_migrate_applies_sql_migrations_after_djangos_own_only_with_run_with_mig
 
 def test_migrate_check_fails_while_sql_migrations_are_pending_with_run_with_migrate(scratch_db, three, use_tree):
     use_tree(three, RUN_WITH_MIGRATE=True)
-    scratch_db.run("migrate", verbosity=0, interactive=False, fake=True)  # Django's part done, SQL skipped
+    out, err, rc = scratch_db.run("migrate", interactive=False, fake=True)  # Django's part done, SQL left alone
+    assert out.endswith("Skipped SQL migrations: --fake applies to Django's migrations only; use 'sqlmigrate_up "
+                        "--fake' to record SQL migrations without running them.\n")
     assert "migrations" not in scratch_db.tables()
+    out, err, rc = scratch_db.run("migrate", plan=True)
+    assert out == ("Planned operations:\n  No planned migration operations.\nPlanned SQL migrations:\n"
+                   "  auth/001_create_users\n  orgs/002_create_orgs\n  auth/003_create_tokens\n")
     with pytest.raises(SystemExit) as exited:
         scratch_db.run("migrate", verbosity=0, check_unapplied=True)
     assert exited.value.code == 1
@@ -347,7 +352,7 @@ def test_a_failure_on_one_database_does_not_stop_the_others_and_the_command_fail
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three.path), database=aliases, parallel=2)
     assert rc == 1
     assert f"Database {bad.alias!r}: Applying orgs/002_create_orgs failed at" in err
-    assert f'relation "orgs" already exists (SQLSTATE 42P07)' in err
+    assert 'relation "orgs" already exists (SQLSTATE 42P07)' in err
     assert err.rstrip().endswith(f"1 of 2 database(s) failed: {bad.alias}. The others are done; see each "
                                  "database's error above, fix it and run again.")
     assert "  [2/3] Applying orgs/002_create_orgs... FAILED\n" in out
@@ -380,6 +385,19 @@ def test_all_databases_respects_the_routers(scratch_db, more_dbs, three, router)
     assert f"  {refused.alias}: skipped, the database routers" in out
     assert len(scratch_db.records()) == len(allowed.records()) == 3
     assert refused.tables() == set()
+
+
+def test_all_databases_leaves_out_databases_that_are_not_postgresql(scratch_db, three, router):
+    router.allowed = {scratch_db.alias, "lite"}
+    connections.settings["lite"] = dict(scratch_db.settings, ENGINE="django.db.backends.sqlite3", NAME=":memory:")
+    try:
+        out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three.path), database=None, all_databases=True)
+    finally:
+        del connections["lite"]
+        del connections.settings["lite"]
+    assert rc == 0, err
+    assert "  lite: skipped, it is sqlite, not PostgreSQL\n" in out
+    assert len(scratch_db.records()) == 3
 
 
 def test_a_database_the_routers_exclude_is_skipped_with_a_note(scratch_db, three, router):

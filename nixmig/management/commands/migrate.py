@@ -23,7 +23,7 @@ class Command(DjangoMigrate):
         if not conf.get("RUN_WITH_MIGRATE") or options["app_label"] or options["prune"]:
             return
         database = options["database"]
-        if not databases.allows(database):
+        if not databases.is_postgresql(database) or not databases.allows(database):
             return
         try:
             self.sql_migrations(database, options)
