@@ -15,8 +15,8 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "nixmig",  # before staticfiles: its runserver (which extends staticfiles') warns about pending SQL
     "django.contrib.staticfiles",
-    "nixmig",
 ]
 
 MIDDLEWARE = [

@@ -92,6 +92,15 @@ class ScratchDB:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """Name pytest-django's test database per process, so two suites on one server don't collide."""
+    from django.conf import settings
+
+    for alias, db in settings.DATABASES.items():
+        db.setdefault("TEST", {})["NAME"] = f"test_nixmig_{os.getpid()}_{alias}"
+
+
 @pytest.fixture
 def scratch_db(django_db_blocker):
     """Yield a fresh, empty database on the test server, dropped afterwards."""
