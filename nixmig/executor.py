@@ -250,6 +250,8 @@ class Executor:
                 attempt = 0
                 while True:
                     try:
+                        if stmt.builds_index:
+                            self._drop_invalid_index(entry, stmt)
                         with self.connection.cursor() as cursor:
                             cursor.execute(texts[k])
                         break
@@ -280,6 +282,24 @@ class Executor:
                     cursor.execute("RESET lock_timeout; RESET statement_timeout;")
             except DatabaseError:
                 pass
+
+    def _drop_invalid_index(self, entry, stmt) -> None:
+        """Drop the INVALID index an earlier, failed or killed run of this CREATE INDEX CONCURRENTLY left.
+
+        Without this the statement would fail with 'already exists', or, with IF NOT EXISTS, skip
+        and leave an index that is maintained on every write but never used.
+        """
+        table, name = stmt.builds_index
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE i.indrelid = to_regclass(%s) AND c.relname = %s AND NOT i.indisvalid", [table, name])
+            row = cursor.fetchone()
+            if row is None:
+                return
+            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row[0]}")
+        self.callback("invalid_index", entry=entry, index=row[0], line=stmt.line)
 
     def _rollback(self) -> None:
         try:

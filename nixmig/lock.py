@@ -4,6 +4,12 @@ A runner that waits inside a blocking ``pg_advisory_lock()`` is a running statem
 that ``CREATE INDEX CONCURRENTLY`` in the lock holder waits for: a deadlock
 (golang-migrate 960, Flyway 1654). So nixmig polls ``pg_try_advisory_lock()`` with
 backoff from a session that holds no transaction while it waits.
+
+A runner killed with ``kill -9`` in the middle of a long statement leaves a backend
+that would finish the statement, then run the rest of the query string -- the record
+and the COMMIT -- behind the dead runner's back, and hold the lock all that time. The
+lock's session therefore sets ``client_connection_check_interval`` (PostgreSQL 14+), so
+the server notices a vanished client within a second, rolls back and frees the lock.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from django.db import DatabaseError
 
 from . import conf
 from .exceptions import LockTimeout, NixmigError
+
+CLIENT_CHECK_INTERVAL = "1s"  # how soon the server notices that a killed runner is gone
 
 
 class MigrationLock:
@@ -61,6 +69,8 @@ class MigrationLock:
                               "transaction and takes a session lock. Call it outside the atomic block.")
         with self.connection.cursor() as cursor:
             cursor.execute("SET application_name = %s", [self.application_name()])
+            if self.connection.pg_version >= 140000:
+                cursor.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_INTERVAL!r}")
             cursor.execute("SELECT hashtextextended(%s || current_database(), 0)", [f"nixmig:{self.table}:"])
             self.key = cursor.fetchone()[0]
         started = time.monotonic()
@@ -97,5 +107,7 @@ class MigrationLock:
             with self.connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
                 cursor.execute("RESET application_name")
+                if self.connection.pg_version >= 140000:
+                    cursor.execute("RESET client_connection_check_interval")
         except (DatabaseError, psycopg.Error):
             pass  # a broken connection has released the lock already

@@ -83,7 +83,8 @@ class Recorder:
                         "or set NIXMIG['TABLE'] to another table name.")
                 extra = ", ".join(c if c in columns else f"NULL AS {c}" for c in NIXMIG_COLUMNS)
                 try:
-                    cursor.execute(f"SELECT id, name::text, applied_at, {extra} FROM {self.qtable} ORDER BY id")
+                    cursor.execute(f"SELECT id::bigint, name::text, applied_at::timestamptz, {extra} FROM {self.qtable} "
+                                   "ORDER BY id")  # casts: a column retyped by hand reads right or fails here
                     rows = cursor.fetchall()
                 except DatabaseError as exc:
                     raise TrackingTableError(
@@ -121,9 +122,15 @@ class Recorder:
             statements.append(self.adopt_sql(status.legacy))
         if not statements:
             return
-        with transaction.atomic(using=self.connection.alias), self.connection.cursor() as cursor:
-            for sql in statements:
-                cursor.execute(sql)
+        try:
+            with transaction.atomic(using=self.connection.alias), self.connection.cursor() as cursor:
+                for sql in statements:
+                    cursor.execute(sql)
+        except DatabaseError as exc:
+            raise TrackingTableError(
+                f"Can't create or upgrade the tracking table {self.table} ({str(exc).strip().splitlines()[0]}); "
+                "nothing was run. Was it altered by hand, or replaced by a view? Make it a table with the columns "
+                "id BIGSERIAL, name VARCHAR, applied_at TIMESTAMPTZ, or set NIXMIG['TABLE'] to another name.") from exc
 
     def adopt_sql(self, legacy: tuple[tuple[AppliedRecord, Migration], ...]) -> str:
         """Return SQL that fills module and checksum of bare-name rows, keeping id, name and applied_at."""

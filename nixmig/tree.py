@@ -243,8 +243,8 @@ def load_tree(directory: str | os.PathLike) -> Tree:
         module = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
         kept = []
         for d in sorted(dirnames):
-            if d.startswith(".") or d == "__pycache__":
-                continue
+            if (d.startswith(".") and set(d) != {"."}) or d == "__pycache__":
+                continue  # hidden (.git, .idea); a name of dots only ('...') is refused below
             full = os.path.join(dirpath, d)
             rel = f"{module}/{d}" if module else d
             if os.path.islink(full):
