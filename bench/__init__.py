@@ -1,0 +1,1 @@
+"""Benchmarks of nixmig against psql, dbmate, yoyo and Django's migrate (see bench/run.py)."""

