@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from django.db import DatabaseError, transaction
 
@@ -18,8 +18,10 @@ from . import conf
 from .exceptions import MigrationFailed, NixmigError
 from .plan import Entry
 from .recorder import Recorder, literal
-from .sqltext import Prepared
 from .tree import TIMEOUT_RE, Directives, line_of
+
+if TYPE_CHECKING:  # pglast costs ~30 ms to import; sqlmigrate_status never needs it
+    from .sqltext import Prepared
 
 LOCK_NOT_AVAILABLE = "55P03"
 

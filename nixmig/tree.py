@@ -64,7 +64,7 @@ class SqlFile:
 
     @property
     def is_empty(self) -> bool:
-        return not self.text.strip()
+        return not self.text or self.text.isspace()  # = not text.strip(), without copying the text
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,8 @@ def parse_directives(text: str, relpath: str) -> tuple[Directives, list[Problem]
     """Read ``-- nixmig:...`` lines from the comment block at the top of a file."""
     values: dict[str, str | None] = {}
     problems: list[Problem] = []
+    if "nixmig:" not in text:  # fast path: no directive and no line that could be one (most files)
+        return Directives(), problems
     for lineno, line in enumerate(text.split("\n"), 1):
         stripped = line.strip()
         if not stripped:
@@ -184,10 +186,22 @@ def parse_directives(text: str, relpath: str) -> tuple[Directives, list[Problem]
     ), problems
 
 
+def _read(path) -> bytes:
+    """Return a file's bytes: Path.read_bytes() with half the per-file overhead (no buffered reader)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_sql_file(path: Path, relpath: str) -> tuple[SqlFile | None, list[Problem]]:
     """Read one file; return it, or the problems that make it unusable."""
     try:
-        data = path.read_bytes()
+        data = _read(path)
     except OSError as exc:
         return None, [Problem(f"{relpath}: can't be read ({exc.strerror}); check its permissions.",
                               relpath, ERROR, "unreadable")]
@@ -206,6 +220,15 @@ def read_sql_file(path: Path, relpath: str) -> tuple[SqlFile | None, list[Proble
             "re-save the file as UTF-8.", relpath, ERROR, "not_utf8")]
     directives, problems = parse_directives(text, relpath)
     return SqlFile(path, relpath, text, hashlib.sha256(normalised).hexdigest(), directives), problems
+
+
+def _symlinks(dirpath: str) -> set[str]:
+    """Return the names of the symbolic links in a folder (from the directory entries: no lstat each)."""
+    try:
+        with os.scandir(dirpath) as entries:
+            return {e.name for e in entries if e.is_symlink()}
+    except OSError:
+        return set()
 
 
 def _is_ignored(name: str) -> bool:
@@ -260,12 +283,14 @@ def load_tree(directory: str | os.PathLike) -> Tree:
             kept.append(d)
         dirnames[:] = kept
 
+        dir_path = Path(dirpath)  # once per folder: building Paths is a third of the per-file cost
+        links = _symlinks(dirpath)  # one directory read instead of an lstat() per file
         for filename in sorted(filenames):
             if _is_ignored(filename):
                 continue
-            full = Path(dirpath) / filename
+            full = dir_path / filename
             relpath = f"{module}/{filename}" if module else filename
-            if full.is_symlink():
+            if filename in links:
                 target = full.resolve()
                 if not target.is_relative_to(real_root):
                     problems.append(Problem(
