@@ -236,11 +236,19 @@ def _is_ignored(name: str) -> bool:
     return name.startswith(".") or not name.lower().endswith(".sql")
 
 
-def _unpaired_partner(files: dict, module: str, number: int, direction: str) -> SqlFile | None:
+def _unpaired_index(files: dict) -> dict[tuple[str, int, str], list[SqlFile]]:
+    """Index the files that pair with nothing by (folder, number, direction), built once (linear)."""
+    index: dict[tuple[str, int, str], list[SqlFile]] = {}
+    for (module, bare, direction), (number, f) in files.items():
+        other = "down" if direction == "up" else "up"
+        if (module, bare, other) not in files:
+            index.setdefault((module, number, direction), []).append(f)
+    return index
+
+
+def _unpaired_partner(index: dict, module: str, number: int, direction: str) -> SqlFile | None:
     """Return the one file of the other direction, same folder and number, that pairs with nothing."""
-    other = "down" if direction == "up" else "up"
-    found = [f for (mod, bare, d), (n, f) in files.items()
-             if d == other and mod == module and n == number and (mod, bare, direction) not in files]
+    found = index.get((module, number, "down" if direction == "up" else "up"), [])
     return found[0] if len(found) == 1 else None
 
 
@@ -317,6 +325,7 @@ def load_tree(directory: str | os.PathLike) -> Tree:
             files[(module, bare, match["direction"])] = (number, sql_file)
 
     migrations = []
+    unpaired = _unpaired_index(files)
     for (module, bare, direction), (number, up) in files.items():
         if direction != "up":
             continue
@@ -329,7 +338,7 @@ def load_tree(directory: str | os.PathLike) -> Tree:
         migration = Migration(module, number, bare, up, down_entry[1] if down_entry else None)
         migrations.append(migration)
         if down_entry is None:
-            partner = _unpaired_partner(files, module, number, "up")
+            partner = _unpaired_partner(unpaired, module, number, "up")
             problems.append(Problem(
                 f"{up.relpath}: has no down file of the same name, so {migration.id} is irreversible; "
                 f"{partner.relpath} is probably its down file with a misspelt name: rename it to {bare}_down.sql."
@@ -339,7 +348,7 @@ def load_tree(directory: str | os.PathLike) -> Tree:
                 up.relpath, INFO, "irreversible"))
     for (module, bare, direction), (number, down) in files.items():
         if direction == "down" and (module, bare, "up") not in files:
-            partner = _unpaired_partner(files, module, number, "down")
+            partner = _unpaired_partner(unpaired, module, number, "down")
             fix = (f"it is probably the down file of {partner.relpath}: rename it to "
                    f"{partner.path.name[:-len('_up.sql')]}_down.sql, or delete it." if partner else
                    "fix the name of one of the two, or delete it.")
