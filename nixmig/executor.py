@@ -316,7 +316,7 @@ class Executor:
         before = ", ".join(e.id for e in done)
         kept = (f"{len(done)} migration(s) {'applied' if direction == 'up' else 'rolled back'} before it in this "
                 f"run stay so ({before}); later ones were not attempted." if done else
-                "Nothing else was run in this run.")
+                "nothing else ran in this run.")
         return MigrationFailed(
             f"{verb} {entry.id} failed at {where}: {text.rstrip('.')}. {what} {kept} Fix the SQL and run "
             f"sqlmigrate_{direction} again.", migration_id=entry.id, sqlstate=sqlstate,
