@@ -164,3 +164,12 @@ def nixopus_dir() -> Path:
     if not NIXOPUS.is_dir():
         pytest.skip(f"the Nixopus corpus is not at {NIXOPUS} (it lives in the shared folder beside the repository)")
     return NIXOPUS
+
+
+@pytest.fixture
+def nixopus_db(scratch_db, nixopus_dir):
+    """A fresh database on a server that can run the Nixopus files."""
+    if not scratch_db.value("SELECT count(*) FROM pg_available_extensions WHERE name = 'uuid-ossp'"):
+        pytest.skip("this PostgreSQL has no uuid-ossp extension, which the Nixopus files create; run these tests "
+                    "with DATABASE_URL set to a server with contrib, e.g. Debian's PostgreSQL 15")
+    return scratch_db

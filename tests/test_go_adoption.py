@@ -97,14 +97,6 @@ def go(scratch_db):
         migrator.close()
 
 
-@pytest.fixture
-def nixopus_db(scratch_db, nixopus_dir):
-    if not scratch_db.value("SELECT count(*) FROM pg_available_extensions WHERE name = 'uuid-ossp'"):
-        pytest.skip("this PostgreSQL has no uuid-ossp extension, which the Nixopus files create; run these tests "
-                    "with DATABASE_URL set to a server with contrib, e.g. Debian's PostgreSQL 15")
-    return scratch_db
-
-
 def go_rows(db) -> list[tuple]:
     return db.sql("SELECT id, name, applied_at FROM migrations ORDER BY id")
 

@@ -57,15 +57,6 @@ REVERSIBLE_TOP = [
 ]
 
 
-@pytest.fixture
-def nixopus_db(scratch_db, nixopus_dir):
-    """A fresh database on a server that can run the Nixopus files."""
-    if not scratch_db.value("SELECT count(*) FROM pg_available_extensions WHERE name = 'uuid-ossp'"):
-        pytest.skip("this PostgreSQL has no uuid-ossp extension, which the Nixopus files create; run these tests "
-                    "with DATABASE_URL set to a server with contrib, e.g. Debian's PostgreSQL 15")
-    return scratch_db
-
-
 def test_whole_tree_applies_from_empty_in_global_number_order(nixopus_db, nixopus_dir):
     out, err, rc = nixopus_db.run("sqlmigrate_up", dir=str(nixopus_dir))
 
