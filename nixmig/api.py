@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from django.db import DatabaseError, connections
-from django.db.utils import ConnectionDoesNotExist
 
-from . import conf, signals
+from . import conf, databases, signals
 from .exceptions import DatabaseUnavailable, NixmigError, PlanError
 from .executor import Executor
 from .lock import MigrationLock
@@ -50,11 +49,8 @@ def load_tree(directory: str | Path | None = None) -> Tree:
 
 def connection_for(database: str = "default"):
     """Return the connection of ``database``, connected; raise a clear error when it can't be."""
-    try:
-        connection = connections[database]
-    except ConnectionDoesNotExist:
-        raise NixmigError(f"There is no database {database!r} in settings.DATABASES "
-                          f"(known: {', '.join(connections)}).") from None
+    databases.require_known([database])
+    connection = connections[database]
     if connection.vendor != "postgresql":
         raise NixmigError(f"Database {database!r} is {connection.vendor}; nixmig works with PostgreSQL only.")
     try:

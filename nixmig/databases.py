@@ -9,7 +9,7 @@ app label ``nixmig``, which databases take SQL migrations at all.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -51,6 +51,14 @@ def is_postgresql(alias: str) -> bool:
     return connections[alias].vendor == "postgresql"
 
 
+def require_known(aliases: Iterable[str]) -> None:
+    """Raise a clear error naming the aliases that settings.DATABASES doesn't have."""
+    unknown = [a for a in aliases if a not in connections.settings]
+    if unknown:
+        raise NixmigError(f"There is no database {', '.join(map(repr, unknown))} in settings.DATABASES "
+                          f"(known: {', '.join(connections)}).")
+
+
 def select(aliases: Iterable[str] | str | None = None, *, all_databases: bool = False) -> Selection:
     """Return the databases to work on: ``aliases`` (default 'default') or every configured one.
 
@@ -60,10 +68,7 @@ def select(aliases: Iterable[str] | str | None = None, *, all_databases: bool = 
     if isinstance(aliases, str):
         aliases = [aliases]
     wanted = list(connections) if all_databases else list(dict.fromkeys(aliases or [DEFAULT_DB_ALIAS]))
-    unknown = [a for a in wanted if a not in connections.settings]
-    if unknown:
-        raise NixmigError(f"There is no database {', '.join(map(repr, unknown))} in settings.DATABASES "
-                          f"(known: {', '.join(connections)}).")
+    require_known(wanted)
     chosen, skipped = [], []
     for alias in wanted:
         if all_databases and not is_postgresql(alias):
@@ -105,8 +110,6 @@ def run_each(aliases: Iterable[str], job: Callable[[str], Any], *, parallel: int
             outcomes.append(_one(job, alias, close=False))
             done(outcomes[-1])
         return outcomes
-    from concurrent.futures import as_completed
-
     with ThreadPoolExecutor(max_workers=min(parallel, len(aliases)), thread_name_prefix="nixmig") as pool:
         futures = {pool.submit(_one, job, alias, True): alias for alias in aliases}
         by_alias = {}
