@@ -106,19 +106,24 @@ def _try_create(connection, recorder: Recorder) -> None:
 def migrate_up(*, directory: str | Path | None = None, database: str = "default", to: str | None = None,
                fake: bool = False, atomic: bool = False, allow_changed: bool = False,
                allow_out_of_order: bool = False, lock_wait: float | None = None,
-               progress: Callback | None = None) -> RunResult:
-    """Apply pending migrations in order (all, or up to and including ``to``)."""
+               progress: Callback | None = None, tree: Tree | None = None) -> RunResult:
+    """Apply pending migrations in order (all, or up to and including ``to``).
+
+    ``tree`` reuses an already loaded tree (callers that run many times, such as verify).
+    """
     return _run("up", directory, database, progress, lock_wait, fake,
                 lambda status: plan_up(status, to=to, allow_changed=allow_changed,
-                                       allow_out_of_order=allow_out_of_order), atomic=atomic)
+                                       allow_out_of_order=allow_out_of_order), atomic=atomic, tree=tree)
 
 
 def migrate_down(*, directory: str | Path | None = None, database: str = "default", steps: int | None = 1,
                  to: str | None = None, everything: bool = False, fake: bool = False,
-                 lock_wait: float | None = None, progress: Callback | None = None) -> RunResult:
+                 lock_wait: float | None = None, progress: Callback | None = None,
+                 tree: Tree | None = None) -> RunResult:
     """Roll back the most recently applied migrations (``steps``, down ``to`` one, or ``everything``)."""
     return _run("down", directory, database, progress, lock_wait, fake,
-                lambda status: plan_down(status, steps=steps, to=to, everything=everything, fake=fake))
+                lambda status: plan_down(status, steps=steps, to=to, everything=everything, fake=fake),
+                tree=tree)
 
 
 def plan(direction: str = "up", *, directory: str | Path | None = None, database: str = "default",
@@ -182,9 +187,10 @@ def _with_migration_signals(emit: Callback, database: str) -> Callback:
     return callback
 
 
-def _run(direction, directory, database, progress, lock_wait, fake, make_plan, atomic=False) -> RunResult:
+def _run(direction, directory, database, progress, lock_wait, fake, make_plan, atomic=False,
+         tree: Tree | None = None) -> RunResult:
     emit = _with_migration_signals(progress or (lambda event, **data: None), database)
-    tree = load_tree(directory)
+    tree = tree or load_tree(directory)
     tree.raise_for_errors()
     for problem in tree.problems:
         if problem.level == "warning":
