@@ -24,6 +24,19 @@ from .tree import Tree, load_tree as _load_tree
 
 Callback = Callable[..., None]
 
+# Callables run on every plan under the lock, before anything is sent (see register_plan_check).
+_plan_checks: list[Callable[..., None]] = []
+
+
+def register_plan_check(check: Callable[..., None]) -> None:
+    """Run ``check(direction=, entries=, prepared=, connection=, fake=, emit=)`` on every plan before it runs.
+
+    A check refuses a plan by raising a NixmigError; it runs under the migration lock, on the
+    plan as re-read there, so what it approved is exactly what runs.
+    """
+    if check not in _plan_checks:
+        _plan_checks.append(check)
+
 
 @dataclass
 class RunResult:
@@ -204,6 +217,9 @@ def _run(direction, directory, database, progress, lock_wait, fake, make_plan, a
         current = resolve(tree, state.records, state.progress, table=recorder.table)
         entries = make_plan(current)
         prepared = _prepare(tree, entries, direction, fake)
+        for check in _plan_checks:  # e.g. the linter: may raise to refuse the plan; nothing has run yet
+            check(direction=direction, entries=entries, prepared=prepared, connection=connection, fake=fake,
+                  emit=emit)
         result = RunResult(direction, entries, database=database, fake=fake,
                            skipped=sum(1 for e in current.entries if e.record is not None) - len(entries)
                            if direction == "down" else len(current.with_state("applied", "changed")))
