@@ -36,3 +36,11 @@ class TrackingTableError(NixmigError):
 
 class DatabaseUnavailable(NixmigError):
     """The database could not be reached."""
+
+
+class SourceTreeError(NixmigError):
+    """Another tool's migration tree can't be imported; nothing was written."""
+
+
+class AdoptionError(NixmigError):
+    """Another tool's tracking table can't be adopted; nothing was recorded."""

@@ -196,3 +196,17 @@ class Recorder:
     def clear_progress_sql(self, migration: Migration, direction: str) -> str:
         return (f"DELETE FROM {self.qprogress} WHERE module = {literal(migration.module)} "
                 f"AND name = {literal(migration.name)} AND direction = {literal(direction)}")
+
+    def record_adopted(self, rows: list[tuple[Migration, datetime | None]]) -> int:
+        """Record migrations another tool applied, with the time it applied them (None: now); return how many.
+
+        One INSERT in the caller's transaction; rows nixmig recorded already are left alone.
+        """
+        if not rows:
+            return 0
+        values = ", ".join(["(%s, %s, %s, COALESCE(%s, now()))"] * len(rows))
+        params = [p for m, applied_at in rows for p in (m.name, m.module, m.checksum, applied_at)]
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {self.qtable} (name, module, checksum, applied_at) VALUES {values} "
+                           f"ON CONFLICT (module, name) DO NOTHING", params)
+            return cursor.rowcount
