@@ -81,7 +81,8 @@ DBMATE = {
 }
 
 DIESEL = {
-    "00000000000000_diesel_initial_setup/up.sql": "CREATE OR REPLACE FUNCTION diesel_noop() RETURNS void AS $$\nBEGIN\n  PERFORM 1;\nEND;\n$$ LANGUAGE plpgsql;\n",
+    "00000000000000_diesel_initial_setup/up.sql": (
+        "CREATE OR REPLACE FUNCTION diesel_noop() RETURNS void AS $$\nBEGIN\n  PERFORM 1;\nEND;\n$$ LANGUAGE plpgsql;\n"),
     "00000000000000_diesel_initial_setup/down.sql": "DROP FUNCTION IF EXISTS diesel_noop();\n",
     "2019-02-26-002946_create_user/up.sql": "CREATE TABLE users (id serial PRIMARY KEY, email text);\n",
     "2019-02-26-002946_create_user/down.sql": "DROP TABLE users;\n",
@@ -314,6 +315,29 @@ def test_popx_template_syntax_is_refused(tmp_path):
     assert "1_a.up.sql:1: popx renders this file as a Go template" in err
 
 
+def test_each_tool_s_own_run_order_is_kept(tmp_path):
+    def versions(tool, files):
+        root = write(tmp_path / tool, files)
+        return [m.version for m in read_source(tool, root).migrations]
+
+    up = "-- migrate:up\nSELECT 1;\n"
+    assert versions("goose", {"9_a.sql": "-- +goose Up\nSELECT 1;\n", "10_b.sql": "-- +goose Up\nSELECT 1;\n"}) == [
+        "9", "10"]  # goose: numbers
+    assert versions("popx", {"9_a.up.sql": "SELECT 1;\n", "10_b.up.sql": "SELECT 1;\n"}) == ["10", "9"]  # strings
+    assert versions("dbmate", {"9_a.sql": up, "10_b.sql": up}) == ["10", "9"]  # dbmate: file names
+    assert versions("golang-migrate", {"9_a.up.sql": "SELECT 1;\n", "10_b.up.sql": "SELECT 1;\n"}) == ["9", "10"]
+
+
+def test_popx_down_file_without_a_postgres_up_is_skipped_like_popx_does(tmp_path):
+    src = write(tmp_path / "src", {**POPX, "20191100000005000000_x.mysql.up.sql": "SELECT 1;\n",
+                                   "20191100000005000000_x.postgres.down.sql": "SELECT 1;\n"})
+    out, err, rc = run_import(str(src), tool="popx", dir=str(tmp_path / "m"), dry_run=True)
+    assert rc == 0, err
+    assert ("20191100000005000000_x.postgres.down.sql: skipped: a down file with no up file of version "
+            "20191100000005000000 for PostgreSQL") in out
+    assert "Would write 8 file(s) for 4 migration(s)" in out
+
+
 # -- writing safely ----------------------------------------------------------------------------------
 
 def test_dry_run_prints_the_mapping_and_writes_nothing(tmp_path):
@@ -522,6 +546,19 @@ def test_golang_migrate_version_means_everything_up_to_it(scratch_db, tmp_path):
                                   adopt=True, module="app")
     assert rc == 0, err
     assert scratch_db.records() == [("app", "00001_1_create_users"), ("app", "00002_2_add_email_index")]
+
+
+def test_dry_run_with_adopt_counts_what_the_tool_applied_and_changes_nothing(scratch_db, tmp_path):
+    src = write(tmp_path / "src", DIESEL)
+    run_like("diesel", scratch_db.url, src, count=3)
+    out, err, rc = scratch_db.run("sqlmigrate_import", str(src), tool="diesel", dir=str(tmp_path / "m"), adopt=True,
+                                  dry_run=True)
+    assert rc == 0, err
+    assert "diesel's table __diesel_schema_migrations says 3 of 4 are applied" in out
+    assert " [X] 2019-02-26-002946_create_user/up.sql -> diesel/00002_2019-02-26-002946_create_user_up.sql" in out
+    assert " [ ] 2021-01-01-000000_no_down/up.sql -> diesel/00004_2021-01-01-000000_no_down_up.sql" in out
+    assert not (tmp_path / "m").exists()
+    assert "migrations" not in scratch_db.tables()
 
 
 def test_a_dirty_golang_migrate_database_is_refused_and_nothing_is_written_or_recorded(scratch_db, tmp_path):

@@ -101,7 +101,8 @@ def _rel(root: Path, path: Path) -> str:
 
 def _sql_files(root: Path, recursive: bool) -> list[Path]:
     paths = root.rglob("*") if recursive else root.iterdir()
-    return sorted(p for p in paths if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    hidden = lambda p: any(part.startswith(".") for part in p.relative_to(root).parts)  # noqa: E731
+    return sorted(p for p in paths if p.is_file() and not hidden(p))
 
 
 def _line_at(text: str, index: int) -> int:
@@ -260,7 +261,7 @@ def _dbmate(root: Path):
         migrations.append(SourceMigration(
             version, version, match[2].lstrip("_"), up, down, f"{path.name} (up section)",
             f"{path.name} (down section)" if down is not None else None, up_no_tx, down_no_tx, why,
-            order=(int(version), path.name)))
+            order=(path.name,)))  # dbmate runs files in file-name order
     return migrations, notes, errors
 
 
@@ -294,7 +295,8 @@ def _diesel(root: Path):
         migrations.append(SourceMigration(
             version, match[1], match[2], _read(up), _read(down) if down.is_file() else None, f"{path.name}/up.sql",
             f"{path.name}/down.sql" if down.is_file() else None, no_tx, no_tx,
-            "run_in_transaction = false (metadata.toml)" if no_tx else "", order=(version,)))
+            "run_in_transaction = false (metadata.toml)" if no_tx else "",
+            order=(version,)))  # Diesel compares versions as strings
     return migrations, notes, errors
 
 
@@ -442,12 +444,13 @@ def _popx(root: Path):
         migrations.append(SourceMigration(
             version, version, name, _read(up_path), _read(down_path) if down_path else None, _rel(root, up_path),
             _rel(root, down_path) if down_path else None, up_auto, down_auto,
-            f".autocommit. file name ({why})" if why else "", order=(int(version), version)))
+            f".autocommit. file name ({why})" if why else "",
+            order=(version,)))  # popx compares versions as strings
     for (version, direction), slot in found.items():
         if direction == "down" and (version, "up") not in found:
             path = (slot.get("postgres") or slot["all"])[0]
-            errors.append(f"{_rel(root, path)}: a down file of version {version}, which has no up file; add the up "
-                          "file or delete this one.")
+            notes.append(f"{_rel(root, path)}: skipped: a down file with no up file of version {version} for "
+                         "PostgreSQL, which popx never runs here either")
     return migrations, notes, errors
 
 
