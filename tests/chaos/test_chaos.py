@@ -1,0 +1,318 @@
+"""Fault injection (issue 9): the tracking table never lies, whatever happens to the runner or the server.
+
+Every trial runs against a private PostgreSQL cluster (tests/pgcluster.py), once per server
+version found. After each fault the suite waits until the runner's backend is gone, checks the
+invariant of tests/chaos/model.py against the catalog, then checks that the documented
+recovery (a plain re-run) ends with every migration applied once with all its effects.
+
+Figures per kind go to stderr (pytest -s) and to tests/artifacts/chaos-summary.json.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .conftest import rng_for, trials
+from .model import base_tree, check, final_problems, landed_in, write_tree
+from .mutate import mutate
+from .runners import one_paragraph_problem, runner_backend
+
+HANG = 60  # seconds a runner may take to end after a fault before it counts as a hang
+
+
+def _tree(tmp_path, **scale):
+    specs = base_tree(**scale)
+    return specs, str(write_tree(specs, tmp_path / "migrations_sql"))
+
+
+def _recover_up(db, specs, tree, fig, trial, label) -> None:
+    """The documented recovery: a plain sqlmigrate_up must exit 0 and leave everything applied once."""
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", tree)
+    if tb:
+        fig.problem("tracebacks", trial, f"{label}: recovery sqlmigrate_up raised:\n{tb}")
+    elif rc != 0:
+        fig.problem("recovery_failures", trial, f"{label}: recovery sqlmigrate_up exited {rc}:\n{err}")
+    problems = final_problems(specs, db.snap())
+    if problems and rc == 0:
+        fig.problem("violations", trial, f"{label}: after recovery sqlmigrate_up (exit 0): {problems}")
+
+
+def _calibrate(db, specs, tree, argv) -> float:
+    """Run ``argv`` once, undisturbed; return seconds from taking the lock to exit."""
+    runner = db.spawn(argv, f"calibrate-{argv[0]}")
+    found = runner_backend(db.conn, runner)
+    rc = runner.wait(HANG)
+    assert rc == 0, f"undisturbed {' '.join(argv)} failed ({rc}):\n{runner.stdout}\n{runner.stderr}"
+    assert found is not None
+    return time.monotonic() - found[1]
+
+
+def _kill_at_random(db, runner, window, rng, fig, trial, label):
+    """Kill -9 ``runner`` at a random instant after it took the lock; record where the kill landed."""
+    found = runner_backend(db.conn, runner)
+    if found is None:
+        fig.landed(f"{label}: ended before it was seen")
+        return
+    backend, _ = found
+    time.sleep(rng.uniform(0, window))
+    if runner.poll() is not None:
+        fig.landed(f"{label}: finished before the kill")
+        return
+    runner.kill()
+    row = db.conn.execute("SELECT state, query FROM pg_stat_activity WHERE pid = %s", [backend]).fetchone()
+    if row and row[0] == "active" and "CONCURRENTLY" in (row[1] or "").upper():
+        fig.landed(f"{label}: during CREATE/DROP INDEX CONCURRENTLY")
+    elif row and row[0] == "active" and landed_in(row[1]):
+        fig.landed(f"{label}: inside a statement")
+    else:
+        fig.landed(f"{label}: between statements")
+    if runner.wait(HANG) is None:
+        fig.problem("hangs", trial, f"{label}: killed runner pid {runner.pid} did not end")
+
+
+def _after_fault(db, specs, fig, trial, label) -> bool:
+    """Wait for the runner's backend to end, then check the invariant. Return False on a hang."""
+    if not db.backends_gone(HANG):
+        rows = db.conn.execute("SELECT pid, application_name, state, query FROM pg_stat_activity "
+                               "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+        fig.problem("hangs", trial, f"{label}: backends still there after {HANG} s: {rows}")
+        return False
+    snap = db.snap()
+    for p in snap.progress:
+        fig.landed(f"{label}: left a partly {'applied' if p['direction'] == 'up' else 'rolled back'} migration")
+    if any(valid is False for valid in snap.objects.values()):
+        fig.landed(f"{label}: left an INVALID index")
+    problems = check(specs, snap)
+    if problems:
+        fig.problem("violations", trial, f"{label}: {problems}; records={snap.records}; progress={snap.progress}")
+    return True
+
+
+def test_kill_up_and_down(chaos_db, figures, tmp_path):
+    """kill -9 of sqlmigrate_up at random instants, then of sqlmigrate_down --steps 3; recover each time.
+
+    Each cycle: empty database -> kill an up run -> invariant -> recovery (sqlmigrate_up) ->
+    everything applied -> kill a 'down --steps 3' run -> invariant -> recovery: finish a partly
+    rolled-back migration with 'sqlmigrate_down --steps 1', then sqlmigrate_up -> everything applied.
+    Every tenth runner is a real 'python manage.py' process, the others are forked (see runners.py).
+    """
+    db, fig = chaos_db, figures
+    specs, tree = _tree(tmp_path)
+    up, down = ["sqlmigrate_up", "--dir", tree], ["sqlmigrate_down", "--steps", "3", "--dir", tree]
+    up_window = _calibrate(db, specs, tree, up)
+    down_window = _calibrate(db, specs, tree, down)
+    fig["window_s"] = {"up": round(up_window, 2), "down_steps_3": round(down_window, 2)}
+    for trial in range(trials(30)):
+        rng = rng_for("kill", fig["version"], trial)
+        how = "manage" if trial % 10 == 0 else "fork"
+        db.reset()
+        fig.add("trials")
+        runner = db.spawn(up, f"up-{trial}", how)
+        _kill_at_random(db, runner, up_window * 1.05, rng, fig, trial, "up")
+        if not _after_fault(db, specs, fig, trial, "up"):
+            continue
+        _recover_up(db, specs, tree, fig, trial, "up")
+        if final_problems(specs, db.snap()):
+            continue  # already counted; the down half needs a fully applied database
+        fig.add("trials")
+        runner = db.spawn(down, f"down-{trial}", how)
+        _kill_at_random(db, runner, down_window * 1.05, rng, fig, trial, "down")
+        if not _after_fault(db, specs, fig, trial, "down"):
+            continue
+        if any(p["direction"] == "down" for p in db.snap().progress):
+            rc, out, err, tb = db.inprocess("sqlmigrate_down", "--steps", "1", "--dir", tree)
+            if tb or rc != 0:
+                fig.problem("tracebacks" if tb else "recovery_failures", trial,
+                            f"down: finishing the partly rolled-back migration exited {rc}:\n{tb or err}")
+            else:
+                problems = check(specs, db.snap())
+                if problems or db.snap().progress:
+                    fig.problem("violations", trial, f"down: after 'sqlmigrate_down --steps 1': {problems}, "
+                                                     f"progress {db.snap().progress}")
+        _recover_up(db, specs, tree, fig, trial, "down")
+    assert fig.bad == 0, fig.line() + "\n" + "\n".join(fig["examples"])
+
+
+def test_terminate_backend(chaos_db, figures, tmp_path):
+    """pg_terminate_backend of the runner's connection: exit 1, one paragraph, no traceback; invariant; re-run."""
+    db, fig = chaos_db, figures
+    specs, tree = _tree(tmp_path)
+    up = ["sqlmigrate_up", "--dir", tree]
+    window = _calibrate(db, specs, tree, up)
+    for trial in range(trials(10)):
+        rng = rng_for("terminate", fig["version"], trial)
+        db.reset()
+        fig.add("trials")
+        runner = db.spawn(up, f"term-{trial}", "manage")
+        found = runner_backend(db.conn, runner)
+        if found is None:
+            fig.landed("ended before it was seen")
+        else:
+            time.sleep(rng.uniform(0, window))
+            still_running = runner.poll() is None
+            hit = db.conn.execute("SELECT pg_terminate_backend(%s)", [found[0]]).fetchone()[0]
+            fig.landed("terminated while running" if hit and still_running else "finished before the terminate")
+        rc = runner.wait(HANG)
+        if rc is None:
+            runner.kill()
+            fig.problem("hangs", trial, f"runner did not end within {HANG} s after pg_terminate_backend")
+            continue
+        if rc == 0:
+            if final_problems(specs, db.snap()):
+                fig.problem("violations", trial, f"exit 0 but not everything applied: {final_problems(specs, db.snap())}")
+        else:
+            why = one_paragraph_problem(runner.stderr)
+            if rc != 1 or why:
+                counter = "tracebacks" if "Traceback" in runner.stderr else "unclear_errors"
+                fig.problem(counter, trial, f"exit {rc}, {why}:\n{runner.stderr}")
+        if _after_fault(db, specs, fig, trial, "terminate"):
+            _recover_up(db, specs, tree, fig, trial, "terminate")
+    assert fig.bad == 0, fig.line() + "\n" + "\n".join(fig["examples"])
+
+
+def test_immediate_restart(chaos_db, figures, tmp_path):
+    """pg_ctl restart -m immediate during a run: non-zero exit without a traceback; invariant; re-run."""
+    db, fig = chaos_db, figures
+    specs, tree = _tree(tmp_path)
+    up = ["sqlmigrate_up", "--dir", tree]
+    window = _calibrate(db, specs, tree, up)
+    for trial in range(trials(3)):
+        rng = rng_for("restart", fig["version"], trial)
+        db.reset()
+        fig.add("trials")
+        runner = db.spawn(up, f"restart-{trial}", "manage")
+        found = runner_backend(db.conn, runner)
+        time.sleep(rng.uniform(0.1, 0.9) * window)
+        still_running = runner.poll() is None
+        db.conn.close()
+        db.cluster.restart_immediate()
+        db.cluster.wait_ready()
+        db.connect()
+        fig.landed("restarted while running" if found and still_running else "finished before the restart")
+        rc = runner.wait(HANG)
+        if rc is None:
+            runner.kill()
+            fig.problem("hangs", trial, f"runner did not end within {HANG} s after the restart")
+        elif "Traceback" in runner.stderr:
+            fig.problem("tracebacks", trial, runner.stderr)
+        elif rc == 0 and still_running and final_problems(specs, db.snap()):
+            fig.problem("violations", trial, f"exit 0 but not everything applied: {final_problems(specs, db.snap())}")
+        elif rc != 0 and one_paragraph_problem(runner.stderr):
+            fig.problem("unclear_errors", trial, f"exit {rc}, {one_paragraph_problem(runner.stderr)}:\n{runner.stderr}")
+        if _after_fault(db, specs, fig, trial, "restart"):
+            _recover_up(db, specs, tree, fig, trial, "restart")
+    assert fig.bad == 0, fig.line() + "\n" + "\n".join(fig["examples"])
+
+
+def test_twelve_runners_at_once(chaos_db, figures, tmp_path):
+    """12 'python manage.py sqlmigrate_up' started together on an empty database (tree with CIC): all exit 0."""
+    db, fig = chaos_db, figures
+    specs, tree = _tree(tmp_path)
+    for trial in range(trials(1)):
+        db.reset()
+        fig.add("trials")
+        runners = [db.spawn(["sqlmigrate_up", "--dir", tree], f"many-{trial}-{i}", "manage") for i in range(12)]
+        codes = [r.wait(180) for r in runners]
+        for r, rc in zip(runners, codes):
+            if rc is None:
+                r.kill()
+                fig.problem("hangs", trial, f"runner pid {r.pid} still running after 180 s")
+            elif "Traceback" in r.stderr:
+                fig.problem("tracebacks", trial, r.stderr)
+            elif rc != 0:
+                fig.problem("recovery_failures", trial, f"runner exited {rc}:\n{r.stderr}")
+        fig.landed(f"runners that applied something: "
+                   f"{sum(1 for r in runners if 'No migrations to apply' not in r.stdout)}")
+        if _after_fault(db, specs, fig, trial, "12 runners"):
+            problems = final_problems(specs, db.snap())
+            if problems:
+                fig.problem("violations", trial, f"after 12 runners: {problems}")
+    assert fig.bad == 0, fig.line() + "\n" + "\n".join(fig["examples"])
+
+
+def test_mutated_trees(chaos_db, figures, tmp_path):
+    """100+ seeded mutations of the tree: each applies, or is refused with one clear paragraph, nothing half-applied.
+
+    In-process (call_command), except the first five, which run as real 'python manage.py' processes.
+    """
+    db, fig = chaos_db, figures
+    files = set()
+    for trial in range(trials(100) + 5):
+        rng = rng_for("mutate", fig["version"], trial)
+        specs = base_tree(pad=0, rows=300)
+        root = write_tree(specs, tmp_path / f"tree{trial}")
+        descriptions, touched = mutate(root, specs, rng)
+        files = tuple(p.name for p in root.rglob("*") if p.is_file()) + tuple(
+            p.name for p in root.iterdir() if p.is_dir())
+        db.reset()
+        fig.add("trials")
+        label = "; ".join(descriptions) or "no mutation"
+        if trial < 5:
+            runner = db.spawn(["sqlmigrate_up", "--dir", str(root)], f"mut-{trial}", "manage")
+            rc = runner.wait(HANG)
+            err, tb = runner.stderr, "Traceback" in runner.stderr
+            if rc is None:
+                runner.kill()
+                fig.problem("hangs", trial, f"{label}: runner did not end")
+                continue
+        else:
+            rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
+        if tb:
+            fig.problem("tracebacks", trial, f"{label}:\n{err}")
+        elif rc == 0:
+            fig.landed("applied")
+            snap = db.snap()
+            missing = [s.id for s in specs if (root / s.module / f"{s.name}_up.sql").exists()
+                       and snap.records.get(s.id, 0) != 1]
+            if missing or snap.progress:
+                fig.problem("violations", trial, f"{label}: exit 0 but not applied once: {missing}, "
+                                                 f"progress {snap.progress}")
+        else:
+            why = one_paragraph_problem(err, must_name_file=True, files=files)
+            if rc != 1 or why:
+                fig.problem("unclear_errors", trial, f"{label}: exit {rc}, {why}:\n{err}")
+            snap = db.snap()
+            fig.landed("refused, nothing applied" if not snap.records else "failed after applying some")
+        if not db.backends_gone(HANG):
+            fig.problem("hangs", trial, f"{label}: backends left behind")
+            continue
+        problems = check(specs, db.snap(), unknown=frozenset(touched))
+        if problems:
+            fig.problem("violations", trial, f"{label}: {problems}")
+    assert fig.bad == 0, fig.line() + "\n" + "\n".join(fig["examples"])
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_invariant_checker_catches_lies(chaos_db, tmp_path, k):
+    """The checker is not a check that can't fail: a record without effects, or effects without a record, are caught."""
+    db = chaos_db
+    specs, tree = _tree(tmp_path, pad=0, rows=100)
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", tree)
+    assert (rc, tb) == (0, None), err
+    assert check(specs, db.snap()) == [] and final_problems(specs, db.snap()) == []
+    # A lie of each kind, made by hand:
+    db.conn.execute("DROP FUNCTION f_08_6()")  # recorded, effect missing
+    db.conn.execute("DELETE FROM migrations WHERE name = '005_tx'")  # effects present, not recorded
+    if k == 0:  # recorded twice (the unique index would refuse it, so it goes first)
+        db.conn.execute("DROP INDEX migrations_module_name_key")
+        db.conn.execute("INSERT INTO migrations (name, module) VALUES ('001_base', 'core')")
+    if k:
+        db.conn.execute(
+            "CREATE TABLE IF NOT EXISTS migrations_progress (module VARCHAR NOT NULL, name VARCHAR NOT NULL, "
+            "direction VARCHAR(4) NOT NULL, checksum VARCHAR(64) NOT NULL, statements_done INTEGER NOT NULL, "
+            "statement_hashes TEXT[] NOT NULL, total INTEGER NOT NULL, error TEXT, updated_at TIMESTAMPTZ NOT NULL "
+            "DEFAULT now(), PRIMARY KEY (module, name, direction))")
+        db.conn.execute("DELETE FROM migrations WHERE name = '002_nt_tables'")
+        db.conn.execute("INSERT INTO migrations_progress VALUES ('core', '002_nt_tables', 'up', 'x', %s, '{}', 6)",
+                        [k])
+    problems = " | ".join(check(specs, db.snap()))
+    assert "audit/008_nt_multi (recorded): missing: func:f_08_6" in problems
+    assert "teams/005_tx (not recorded): present but should not be: table:t_05_1, table:t_05_3" in problems
+    if k == 0:
+        assert "core/001_base: recorded 2 times" in problems
+    if k == 1:  # statements 3 (t_02_3) .. 6 ran beyond the recorded progress of 1
+        assert "core/002_nt_tables (not recorded, up progress 1/6): present but should not be" in problems
+    if k == 3:
+        assert "core/002_nt_tables (not recorded, up progress 3/6): present but should not be" in problems
