@@ -36,8 +36,9 @@ def pending_message(status: Status, alias: str) -> str | None:
 def problems_message(status: Status, alias: str) -> str | None:
     """Return one line naming what sqlmigrate_status reports as wrong, or None."""
     counts = status.counts()
-    parts = [f"{counts[state]} {state}" for state in ("changed", "missing", "failed") if counts[state]]
-    problems = [p for p in status.problems if p.level in ("error", "warning") and p.code != "failed"]
+    parts = [f"{counts[state]} {state.replace('_', ' ')}"
+             for state in ("changed", "missing", "partly_applied", "partly_rolled_back") if counts[state]]
+    problems = [p for p in status.problems if p.level in ("error", "warning") and p.code not in counts]
     if problems:
         parts.append(f"{len(problems)} problem(s) such as: {problems[0].message}")
     if not parts:

@@ -15,6 +15,11 @@ DEFAULTS: dict[str, Any] = {
     "APPLY_ON_STARTUP": False,
     "RUN_WITH_MIGRATE": False,
     "APPLICATION_NAME": "nixmig",
+    "TEST_APPLY": True,  # test databases get the SQL tree after Django's migrations (nixmig.testing)
+    "TEST_TEMPLATE": True,  # ... by copying a template database built once per tree
+    "TEST_SPARES": 1,  # copies of the template made in the background for the next test databases
+    "TEST_REBUILD_CHANGED": False,  # --keepdb: re-create a kept test database whose applied files were edited
+    "ALLOW_EMPTY": False,  # accept empty / comment-only up files as no-op migrations (imported trees)
 }
 
 

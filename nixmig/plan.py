@@ -13,7 +13,10 @@ APPLIED = "applied"
 PENDING = "pending"
 CHANGED = "changed"
 MISSING = "missing"
-FAILED = "failed"
+# A no-transaction file stopped part-way (failed, or its runner was killed). The direction is kept:
+PARTLY_APPLIED = "partly_applied"  # not recorded; statements 1..k of its up file ran
+PARTLY_ROLLED_BACK = "partly_rolled_back"  # still recorded; statements 1..k of its down file ran
+PARTIAL = (PARTLY_APPLIED, PARTLY_ROLLED_BACK)
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,13 @@ class AppliedRecord:
 
 @dataclass(frozen=True)
 class Progress:
-    """How far a no-transaction migration got before it failed or was killed."""
+    """How far a no-transaction migration got before it failed or was killed.
+
+    ``statements_done`` statements of the file of ``direction`` ran (each committed with this
+    row, except a statement that can't run in a transaction, whose row follows it); none after.
+    One hash more than ``statements_done`` marks such a non-transactional statement as sent but
+    not confirmed (``in_flight``): the runner stopped while it ran, and it may have finished.
+    """
 
     module: str
     name: str
@@ -41,6 +50,14 @@ class Progress:
     total: int
     error: str | None
     updated_at: datetime | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        return len(self.statement_hashes) > self.statements_done
+
+    @property
+    def started(self) -> bool:
+        return self.statements_done > 0 or self.in_flight
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,10 @@ class Entry:
     record: AppliedRecord | None = None
     out_of_order: bool = False
     progress: Progress | None = None
+    # Filled in (by nixmig.api, which may parse) for a partly run file: its statements' first lines,
+    # and whether the statements that ran were edited since (then it can't resume).
+    statement_lines: tuple[int, ...] = ()
+    edited: bool = False
 
     @property
     def applied_at(self) -> datetime | None:
@@ -103,7 +124,7 @@ class Status:
 
     @property
     def pending(self) -> list[Entry]:
-        return self.with_state(PENDING, FAILED)
+        return self.with_state(PENDING, PARTLY_APPLIED)
 
     @property
     def out_of_order(self) -> list[Entry]:
@@ -114,14 +135,22 @@ class Status:
         return [p for p in self.problems if p.level == ERROR]
 
     def counts(self) -> dict[str, int]:
-        counts = {APPLIED: 0, PENDING: 0, CHANGED: 0, MISSING: 0, FAILED: 0}
+        counts = {APPLIED: 0, PENDING: 0, CHANGED: 0, MISSING: 0, PARTLY_APPLIED: 0, PARTLY_ROLLED_BACK: 0}
         for e in self.entries:
             counts[e.state] += 1
         return counts
 
+    def counts_text(self, *, applied: bool = False) -> str:
+        """'2 pending, 0 changed, 0 missing, 1 partly applied, 0 partly rolled back' (for summaries)."""
+        c = self.counts()
+        parts = ([f"{c[APPLIED]} applied"] if applied else []) + [
+            f"{c[PENDING]} pending", f"{c[CHANGED]} changed", f"{c[MISSING]} missing",
+            f"{c[PARTLY_APPLIED]} partly applied", f"{c[PARTLY_ROLLED_BACK]} partly rolled back"]
+        return ", ".join(parts)
+
     @property
     def ok(self) -> bool:
-        """True when nothing is pending, changed, missing or failed and no problem (but info) exists."""
+        """True when nothing is pending, changed, missing or partial and no problem (but info) exists."""
         counts = self.counts()
         return (counts[APPLIED] == len(self.entries)
                 and not [p for p in self.problems if p.level in (ERROR, WARNING)])
@@ -182,20 +211,25 @@ def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] =
             missing.append(Entry("/".join(k for k in key if k), key[0], rec.name,
                                  int(m.group(1)) if m else 0, MISSING, None, rec))
 
-    progress_by_key = {(p.module, p.name): p for p in progress if p.direction == "up"}
-    down_progress = {(p.module, p.name): p for p in progress if p.direction == "down"}
+    # A progress row counts only in the direction it can belong to: up for an unrecorded migration,
+    # down for a recorded one, and only once a statement ran. Any other row is stale (see below).
+    up_progress = {(p.module, p.name): p for p in progress if p.direction == "up" and p.started}
+    down_progress = {(p.module, p.name): p for p in progress if p.direction == "down" and p.started}
+    used: set[tuple[str, str, str]] = set()
     entries: list[Entry] = []
     for m in tree.migrations:
-        rec = matched.get((m.module, m.name))
+        key = (m.module, m.name)
+        rec = matched.get(key)
         if rec is None:
-            prog = progress_by_key.get((m.module, m.name))
-            entries.append(Entry(m.id, m.module, m.name, m.number, FAILED if prog else PENDING, m, None,
-                                 progress=prog))
+            prog = up_progress.get(key)
+            state = PARTLY_APPLIED if prog else PENDING
         else:
-            state = CHANGED if rec.checksum is not None and rec.checksum != m.checksum else APPLIED
-            prog = down_progress.get((m.module, m.name))
-            entries.append(Entry(m.id, m.module, m.name, m.number, FAILED if prog else state, m, rec,
-                                 progress=prog))
+            prog = down_progress.get(key)
+            state = (PARTLY_ROLLED_BACK if prog else
+                     CHANGED if rec.checksum is not None and rec.checksum != m.checksum else APPLIED)
+        if prog is not None:
+            used.add((m.module, m.name, prog.direction))
+        entries.append(Entry(m.id, m.module, m.name, m.number, state, m, rec, progress=prog))
     entries.extend(missing)
     entries.sort(key=lambda e: e.sort_key)
 
@@ -207,14 +241,59 @@ def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] =
             for e in entries
         ]
     for e in entries:
-        if e.state == FAILED:
-            p = e.progress
+        if e.state in PARTIAL:
+            problems.append(Problem(describe_partial(e), _partial_file(e).relpath, WARNING, e.state))
+    for p in progress:
+        if (p.module, p.name, p.direction) not in used:
+            label = f"{p.module}/{p.name}" if p.module else p.name
             problems.append(Problem(
-                f"{e.id} stopped at statement {p.statements_done + 1} of {p.total} of its no-transaction "
-                f"{p.direction} file ({p.error or 'the runner was interrupted'}); statements 1..{p.statements_done} "
-                f"are applied. Fix the cause and run sqlmigrate_{p.direction} again to resume.",
-                e.migration.up.relpath if e.migration else None, WARNING, "failed"))
+                f"The progress table has a stale row for {label} ({p.direction}, {p.statements_done} statement(s) "
+                f"done) that matches no partly applied or partly rolled-back migration (an older nixmig, or a "
+                f"migration recorded or removed by hand since). It changes nothing; remove it with "
+                f"sqlmigrate_repair --forget-progress {label}.", None, WARNING, "stale_progress"))
     return Status(tuple(entries), tuple(problems), tuple(legacy), tree)
+
+
+def _partial_file(entry: Entry):
+    return entry.migration.up if entry.state == PARTLY_APPLIED else entry.migration.down or entry.migration.up
+
+
+def describe_partial(entry: Entry) -> str:
+    """Say truly what a partly applied or partly rolled-back migration is, and every way out of it."""
+    p = entry.progress
+    lines, edited = entry.statement_lines, entry.edited
+    k, n = p.statements_done, p.total
+    sql_file = _partial_file(entry)
+    ran = "no statement" if k == 0 else "statement 1" if k == 1 else f"statements 1..{k}"
+    if lines and len(lines) >= k > 0:
+        ran += f" (line {lines[0]})" if k == 1 else f" (lines {lines[0]} to {lines[k - 1]})"
+    if p.in_flight:
+        cause = (f"and statement {k + 1}, which can't run in a transaction, was running when its runner stopped, so "
+                 "it may have finished (the next run checks: a finished CREATE INDEX CONCURRENTLY is kept, an "
+                 "invalid index is dropped and built again)")
+    elif p.error:
+        cause = f"then statement {k + 1} failed: {p.error.rstrip('.')}"
+    else:
+        cause = f"then its runner stopped before statement {k + 1}"
+    if entry.state == PARTLY_APPLIED:
+        head = (f"{entry.id} is partly applied: {ran} of {n} of its no-transaction up file {sql_file.relpath} ran, "
+                f"{cause}. It is not recorded as applied.")
+        finish = (f"run sqlmigrate_up to resume at statement {k + 1} (statements that ran are never run again)"
+                  if not edited else
+                  f"statements 1..{k} have been edited since they ran, so nixmig can't resume: restore them and "
+                  "run sqlmigrate_up")
+        return (f"{head} To settle it, {finish}; or, if you completed the migration by hand, record it with "
+                f"sqlmigrate_up --fake --to {entry.id}; or, if you undid {ran} by hand, make it pending again "
+                f"with sqlmigrate_repair --forget-progress {entry.id}. sqlmigrate_down refuses until then.")
+    head = (f"{entry.id} is partly rolled back: {ran} of {n} of its no-transaction down file {sql_file.relpath} "
+            f"ran, {cause}. It stays recorded as applied, but some of its effects are undone.")
+    finish = (f"fix the cause and run sqlmigrate_down to resume at statement {k + 1} (statements that ran are "
+              "never run again)" if not edited else
+              f"statements 1..{k} of the down file have been edited since they ran, so nixmig can't resume: "
+              "restore them and run sqlmigrate_down")
+    return (f"{head} To settle it, {finish}; or, if you finished the rollback by hand, remove its record with "
+            f"sqlmigrate_down --fake; or, if you restored by hand what {ran} undid, keep it applied with "
+            f"sqlmigrate_repair --forget-progress {entry.id}. sqlmigrate_up refuses until then.")
 
 
 def _duplicate(label: str, first: AppliedRecord, rec: AppliedRecord, table: str) -> Problem:
@@ -243,8 +322,11 @@ def _ambiguous(rec: AppliedRecord, candidates: list[Migration], table: str) -> P
 
 def plan_up(status: Status, *, to: str | None = None, allow_changed: bool = False,
             allow_out_of_order: bool = False) -> list[Entry]:
-    """Return the entries to apply, in run order."""
+    """Return the entries to apply, in run order (a partly applied one resumes)."""
     status.raise_for_errors()
+    back = status.with_state(PARTLY_ROLLED_BACK)
+    if back:
+        raise PlanError("Nothing was run. " + " ".join(describe_partial(e) for e in back))
     pending = status.pending
     if to is not None:
         target = _find(status, to)
@@ -270,6 +352,9 @@ def plan_down(status: Status, *, steps: int | None = 1, to: str | None = None, e
               fake: bool = False) -> list[Entry]:
     """Return the entries to roll back, most recently applied first."""
     status.raise_for_errors()
+    forward = status.with_state(PARTLY_APPLIED)
+    if forward:
+        raise PlanError("Nothing was rolled back. " + " ".join(describe_partial(e) for e in forward))
     applied = sorted((e for e in status.entries if e.record is not None), key=lambda e: e.record.row_id,
                      reverse=True)
     if everything:
@@ -284,6 +369,10 @@ def plan_down(status: Status, *, steps: int | None = 1, to: str | None = None, e
         if steps is None or steps < 1:
             raise PlanError("--steps must be 1 or more.")
         chosen = applied[:steps]
+    back = status.with_state(PARTLY_ROLLED_BACK)
+    if back and (not chosen or chosen[0].id != back[0].id):
+        raise PlanError(f"Nothing was rolled back: {back[0].id} is partly rolled back, so it must be rolled back "
+                        f"first{' and kept by --to' if to else ''}. " + describe_partial(back[0]))
     if not fake:
         for i, e in enumerate(chosen):
             if e.migration is None:
@@ -292,10 +381,16 @@ def plan_down(status: Status, *, steps: int | None = 1, to: str | None = None, e
                     f"Nothing was rolled back. Restore the files, roll back {i} step(s) only, or remove its "
                     "record without running SQL with --fake.")
             if not e.migration.reversible:
+                down_file = f"{e.migration.up.relpath[:-len('_up.sql')]}_down.sql"
+                if i == 0:
+                    raise PlanError(
+                        f"Nothing can be rolled back: the most recently applied migration, {e.id}, is irreversible "
+                        f"(it has no down file, {down_file}). Nothing was rolled back. Add the down file (an empty "
+                        "one is an explicit no-op rollback), or remove its record without running SQL with --fake.")
                 raise PlanError(
-                    f"{e.id} is irreversible: it has no down file ({e.migration.up.relpath[:-7]}_down.sql). "
-                    f"Nothing was rolled back. Roll back at most {i} step(s), add the down file, or remove its "
-                    "record without running SQL with --fake.")
+                    f"{e.id} is irreversible: it has no down file ({down_file}). Nothing was rolled back. Roll "
+                    f"back at most {i} step(s) (--steps {i}), add the down file, or remove its record without "
+                    "running SQL with --fake.")
     return chosen
 
 
@@ -312,5 +407,5 @@ def _find(status: Status, migration_id: str) -> Entry:
     raise PlanError(f"There is no migration {migration_id!r}.{hint}")
 
 
-__all__ = ["APPLIED", "PENDING", "CHANGED", "MISSING", "FAILED", "INFO", "AppliedRecord", "Progress",
+__all__ = ["APPLIED", "PENDING", "CHANGED", "MISSING", "PARTLY_APPLIED", "PARTLY_ROLLED_BACK", "PARTIAL", "INFO", "AppliedRecord", "Progress",
            "Entry", "Status", "resolve", "plan_up", "plan_down"]

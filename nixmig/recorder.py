@@ -138,13 +138,15 @@ class Recorder:
         return (f"UPDATE {self.qtable} AS t SET module = v.module, checksum = v.checksum "
                 f"FROM (VALUES {values}) AS v(id, module, checksum) WHERE t.id = v.id")
 
-    def ensure_progress_table(self) -> None:
-        with self.connection.cursor() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.qprogress} (module VARCHAR NOT NULL, name VARCHAR NOT NULL, "
+    def progress_table_sql(self) -> str:
+        return (f"CREATE TABLE IF NOT EXISTS {self.qprogress} (module VARCHAR NOT NULL, name VARCHAR NOT NULL, "
                 "direction VARCHAR(4) NOT NULL, checksum VARCHAR(64) NOT NULL, statements_done INTEGER NOT NULL, "
                 "statement_hashes TEXT[] NOT NULL, total INTEGER NOT NULL, error TEXT, "
                 "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (module, name, direction))")
+
+    def ensure_progress_table(self) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.progress_table_sql())
 
     # -- writing -------------------------------------------------------------------------
 
@@ -182,20 +184,50 @@ class Recorder:
             cursor.execute(f"DELETE FROM {self.qtable}")
             return cursor.rowcount
 
-    def save_progress(self, migration: Migration, direction: str, checksum: str, hashes: list[str], total: int,
-                      error: str | None) -> None:
-        with self.connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {self.qprogress} (module, name, direction, checksum, statements_done, statement_hashes, "
-                "total, error, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now()) "
-                "ON CONFLICT (module, name, direction) DO UPDATE SET checksum = EXCLUDED.checksum, "
-                "statements_done = EXCLUDED.statements_done, statement_hashes = EXCLUDED.statement_hashes, "
-                "total = EXCLUDED.total, error = EXCLUDED.error, updated_at = now()",
-                [migration.module, migration.name, direction, checksum, len(hashes), hashes, total, error])
+    def progress_sql(self, migration: Migration, direction: str, checksum: str, hashes: list[str],
+                     total: int, done: int | None = None) -> str:
+        """SQL that says statements 1..``done`` of ``migration``'s ``direction`` file ran.
 
-    def clear_progress_sql(self, migration: Migration, direction: str) -> str:
+        It is sent in the same transaction as the last of those statements, so the row and the
+        statement's effect commit together. ``hashes`` has one hash per statement that ran, and
+        one more (``done = len(hashes) - 1``) before a statement that can't run in a transaction is
+        sent: it is then "in flight" until the row that follows it. At most one row per migration:
+        a row of the other direction can't exist (up refuses a partly rolled-back migration, down a
+        partly applied one).
+        """
+        done = len(hashes) if done is None else done
+        hashes_sql = "ARRAY[" + ", ".join(literal(h) for h in hashes) + "]::text[]"
+        return (
+            f"INSERT INTO {self.qprogress} (module, name, direction, checksum, statements_done, statement_hashes, "
+            f"total, error, updated_at) VALUES ({literal(migration.module)}, {literal(migration.name)}, "
+            f"{literal(direction)}, {literal(checksum)}, {int(done)}, {hashes_sql}, {int(total)}, NULL, now()) "
+            "ON CONFLICT (module, name, direction) DO UPDATE SET checksum = EXCLUDED.checksum, "
+            "statements_done = EXCLUDED.statements_done, statement_hashes = EXCLUDED.statement_hashes, "
+            "total = EXCLUDED.total, error = NULL, updated_at = now()")
+
+    def progress_error_sql(self, migration: Migration, direction: str, error: str) -> str:
+        """SQL that keeps why the statement after the last one done failed."""
+        return (f"UPDATE {self.qprogress} SET error = {literal(error.replace(chr(92), '/'))}, updated_at = now() "
+                f"WHERE module = {literal(migration.module)} AND name = {literal(migration.name)} "
+                f"AND direction = {literal(direction)}")
+
+    def save_progress(self, migration: Migration, direction: str, checksum: str, hashes: list[str],
+                      total: int, error: str | None = None) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.progress_sql(migration, direction, checksum, hashes, total))
+            if error:
+                cursor.execute(self.progress_error_sql(migration, direction, error))
+
+    def clear_progress_sql(self, migration: Migration) -> str:
+        """SQL that forgets every progress row of ``migration`` (both directions)."""
         return (f"DELETE FROM {self.qprogress} WHERE module = {literal(migration.module)} "
-                f"AND name = {literal(migration.name)} AND direction = {literal(direction)}")
+                f"AND name = {literal(migration.name)}")
+
+    def forget_progress(self, module: str, name: str) -> int:
+        """Remove the progress rows of one migration; return how many there were."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {self.qprogress} WHERE module = %s AND name = %s", [module, name])
+            return cursor.rowcount
 
     def record_adopted(self, rows: list[tuple[Migration, datetime | None]]) -> int:
         """Record migrations another tool applied, with the time it applied them (None: now); return how many.

@@ -64,7 +64,7 @@ def test_atomic_applies_all_or_nothing(scratch_db, three):
     three.pair("auth/004_broken", "CREATE TABLE fine ();\nSELECT * FROM no_such_table;\n", "")
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three), atomic=True)
     assert rc == 1
-    assert "with --atomic nothing of this run was applied" in err
+    assert "with --atomic so was everything else of this run: nothing of it was applied" in err
     assert scratch_db.records() == []
     assert scratch_db.tables() == {"migrations"}
 
@@ -180,8 +180,9 @@ def test_down_refuses_an_irreversible_migration_naming_it(scratch_db, tree):
     scratch_db.run("sqlmigrate_up", dir=str(tree))
     out, err, rc = scratch_db.run("sqlmigrate_down", dir=str(tree))
     assert rc == 1
-    assert err.startswith("auth/001_create_users is irreversible: it has no down file "
-                          "(auth/001_create_users_down.sql). Nothing was rolled back.")
+    assert err.startswith("Nothing can be rolled back: the most recently applied migration, auth/001_create_users, "
+                          "is irreversible (it has no down file, auth/001_create_users_down.sql). Nothing was rolled "
+                          "back.")
     assert scratch_db.records() == [("auth", "001_create_users")]
 
 
@@ -208,7 +209,8 @@ def test_status_groups_by_module_with_states_and_a_summary(scratch_db, three):
     assert lines[4].startswith(" [X] 002_create_orgs ")
     assert lines[5] == "Problems:"
     assert lines[6].startswith("  warning: auth/009_stray_down.sql: matches no up file")
-    assert lines[-1] == ("3 migration(s): 2 applied, 1 pending, 0 changed, 0 missing, 0 failed.")
+    assert lines[-1] == ("3 migration(s): 2 applied, 1 pending, 0 changed, 0 missing, 0 partly applied, "
+                         "0 partly rolled back.")
 
 
 def test_status_json_lists_migrations_in_run_order_and_problems(scratch_db, three):

@@ -144,8 +144,14 @@ def test_plan_down_follows_application_order_not_file_order(three):
 
 def test_plan_down_refuses_an_irreversible_migration_before_anything(three):
     status = resolve(three, [record(1, "auth", "001_users"), record(2, "auth", "003_tokens")])
-    with pytest.raises(PlanError, match=r"auth/003_tokens is irreversible: it has no down file .*Nothing was rolled back"):
+    with pytest.raises(PlanError, match=r"Nothing can be rolled back: the most recently applied migration, "
+                                        r"auth/003_tokens, is irreversible .*Nothing was rolled back"):
         plan_down(status, steps=2)
+    status = resolve(three, [record(1, "auth", "003_tokens"), record(2, "auth", "001_users")])
+    with pytest.raises(PlanError, match=r"auth/003_tokens is irreversible: it has no down file .*Roll back at "
+                                        r"most 1 step\(s\) \(--steps 1\)"):
+        plan_down(status, steps=2)
+    status = resolve(three, [record(1, "auth", "001_users"), record(2, "auth", "003_tokens")])
     assert [e.id for e in plan_down(status, steps=2, fake=True)] == ["auth/003_tokens", "auth/001_users"]
 
 

@@ -120,7 +120,7 @@ def test_rows_the_go_migrator_wrote_count_as_applied_and_only_the_rest_is_applie
     assert len(rows) == len(ran) == 22
 
     data = status_json(nixopus_db, nixopus_dir)
-    assert data["summary"] == {"applied": 22, "pending": 33, "changed": 0, "missing": 0, "failed": 0}
+    assert data["summary"] == {"applied": 22, "pending": 33, "changed": 0, "missing": 0, "partly_applied": 0, "partly_rolled_back": 0}
     assert not [p for p in data["problems"] if p["level"] == "error"]
     assert columns(nixopus_db) == {"id", "name", "applied_at"}  # status changes nothing
 
@@ -152,7 +152,7 @@ def test_a_database_the_go_migrator_fully_migrated_is_adopted_without_running_an
     assert nixopus_db.tables() == tables
     assert nixopus_db.value("SELECT count(*) FROM migrations WHERE module IS NULL OR checksum IS NULL") == 0
     assert status_json(nixopus_db, nixopus_dir)["summary"] == {
-        "applied": 55, "pending": 0, "changed": 0, "missing": 0, "failed": 0}
+        "applied": 55, "pending": 0, "changed": 0, "missing": 0, "partly_applied": 0, "partly_rolled_back": 0}
 
 
 def test_a_bare_name_that_files_in_two_modules_share_is_refused_until_its_module_is_recorded(scratch_db, tree, go):
@@ -256,7 +256,7 @@ def test_go_migrator_keeps_working_after_nixmig_upgraded_its_table(nixopus_db, n
                    "043_drop_domain_from_applications", "043_add_featured_column", "043_create_health_checks",
                    "044_set_featured_extensions"]
     data = status_json(nixopus_db, nixopus_dir)
-    assert data["summary"] == {"applied": 55, "pending": 0, "changed": 0, "missing": 0, "failed": 0}
+    assert data["summary"] == {"applied": 55, "pending": 0, "changed": 0, "missing": 0, "partly_applied": 0, "partly_rolled_back": 0}
     assert not [p for p in data["problems"] if p["level"] == "error"]
 
     assert go(nixopus_dir).migrate_down() == "044_set_featured_extensions"
@@ -316,5 +316,5 @@ def test_an_older_nixmig_without_execution_ms_keeps_reading_and_writing_the_tabl
         ("auth", "001_users"), ("auth", "002_tokens"), ("auth", "003_keys")]
 
     data = status_json(scratch_db, tree)
-    assert data["summary"] == {"applied": 3, "pending": 0, "changed": 0, "missing": 0, "failed": 0}
+    assert data["summary"] == {"applied": 3, "pending": 0, "changed": 0, "missing": 0, "partly_applied": 0, "partly_rolled_back": 0}
     assert [m["execution_ms"] is None for m in data["migrations"]] == [True, False, True]

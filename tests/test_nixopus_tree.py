@@ -284,5 +284,5 @@ def test_status_json_lists_the_tree_problems_machine_readably(nixopus_db, nixopu
     assert {p["file"] for p in data["problems"] if p["code"] == "orphan_down"} == set(ORPHAN_DOWNS)
     assert {p["file"] for p in data["problems"] if p["code"] == "irreversible"} == \
         set(ORPHAN_DOWNS.values()) | UP_FILES_WITHOUT_ANY_DOWN
-    assert data["summary"] == {"applied": 0, "pending": 55, "changed": 0, "missing": 0, "failed": 0}
+    assert data["summary"] == {"applied": 0, "pending": 55, "changed": 0, "missing": 0, "partly_applied": 0, "partly_rolled_back": 0}
     assert sum(not m["reversible"] for m in data["migrations"]) == 13

@@ -88,23 +88,24 @@ CREATE INDEX CONCURRENTLY part_a_idx ON part_a (id);
 """
 
 
-def test_no_transaction_failure_names_statement_and_line_and_status_shows_failed(scratch_db, tree):
+def test_no_transaction_failure_names_statement_and_line_and_status_shows_partly_applied(scratch_db, tree):
     tree.pair("idx/001_parts", FAILING_NO_TX, None)
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert rc == 1
     assert "001_parts_up.sql line 5" in err  # 'nope', on the statement's second line
     assert 'column "nope" does not exist' in err
     assert "failed at statement 3 of 4" in err
-    assert "statements 1..2 of 4 are applied" in err
-    assert "resumes at statement 3" in err
+    assert "statements 1..2 ran and are kept as progress, so it is partly applied and not recorded" in err
+    assert "resume at statement 3" in err
     assert {"part_a", "part_b"} <= scratch_db.tables()
     assert scratch_db.records() == []
 
     entry = _status_json(scratch_db, tree)["idx/001_parts"]
-    assert entry["state"] == "failed"
+    assert entry["state"] == "partly_applied"
     assert entry["progress"]["statements_done"] == 2 and entry["progress"]["statements_total"] == 4
     text, _, rc = scratch_db.run("sqlmigrate_status", dir=str(tree))
-    assert " [!] 001_parts" in text and "failed" in text
+    assert " [!] 001_parts" in text and "partly applied" in text
+    assert "statements 1..2 (lines 2 to 3) of 4 of its no-transaction up file idx/001_parts_up.sql ran" in text
 
 
 def test_next_run_resumes_a_failed_no_transaction_file_at_the_failed_statement(scratch_db, tree):
@@ -126,8 +127,7 @@ def test_resume_is_refused_when_statements_already_applied_were_edited(scratch_d
     tree.write("idx/001_parts_up.sql", FAILING_NO_TX.replace("part_b (id int)", "part_b (id bigint)"))
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert rc == 1
-    assert "statements 1..2 have been edited since" in err
-    assert "Recovering a failed no-transaction migration" in err
+    assert "statements 1..2 of idx/001_parts_up.sql ran, and have been edited since" in err
     assert scratch_db.records() == []
 
 
