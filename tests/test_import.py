@@ -227,6 +227,18 @@ def test_dbmate_sections_and_per_section_transaction_false(tmp_path):
     assert got[f"{users}_up.sql"] + got[f"{users}_down.sql"] == DBMATE["20240101000001_create_users.sql"]
 
 
+def test_dbmate_crlf_file_keeps_its_bytes_and_gets_a_crlf_directive(tmp_path):
+    original = (b"-- header comment\r\n-- migrate:up transaction:false\r\nCREATE INDEX CONCURRENTLY i ON t (c);\r\n"
+                b"\r\n-- migrate:down\r\nDROP INDEX i;\r\n")
+    src = write(tmp_path / "src", {"20240101000001_crlf.sql": original})
+    assert run_import(str(src), tool="dbmate", dir=str(tmp_path / "m"))[2] == 0
+    up = (tmp_path / "m" / "dbmate" / "00001_20240101000001_crlf_up.sql").read_bytes()
+    down = (tmp_path / "m" / "dbmate" / "00001_20240101000001_crlf_down.sql").read_bytes()
+    assert up.startswith(b"-- nixmig:no-transaction\r\n-- header comment\r\n")
+    assert up[len(b"-- nixmig:no-transaction\r\n"):] + down == original
+    assert load_tree(tmp_path / "m").migrations[0].up.directives.no_transaction
+
+
 def test_dbmate_file_without_an_up_section_is_refused(tmp_path):
     src = write(tmp_path / "src", {"20240101000001_x.sql": "CREATE TABLE x (id int);\n"})
     out, err, rc = run_import(str(src), tool="dbmate", dir=str(tmp_path / "m"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..exceptions import SourceTreeError, TreeError
@@ -161,7 +161,7 @@ def plan_import(source: Source, directory: str | Path, module: str) -> ImportPla
             problems.append(f"{migration.up_origin}: makes the nixmig name {name!r}, which nixmig can't read.")
             continue
         planned.append(PlannedMigration(migration, module, number, name, up, down, tuple(up_directives),
-                                        tuple(down_directives), warnings=tuple(_run_warnings(module, name, up, down))))
+                                        tuple(down_directives)))
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise SourceTreeError(f"Can't import {source.directory} into {root / module}; nothing was written:\n{lines}")
@@ -170,28 +170,47 @@ def plan_import(source: Source, directory: str | Path, module: str) -> ImportPla
             if path and not m.existing and (root / path).exists():
                 raise SourceTreeError(f"{root / path} exists already; nixmig does not overwrite files. Move it away, "
                                       "or import into another --module.")
+    warnings = check_new_files(planned)
+    planned = [replace(m, warnings=tuple(warnings.get(m.id, ()))) for m in planned]
     return ImportPlan(source, root, module, tuple(planned), source.notes)
 
 
-def _run_warnings(module: str, name: str, up: bytes, down: bytes | None) -> list[str]:
-    """Return why nixmig would refuse to run a planned file (the source tool may have run it differently)."""
-    from ..sqltext import prepare
-    from ..tree import read_sql_file
+def check_new_files(planned: list[PlannedMigration]) -> dict[str, list[str]]:
+    """Read the new files the way nixmig reads a tree (in a scratch folder); raise on errors.
 
-    warnings = []
+    Return, per migration id, why nixmig would refuse to run a file (a statement that can't
+    run in a transaction, ...): the source tool may have run it differently, so it is a warning.
+    """
+    from ..sqltext import prepare
+
+    new = [m for m in planned if not m.existing]
+    if not new:
+        return {}
     with tempfile.TemporaryDirectory(prefix="nixmig-import-") as scratch:
-        for suffix, data in (("up", up), ("down", down)):
-            if data is None:
-                continue
-            path = Path(scratch) / f"{name}_{suffix}.sql"
-            path.write_bytes(data)
-            sql_file, problems = read_sql_file(path, f"{module}/{path.name}")
-            if sql_file is None or problems:
-                continue  # reported as an error by the tree check before writing
-            try:
-                prepare(sql_file)
-            except TreeError as exc:
-                warnings.append(str(exc))
+        for m in new:
+            for rel, data in ((m.up_path, m.up), (m.down_path, m.down)):
+                if rel is not None:
+                    target = Path(scratch) / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+        tree = load_tree(scratch)
+        errors = [p for p in tree.problems if p.level == ERROR]
+        if errors:
+            origin = {m.up_path: m.source.up_origin for m in new} | {
+                m.down_path: m.source.down_origin for m in new if m.down_path}
+            lines = "\n".join(f"  - {p.message}" + (f" (from {origin[p.file]})" if p.file in origin else "")
+                              for p in errors)
+            raise SourceTreeError(f"The imported files would not make a valid nixmig tree; nothing was written:\n"
+                                  f"{lines}")
+        warnings: dict[str, list[str]] = {}
+        for migration in tree.migrations:
+            for sql_file in (migration.up, migration.down):
+                if sql_file is None:
+                    continue
+                try:
+                    prepare(sql_file)
+                except TreeError as exc:
+                    warnings.setdefault(migration.id, []).append(str(exc))
     return warnings
 
 
@@ -201,19 +220,7 @@ def write_import(plan: ImportPlan) -> list[Path]:
     if not files:
         return []
     root = plan.directory
-    # 1. The new files alone, read the way nixmig reads a tree, in a scratch folder.
-    with tempfile.TemporaryDirectory(prefix="nixmig-import-") as scratch:
-        for rel, data in files:
-            target = Path(scratch) / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        errors = [p for p in load_tree(scratch).problems if p.level == ERROR]
-    if errors:
-        origin = {m.up_path: m.source.up_origin for m in plan.new} | {
-            m.down_path: m.source.down_origin for m in plan.new if m.down_path}
-        lines = "\n".join(f"  - {p.message}" + (f" (from {origin[p.file]})" if p.file in origin else "")
-                          for p in errors)
-        raise SourceTreeError(f"The imported files would not make a valid nixmig tree; nothing was written:\n{lines}")
+    check_new_files(list(plan.migrations))  # 1. the new files alone, read as nixmig reads a tree
     for rel, _ in files:
         if (root / rel).exists():
             raise SourceTreeError(f"{root / rel} exists already; nixmig does not overwrite files. Move it away, or "
