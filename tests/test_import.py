@@ -628,6 +628,22 @@ def test_a_version_the_tool_applied_but_src_lacks_is_refused(scratch_db, tmp_pat
     assert not (tmp_path / "m").exists()
 
 
+def test_adoption_waits_for_the_migration_lock_and_writes_nothing_when_it_gives_up(scratch_db, tmp_path):
+    src = write(tmp_path / "src", DBMATE)
+    run_like("dbmate", scratch_db.url, src)
+    with psycopg.connect(scratch_db.url, autocommit=True) as other:  # another runner holds the lock
+        other.execute("SELECT pg_advisory_lock(hashtextextended('nixmig:migrations:' || current_database(), 0))")
+        out, err, rc = scratch_db.run("sqlmigrate_import", str(src), tool="dbmate", dir=str(tmp_path / "m"),
+                                      adopt=True, lock_wait=0.3)
+    assert rc == 1
+    assert "Waiting for the migration lock" in err and "Gave up after waiting" in err
+    assert not (tmp_path / "m").exists()
+    assert "migrations" not in scratch_db.tables()
+    out, err, rc = scratch_db.run("sqlmigrate_import", str(src), tool="dbmate", dir=str(tmp_path / "m"), adopt=True)
+    assert rc == 0, err
+    assert len(scratch_db.records()) == 3
+
+
 def test_adopting_without_the_tools_table_or_with_another_tools_table_says_what_to_check(scratch_db, tmp_path):
     src = write(tmp_path / "src", DBMATE)
     out, err, rc = scratch_db.run("sqlmigrate_import", str(src), tool="dbmate", dir=str(tmp_path / "m"), adopt=True)

@@ -56,7 +56,13 @@ def import_migrations(tool: str, source_dir: str | Path, *, directory: str | Pat
         result.source_state = read_source_state(connection, source, source_table)
     if dry_run:
         return result
-    result.written = write_import(plan)
-    if adopt:
-        result.adopted = record(connection, plan, result.source_state, lock_wait=lock_wait, progress=progress)
+    if not adopt:
+        result.written = write_import(plan)
+        return result
+
+    def write() -> None:
+        result.written = write_import(plan)
+
+    result.adopted = record(connection, plan, result.source_state, lock_wait=lock_wait, progress=progress,
+                            write=write)
     return result

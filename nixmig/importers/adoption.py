@@ -199,18 +199,24 @@ class AdoptResult:
 
 
 def record(connection, plan, state: SourceState, *, lock_wait: float | None = None,
-           progress: Callable[..., None] | None = None) -> AdoptResult:
-    """Record the plan's migrations that ``state`` says are applied, under the migration lock."""
+           progress: Callable[..., None] | None = None, write: Callable[[], object] | None = None) -> AdoptResult:
+    """Record the plan's migrations that ``state`` says are applied, under the migration lock.
+
+    ``write`` (writing the plan's files) runs once the lock is held, so a runner that holds
+    the lock never sees the files without their records, and a lock timeout writes nothing.
+    """
     from .. import api
     from ..lock import MigrationLock
     from ..plan import resolve
     from ..recorder import Recorder
 
-    tree = api.load_tree(plan.directory)
-    tree.raise_for_errors()
     recorder = Recorder(connection)
     emit = progress or (lambda event, **data: None)
     with MigrationLock(connection, recorder.table, wait=lock_wait, callback=emit, command="sqlmigrate_import"):
+        if write is not None:
+            write()
+        tree = api.load_tree(plan.directory)
+        tree.raise_for_errors()
         table_state = recorder.read()
         current = resolve(tree, table_state.records, table_state.progress, table=recorder.table)
         entries = {e.id: e for e in current.entries}
@@ -230,5 +236,6 @@ def record(connection, plan, state: SourceState, *, lock_wait: float | None = No
                     recorder.record_adopted(rows)
         except DatabaseError as exc:
             raise AdoptionError(f"Recording the adopted migrations failed ({str(exc).strip().splitlines()[0]}); "
-                                "nothing was recorded.") from None
+                                "nothing was recorded. The imported files stay written: once the cause is fixed, "
+                                "run the same command again, it keeps them and records the rest.") from None
     return AdoptResult([m.id for m, _ in rows], already, not_applied)
