@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Iterable
+
+import psycopg
 
 from . import conf
 
@@ -38,33 +41,181 @@ Key = tuple[str, str]
 KIND_ORDER = ("extension", "schema", "type", "domain", "sequence", "table", "column", "constraint", "index",
               "view", "materialized view", "function", "procedure", "aggregate", "trigger", "policy", "comment")
 
-_SQL = r"""
+# Catalogs whose rows carry an oid and can be deleted without their group's head row
+# (DROP CONSTRAINT, DROP TRIGGER, ...): the oids of the snapshot's rows in them are kept, so
+# the next incremental snapshot can find which were deleted.
+_TRACKED = ("pg_class", "pg_attrdef", "pg_constraint", "pg_trigger", "pg_policy", "pg_rewrite", "pg_proc", "pg_type",
+            "pg_namespace")
+
+# Catalogs that an incremental snapshot scans for rows written since the previous one.
+_SCANNED = ("pg_class", "pg_attribute", "pg_attrdef", "pg_constraint", "pg_index", "pg_trigger", "pg_policy",
+            "pg_rewrite", "pg_sequence", "pg_proc", "pg_type", "pg_enum", "pg_namespace")
+
+_EXCLUDED = r"""
 WITH ex AS (
     SELECT r AS oid FROM unnest(%s::text[]) AS n, LATERAL to_regclass(n) AS r WHERE r IS NOT NULL
 ), exseq AS (
-    SELECT d.objid AS oid FROM pg_depend d JOIN ex ON d.refobjid = ex.oid
-    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+    SELECT d.objid AS oid FROM ex JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = ex.oid
+    WHERE d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
 ), ns AS (
-    SELECT oid, nspname FROM pg_namespace
+    SELECT oid, nspname, xmin FROM pg_namespace
     WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\_toast%%'
       AND nspname NOT LIKE 'pg\_temp\_%%'
-), extm AS (
-    SELECT classid, objid FROM pg_depend WHERE deptype = 'e'
-), rel AS (
+)"""
+
+
+def _not_extension(catalog: str, oid: str) -> str:
+    return (f"NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass AND e.objid = {oid} "
+            "AND e.objsubid = 0 AND e.deptype = 'e')")
+
+
+_REL = r"""
+, rel AS (
     SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity,
-           c.reloptions, c.relispartition, ns.nspname, ns.nspname || '.' || c.relname AS qname
+           c.reloptions, c.relispartition, c.reltype, ns.nspname, ns.nspname || '.' || c.relname AS qname
     FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S', 'i', 'I')
+    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S', 'i', 'I', 'c') AND {relfilter}
       AND c.oid NOT IN (SELECT oid FROM ex) AND c.oid NOT IN (SELECT oid FROM exseq)
-      AND NOT EXISTS (SELECT 1 FROM extm WHERE extm.classid = 'pg_class'::regclass AND extm.objid = c.oid)
-)
-SELECT 'schema', nspname, '' FROM ns
-WHERE NOT EXISTS (SELECT 1 FROM extm WHERE extm.classid = 'pg_namespace'::regclass AND extm.objid = ns.oid)
+      AND """ + _not_extension("pg_class", "c.oid") + r"""
+)"""
+
+_TYPES_OF_OURS = ("(t.typtype IN ('e', 'r', 'd') OR (t.typtype = 'c' AND t.typrelid IN (SELECT oid FROM rel WHERE relkind = 'c')))"
+                  " AND " + _not_extension("pg_type", "t.oid"))
+
+_WRITES = r"""
 UNION ALL
-SELECT 'extension', e.extname, 'version ' || e.extversion || ' in schema ' || n.nspname
+SELECT 'writes', c.oid, c.oid, pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_deleted(c.oid),
+       ns.nspname || '.' || c.relname, quote_ident(ns.nspname) || '.' || quote_ident(c.relname)
+FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+LEFT JOIN unnest(%s::oid[], %s::bigint[]) AS p(oid, n) ON p.oid = c.oid
+WHERE c.relkind = 'r' AND %s AND c.oid NOT IN (SELECT oid FROM ex)
+  AND (p.n IS DISTINCT FROM pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_deleted(c.oid)
+       OR age(c.xmin) <= age(%s::bigint::text::xid) OR age(ns.xmin) <= age(%s::bigint::text::xid))
+UNION ALL
+SELECT 'deleted', NULL, NULL, pg_stat_get_tuples_deleted(cat::regclass), cat, NULL
+FROM unnest(ARRAY['""" + "', '".join(_TRACKED) + r"""']) AS cat
+UNION ALL
+SELECT 'written', NULL, NULL, pg_stat_get_tuples_inserted(cat::regclass) + pg_stat_get_tuples_updated(cat::regclass),
+       cat, NULL
+FROM unnest(ARRAY['""" + "', '".join(_SCANNED) + r"""']) AS cat
+UNION ALL
+SELECT 'since', NULL, NULL, pg_snapshot_xmin(pg_current_snapshot())::text::bigint %% 4294967296, NULL, NULL
+"""
+
+# Query 1 of a full snapshot: every catalog row of our objects with the group it belongs to.
+# A group is a relation with everything hanging off it (columns, defaults, constraints,
+# indexes, triggers, policies, rules), a function, a type, or a schema. Also: per table its
+# count of rows written, per catalog its count of rows deleted, and the oldest transaction
+# still running (every later catalog write has an xmin at or after it).
+_MEMBERS = _EXCLUDED + _REL.replace("{relfilter}", "TRUE") + r"""
+SELECT 'pg_class', r.oid, CASE WHEN r.relkind IN ('i', 'I') THEN x.indrelid ELSE r.oid END, NULL::bigint, NULL, NULL
+FROM rel r LEFT JOIN pg_index x ON x.indexrelid = r.oid
+UNION ALL
+SELECT 'pg_attrdef', d.oid, d.adrelid, NULL, NULL, NULL FROM pg_attrdef d JOIN rel r ON r.oid = d.adrelid
+UNION ALL
+SELECT 'pg_constraint', k.oid, coalesce(nullif(k.conrelid, 0), k.contypid), NULL, NULL, NULL
+FROM pg_constraint k WHERE k.conrelid IN (SELECT oid FROM rel)
+   OR k.contypid IN (SELECT t.oid FROM pg_type t JOIN ns ON ns.oid = t.typnamespace WHERE t.typtype = 'd')
+UNION ALL
+SELECT 'pg_trigger', g.oid, g.tgrelid, NULL, NULL, NULL FROM pg_trigger g JOIN rel r ON r.oid = g.tgrelid
+WHERE NOT g.tgisinternal
+UNION ALL
+SELECT 'pg_policy', po.oid, po.polrelid, NULL, NULL, NULL FROM pg_policy po JOIN rel r ON r.oid = po.polrelid
+UNION ALL
+SELECT 'pg_rewrite', w.oid, w.ev_class, NULL, NULL, NULL FROM pg_rewrite w JOIN rel r ON r.oid = w.ev_class
+UNION ALL
+SELECT 'pg_proc', p.oid, p.oid, NULL, NULL, NULL FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace
+WHERE """ + _not_extension("pg_proc", "p.oid") + r"""
+UNION ALL
+SELECT 'pg_type', t.oid, CASE t.typtype WHEN 'c' THEN t.typrelid ELSE t.oid END, NULL, NULL, NULL
+FROM pg_type t JOIN ns ON ns.oid = t.typnamespace WHERE """ + _TYPES_OF_OURS + r"""
+UNION ALL
+SELECT 'pg_namespace', ns.oid, ns.oid, NULL, NULL, NULL FROM ns""" + _WRITES
+
+# Query 1 of an incremental snapshot: the catalog rows written since the previous snapshot
+# (xmin not older than its oldest running transaction), with their group, found by cheap
+# scans that deparse nothing; rows deleted since are found from the catalogs' deleted-row
+# counters (see take()). Plus what _MEMBERS adds at its end.
+_CHANGES = _EXCLUDED + r"""
+, since AS (
+    SELECT age(%s::bigint::text::xid) AS age
+), w AS (
+    SELECT u.cat, pg_stat_get_tuples_inserted(u.cat::regclass) + pg_stat_get_tuples_updated(u.cat::regclass) AS n,
+           u.before
+    FROM unnest(ARRAY['""" + "', '".join(_SCANNED) + r"""'], %s::bigint[]) AS u(cat, before)
+)
+SELECT 'pg_class', c.oid, coalesce((SELECT x.indrelid FROM pg_index x WHERE x.indexrelid = c.oid), c.oid),
+       NULL::bigint, NULL, NULL
+FROM pg_class c, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_class') AND age(c.xmin) <= since.age
+UNION ALL
+SELECT 'pg_attribute', NULL, coalesce((SELECT x.indrelid FROM pg_index x WHERE x.indexrelid = a.attrelid), a.attrelid),
+       NULL, NULL, NULL
+FROM pg_attribute a, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_attribute') AND age(a.xmin) <= since.age
+UNION ALL
+SELECT 'pg_attrdef', d.oid, d.adrelid, NULL, NULL, NULL FROM pg_attrdef d, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_attrdef') AND age(d.xmin) <= since.age
+UNION ALL
+SELECT 'pg_constraint', k.oid, coalesce(nullif(k.conrelid, 0), k.contypid), NULL, NULL, NULL
+FROM pg_constraint k, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_constraint') AND age(k.xmin) <= since.age
+UNION ALL
+SELECT 'pg_index', NULL, x.indrelid, NULL, NULL, NULL FROM pg_index x, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_index') AND age(x.xmin) <= since.age
+UNION ALL
+SELECT 'pg_trigger', g.oid, g.tgrelid, NULL, NULL, NULL FROM pg_trigger g, since
+WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_trigger') AND age(g.xmin) <= since.age AND NOT g.tgisinternal
+UNION ALL
+SELECT 'pg_policy', po.oid, po.polrelid, NULL, NULL, NULL FROM pg_policy po, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_policy') AND age(po.xmin) <= since.age
+UNION ALL
+SELECT 'pg_rewrite', rw.oid, rw.ev_class, NULL, NULL, NULL FROM pg_rewrite rw, since
+WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_rewrite') AND age(rw.xmin) <= since.age
+UNION ALL
+SELECT 'pg_sequence', NULL, s.seqrelid, NULL, NULL, NULL FROM pg_sequence s, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_sequence') AND age(s.xmin) <= since.age
+UNION ALL
+SELECT 'pg_proc', p.oid, p.oid, NULL, NULL, NULL FROM pg_proc p, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_proc') AND age(p.xmin) <= since.age
+UNION ALL
+SELECT 'pg_type', t.oid, CASE t.typtype WHEN 'c' THEN t.typrelid ELSE t.oid END, NULL, NULL, NULL
+FROM pg_type t, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_type') AND age(t.xmin) <= since.age AND t.typtype IN ('e', 'r', 'd', 'c')
+UNION ALL
+SELECT 'pg_enum', NULL, e.enumtypid, NULL, NULL, NULL FROM pg_enum e, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_enum') AND age(e.xmin) <= since.age
+UNION ALL
+SELECT 'pg_namespace', n.oid, n.oid, NULL, NULL, NULL FROM pg_namespace n, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_namespace') AND age(n.xmin) <= since.age
+""" + _WRITES
+
+# Query 2: the definitions of the groups asked for (all, or the changed ones and those that
+# depend on them, whose text names them: a foreign key names the table it references, a
+# column its type, a trigger its function), plus schemas, extensions and comments, which are
+# few and always read.
+_DEFINITIONS = _EXCLUDED + r""", dirty AS (
+    SELECT unnest(%s::oid[]) AS oid
+), dirtyall AS (
+    SELECT oid FROM dirty UNION SELECT t.oid FROM pg_type t JOIN dirty ON t.typrelid = dirty.oid
+), want AS (
+    SELECT oid AS grp FROM dirty
+    UNION
+    SELECT CASE d.classid
+        WHEN 'pg_class'::regclass THEN coalesce((SELECT x.indrelid FROM pg_index x WHERE x.indexrelid = d.objid), d.objid)
+        WHEN 'pg_constraint'::regclass THEN (SELECT coalesce(nullif(k.conrelid, 0), k.contypid) FROM pg_constraint k
+                                           WHERE k.oid = d.objid)
+        WHEN 'pg_attrdef'::regclass THEN (SELECT a.adrelid FROM pg_attrdef a WHERE a.oid = d.objid)
+        WHEN 'pg_trigger'::regclass THEN (SELECT g.tgrelid FROM pg_trigger g WHERE g.oid = d.objid)
+        WHEN 'pg_rewrite'::regclass THEN (SELECT w.ev_class FROM pg_rewrite w WHERE w.oid = d.objid)
+        WHEN 'pg_policy'::regclass THEN (SELECT po.polrelid FROM pg_policy po WHERE po.oid = d.objid)
+        WHEN 'pg_type'::regclass THEN (SELECT CASE WHEN t.typrelid <> 0 THEN t.typrelid ELSE t.oid END FROM pg_type t
+                                     WHERE t.oid = d.objid)
+        ELSE d.objid END
+    FROM dirtyall x
+    CROSS JOIN unnest(ARRAY['pg_class'::regclass, 'pg_type'::regclass, 'pg_proc'::regclass,
+                            'pg_namespace'::regclass]) AS rc(cls)
+    JOIN pg_depend d ON d.refclassid = rc.cls AND d.refobjid = x.oid
+    WHERE d.deptype <> 'e'
+)""" + _REL + r"""
+SELECT grp, NULL, NULL, NULL FROM want WHERE %s
+UNION ALL
+SELECT NULL::oid, 'schema', nspname, '' FROM ns
+WHERE """ + _not_extension("pg_namespace", "ns.oid") + r"""
+UNION ALL
+SELECT NULL::oid, 'extension', e.extname, 'version ' || e.extversion || ' in schema ' || n.nspname
 FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname <> 'plpgsql'
 UNION ALL
-SELECT 'table', r.qname,
+SELECT r.oid, 'table', r.qname,
        concat_ws(' ', CASE r.relpersistence WHEN 'u' THEN 'unlogged' END,
                  CASE r.relkind WHEN 'p' THEN 'partitioned table' WHEN 'f' THEN 'foreign table' ELSE 'table' END,
                  CASE WHEN r.relkind = 'p' THEN 'PARTITION BY ' || pg_get_partkeydef(r.oid) END,
@@ -78,7 +229,7 @@ SELECT 'table', r.qname,
                  CASE WHEN r.relforcerowsecurity THEN 'FORCE ROW LEVEL SECURITY' END)
 FROM rel r JOIN pg_class c ON c.oid = r.oid WHERE r.relkind IN ('r', 'p', 'f')
 UNION ALL
-SELECT 'column', r.qname || '.' || a.attname,
+SELECT r.oid, 'column', r.qname || '.' || a.attname,
        concat_ws(' ', format_type(a.atttypid, a.atttypmod),
                  CASE WHEN a.attcollation <> t.typcollation THEN 'COLLATE ' || co.collname END,
                  CASE WHEN a.attnotnull THEN 'NOT NULL' END,
@@ -93,20 +244,19 @@ LEFT JOIN pg_collation co ON co.oid = a.attcollation
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE r.relkind IN ('r', 'p', 'f')
 UNION ALL
-SELECT 'constraint', coalesce(r.qname, tn.nspname || '.' || ty.typname) || '.' || k.conname,
-       pg_get_constraintdef(k.oid)
-FROM pg_constraint k
-LEFT JOIN rel r ON r.oid = k.conrelid
-LEFT JOIN pg_type ty ON ty.oid = k.contypid
-LEFT JOIN ns tn ON tn.oid = ty.typnamespace
-WHERE k.contype <> 'n' AND ((k.conrelid <> 0 AND r.oid IS NOT NULL) OR (k.contypid <> 0 AND tn.oid IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM extm WHERE extm.classid = 'pg_type'::regclass AND extm.objid = ty.oid)))
+SELECT r.oid, 'constraint', r.qname || '.' || k.conname, pg_get_constraintdef(k.oid)
+FROM rel r JOIN pg_constraint k ON k.conrelid = r.oid
+WHERE r.relkind IN ('r', 'p', 'f') AND k.contype <> 'n'
 UNION ALL
-SELECT 'index', r.qname, pg_get_indexdef(r.oid) || CASE WHEN x.indisvalid THEN '' ELSE ' (INVALID)' END
+SELECT ty.oid, 'constraint', ns.nspname || '.' || ty.typname || '.' || k.conname, pg_get_constraintdef(k.oid)
+FROM pg_type ty JOIN ns ON ns.oid = ty.typnamespace JOIN pg_constraint k ON k.conrelid = 0 AND k.contypid = ty.oid
+WHERE ty.typtype = 'd' AND {tgrp} AND """ + _not_extension("pg_type", "ty.oid") + r"""
+UNION ALL
+SELECT x.indrelid, 'index', r.qname, pg_get_indexdef(r.oid) || CASE WHEN x.indisvalid THEN '' ELSE ' (INVALID)' END
 FROM rel r JOIN pg_index x ON x.indexrelid = r.oid
 WHERE r.relkind IN ('i', 'I') AND x.indrelid NOT IN (SELECT oid FROM ex)
 UNION ALL
-SELECT 'sequence', r.qname,
+SELECT r.oid, 'sequence', r.qname,
        concat_ws(' ', format_type(s.seqtypid, NULL), 'START', s.seqstart, 'INCREMENT', s.seqincrement,
                  'MINVALUE', s.seqmin, 'MAXVALUE', s.seqmax, 'CACHE', s.seqcache,
                  CASE WHEN s.seqcycle THEN 'CYCLE' END,
@@ -116,12 +266,12 @@ SELECT 'sequence', r.qname,
                     AND d.deptype IN ('a', 'i') LIMIT 1))
 FROM rel r JOIN pg_sequence s ON s.seqrelid = r.oid WHERE r.relkind = 'S'
 UNION ALL
-SELECT CASE r.relkind WHEN 'v' THEN 'view' ELSE 'materialized view' END, r.qname,
+SELECT r.oid, CASE r.relkind WHEN 'v' THEN 'view' ELSE 'materialized view' END, r.qname,
        trim(pg_get_viewdef(r.oid)) || CASE WHEN r.reloptions IS NOT NULL
                                            THEN ' WITH (' || array_to_string(r.reloptions, ', ') || ')' ELSE '' END
 FROM rel r WHERE r.relkind IN ('v', 'm')
 UNION ALL
-SELECT CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate' WHEN 'w' THEN 'function' ELSE 'function' END,
+SELECT p.oid, CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate' WHEN 'w' THEN 'function' ELSE 'function' END,
        ns.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
        concat_ws(' ', CASE WHEN p.prokind <> 'p' THEN 'RETURNS ' || pg_get_function_result(p.oid) END,
                  'LANGUAGE ' || l.lanname,
@@ -134,14 +284,14 @@ SELECT CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate' WHEN '
                  'body md5 ' || md5(coalesce(p.prosrc, '') || coalesce(p.probin, '')
                                     || coalesce(pg_get_function_sqlbody(p.oid), '')))
 FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
-WHERE NOT EXISTS (SELECT 1 FROM extm WHERE extm.classid = 'pg_proc'::regclass AND extm.objid = p.oid)
+WHERE {pgrp} AND """ + _not_extension("pg_proc", "p.oid") + r"""
 UNION ALL
-SELECT 'trigger', r.qname || '.' || g.tgname,
+SELECT r.oid, 'trigger', r.qname || '.' || g.tgname,
        pg_get_triggerdef(g.oid) || CASE g.tgenabled WHEN 'D' THEN ' (DISABLED)' WHEN 'R' THEN ' (ENABLE REPLICA)'
                                                     WHEN 'A' THEN ' (ENABLE ALWAYS)' ELSE '' END
 FROM pg_trigger g JOIN rel r ON r.oid = g.tgrelid WHERE NOT g.tgisinternal
 UNION ALL
-SELECT CASE ty.typtype WHEN 'd' THEN 'domain' ELSE 'type' END, ns.nspname || '.' || ty.typname,
+SELECT CASE ty.typtype WHEN 'c' THEN ty.typrelid ELSE ty.oid END, CASE ty.typtype WHEN 'd' THEN 'domain' ELSE 'type' END, ns.nspname || '.' || ty.typname,
        CASE ty.typtype
          WHEN 'e' THEN 'ENUM (' || (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
                                     FROM pg_enum e WHERE e.enumtypid = ty.oid) || ')'
@@ -156,10 +306,10 @@ SELECT CASE ty.typtype WHEN 'd' THEN 'domain' ELSE 'type' END, ns.nspname || '.'
                                  CASE WHEN ty.typdefault IS NOT NULL THEN 'DEFAULT ' || ty.typdefault END)
          ELSE ty.typtype::text END
 FROM pg_type ty JOIN ns ON ns.oid = ty.typnamespace
-WHERE (ty.typtype IN ('e', 'r', 'd') OR (ty.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = ty.typrelid) = 'c'))
-  AND NOT EXISTS (SELECT 1 FROM extm WHERE extm.classid = 'pg_type'::regclass AND extm.objid = ty.oid)
+WHERE {tgrp} AND (ty.typtype IN ('e', 'r', 'd') OR (ty.typtype = 'c' AND ty.oid IN (SELECT reltype FROM rel WHERE relkind = 'c')))
+  AND """ + _not_extension("pg_type", "ty.oid") + r"""
 UNION ALL
-SELECT 'policy', r.qname || '.' || po.polname,
+SELECT r.oid, 'policy', r.qname || '.' || po.polname,
        concat_ws(' ', CASE WHEN po.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
                  'FOR ' || CASE po.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
                                           WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
@@ -169,26 +319,30 @@ SELECT 'policy', r.qname || '.' || po.polname,
                  'WITH CHECK (' || pg_get_expr(po.polwithcheck, po.polrelid) || ')')
 FROM pg_policy po JOIN rel r ON r.oid = po.polrelid
 UNION ALL
-SELECT 'comment', pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description
+SELECT NULL::oid, 'comment', pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description
 FROM pg_description d
 WHERE d.objoid >= 16384 AND d.classoid <> 'pg_extension'::regclass
   AND d.objoid NOT IN (SELECT oid FROM ex) AND d.objoid NOT IN (SELECT oid FROM exseq)
-  AND NOT EXISTS (SELECT 1 FROM extm WHERE extm.classid = d.classoid AND extm.objid = d.objoid)
+  AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid AND e.objid = d.objoid AND e.deptype = 'e')
   AND NOT EXISTS (SELECT 1 FROM pg_index x JOIN ex ON ex.oid = x.indrelid
                   WHERE d.classoid = 'pg_class'::regclass AND x.indexrelid = d.objoid)
   AND NOT EXISTS (SELECT 1 FROM pg_constraint k JOIN ex ON ex.oid = k.conrelid
                   WHERE d.classoid = 'pg_constraint'::regclass AND k.oid = d.objoid)
 """
 
-_TABLES_SQL = r"""
-SELECT c.oid::regclass::text, n.nspname || '.' || c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\_toast%%' AND n.nspname NOT LIKE 'pg\_temp\_%%'
-  AND c.oid NOT IN (SELECT r FROM unnest(%s::text[]) AS t, LATERAL to_regclass(t) AS r WHERE r IS NOT NULL)
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.deptype = 'e' AND d.classid = 'pg_class'::regclass
-                  AND d.objid = c.oid)
-"""
+def _definitions_sql(partial: bool) -> str:
+    """Return the definitions query: of every group, or (partial) of the groups in ``want``."""
+    if not partial:
+        return _DEFINITIONS.replace("{relfilter}", "TRUE").replace("{pgrp}", "TRUE").replace("{tgrp}", "TRUE")
+    return (_DEFINITIONS
+            .replace("{relfilter}", "c.oid IN (SELECT grp FROM want UNION ALL SELECT x.indexrelid FROM want "
+                                    "JOIN pg_index x ON x.indrelid = want.grp)")
+            .replace("{pgrp}", "p.oid IN (SELECT grp FROM want)")
+            .replace("{tgrp}", "ty.oid IN (SELECT grp FROM want UNION ALL SELECT reltype FROM rel WHERE relkind = 'c')"))
+
+
+_FULL_SQL = _definitions_sql(False)
+_PARTIAL_SQL = _definitions_sql(True)
 
 
 @dataclass(frozen=True)
@@ -199,6 +353,16 @@ class Snapshot:
     rows: dict[str, int] | None = None  # "schema.table" -> row count, with take(row_counts=True)
     server_version: int = 0
     seconds: float = field(default=0.0, compare=False)
+    # What take(previous=...) reuses: objects per group, the oids of the rows of tracked
+    # catalogs per group, the catalogs' deleted-row counters, per table (oid) its name, rows
+    # written and row count, the exclusions, and the oldest transaction running when read.
+    _groups: dict = field(default_factory=dict, compare=False, repr=False)
+    _members: dict = field(default_factory=dict, compare=False, repr=False)
+    _deleted: dict = field(default_factory=dict, compare=False, repr=False)
+    _written: dict = field(default_factory=dict, compare=False, repr=False)
+    _counts: dict = field(default_factory=dict, compare=False, repr=False)
+    _excluded: tuple = field(default=(), compare=False, repr=False)
+    _since: int | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -247,40 +411,143 @@ def nixmig_tables(table: str | None = None) -> tuple[str, ...]:
     return tuple(".".join(schema + [f'"{parts[-1]}{suffix}"']) for suffix in ("", "_progress", "_verify"))
 
 
-def take(connection, *, exclude_tables: Iterable[str] | None = None, row_counts: bool = False) -> Snapshot:
+def take(connection, *, exclude_tables: Iterable[str] | None = None, row_counts: bool = False,
+         previous: Snapshot | None = None) -> Snapshot:
     """Read the schema of ``connection``'s database (a Django connection) from the catalogs.
 
     ``exclude_tables`` names tables to leave out (regclass syntax: ``migrations`` or
     ``"schema"."name"``); default: nixmig's own tables. ``row_counts`` adds an exact row count
-    per table (one more query, scanning every table: meant for small scratch databases).
-    Read-only: it never writes, so it is safe on a live database.
+    per table. Read-only: it never writes, so it is safe on a live database.
+
+    ``previous``, an earlier snapshot of the same database taken on the same connection,
+    makes this one incremental: only groups of objects whose catalog rows were written or
+    deleted since (and groups whose definitions name them) are deparsed again, and only
+    tables written since are counted again. Deleted rows are found through the server's
+    per-catalog statistics, which this connection flushes first (PostgreSQL 15+; older
+    servers probe every known row), so schema changes must come through this connection
+    (as in sqlmigrate_verify's scratch database) or be at least a second old.
     """
-    import time
-
     started = time.perf_counter()
-    excluded = list(nixmig_tables() if exclude_tables is None else exclude_tables)
-    with connection.cursor() as cursor:
-        cursor.execute(_SQL, [excluded])
-        objects = {(kind, name): definition for kind, name, definition in cursor.fetchall()}
-        rows = None
-        if row_counts:
-            rows = _count_rows(cursor, excluded)
-    version = connection.pg_version if hasattr(connection, "pg_version") else 0
-    return Snapshot(objects, rows, version, time.perf_counter() - started)
+    excluded = tuple(nixmig_tables() if exclude_tables is None else exclude_tables)
+    connection.ensure_connection()
+    version = getattr(connection, "pg_version", 0) or 0
+    reuse = previous is not None and previous._excluded == excluded and previous._since is not None
+    # A server-side binding cursor of the driver. Incremental snapshots prepare their queries
+    # once per connection (Django turns the driver's prepared statements off for connection
+    # poolers; they are turned on for these queries only) and run them with a generic plan:
+    # planning these unions costs more than running them.
+    raw = connection.connection
+    threshold = raw.prepare_threshold
+    try:
+        raw.prepare_threshold = 0 if reuse else None
+        with psycopg.Cursor(raw) as cursor:
+            if (row_counts or reuse) and version >= 150000:
+                # This backend's statistics (rows written and deleted, catalogs included) reach the
+                # shared statistics at its next idle point, at most once a second: make it the next one.
+                cursor.execute("SELECT pg_stat_force_next_flush()", prepare=False)
+            with raw.transaction():
+                if reuse:
+                    cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan", prepare=False)
+                return _take(cursor, excluded, version, row_counts, previous if reuse else None, started)
+    finally:
+        raw.prepare_threshold = threshold
 
 
-def _count_rows(cursor, excluded: list[str]) -> dict[str, int]:
-    cursor.execute(_TABLES_SQL, [excluded])
-    tables = cursor.fetchall()
-    if not tables:
-        return {}
-    counts: dict[str, int] = {}
-    for start in range(0, len(tables), 500):  # one query per 500 tables keeps the plan small
-        chunk = tables[start:start + 500]
+def _take(cursor, excluded: tuple, version: int, row_counts: bool, previous: Snapshot | None, started: float
+          ) -> Snapshot:
+    reuse = previous is not None
+    if reuse:
+        before = [previous._written.get(cat) if version >= 150000 else None for cat in _SCANNED]
+        known = list(previous._counts.items()) if previous.rows is not None else []
+        cursor.execute(_CHANGES, [list(excluded), previous._since, before, [oid for oid, _ in known],
+                                  [c[1] for _, c in known], row_counts, previous._since, previous._since],
+                       prepare=True)
+        members = {cat: dict(previous._members.get(cat, {})) for cat in _TRACKED}
+    else:
+        cursor.execute(_MEMBERS, [list(excluded), None, None, row_counts, None, None], prepare=True)
+        members = {cat: {} for cat in _TRACKED}
+    dirty: set = set()
+    new_rows: list = []
+    writes: dict = {}
+    deleted: dict = {}
+    written: dict = {}
+    since = None
+    for cat, oid, grp, n, name, regclass in cursor.fetchall():
+        if cat == "writes":
+            writes[oid] = (n, name, regclass)
+        elif cat == "deleted":
+            deleted[name] = n
+        elif cat == "written":
+            written[name] = n
+        elif cat == "since":
+            since = n
+        elif reuse:
+            dirty.add(grp)
+            if oid is not None and cat in members:
+                new_rows.append((cat, oid, grp))
+        else:
+            members[cat][oid] = grp
+    if reuse:
+        dirty.update(_deleted_groups(cursor, members, deleted, previous._deleted, version))
+        dirty.discard(None)
+        cursor.execute(_PARTIAL_SQL, [list(excluded), sorted(dirty), True], prepare=True)
+    else:
+        cursor.execute(_FULL_SQL, [list(excluded), [], False], prepare=True)
+    fresh: dict = {}
+    reread: set = set()
+    for grp, kind, name, definition in cursor.fetchall():
+        if kind is None:
+            reread.add(grp)
+        else:
+            fresh.setdefault(grp, {})[(kind, name)] = definition
+    groups: dict = {}
+    if reuse:
+        groups = {g: objects for g, objects in previous._groups.items() if g is not None and g not in reread}
+    groups.update(fresh)  # a group read again and found empty is gone
+    for cat, oid, grp in new_rows:
+        if grp in groups:
+            members[cat][oid] = grp
+    objects: dict[Key, str] = {}
+    for group in groups.values():
+        objects.update(group)
+    rows = counts = None
+    if row_counts:
+        old = previous._counts if reuse and previous.rows is not None else {}
+        counts = _count_rows(cursor, writes, old, groups)
+        rows = {name: count for name, _, count, _ in counts.values()}
+    return Snapshot(objects, rows, version, time.perf_counter() - started, groups, members, deleted, written,
+                    counts or {}, excluded, since)
+
+
+def _deleted_groups(cursor, members: dict, deleted: dict, before: dict, version: int) -> set:
+    """Return the groups that lost a row of a tracked catalog since the counters ``before``."""
+    probes = [cat for cat in _TRACKED if members[cat] and (version < 150000 or deleted.get(cat) != before.get(cat))]
+    if not probes:
+        return set()
+    cursor.execute(" UNION ALL ".join(
+        f"SELECT {i}, x FROM unnest(%s::oid[]) AS x WHERE NOT EXISTS (SELECT 1 FROM {cat} WHERE oid = x)"
+        for i, cat in enumerate(probes)), [list(members[cat]) for cat in probes], prepare=False)
+    gone = set()
+    for i, oid in cursor.fetchall():
+        gone.add(members[probes[i]].pop(oid))
+    return gone
+
+
+def _count_rows(cursor, writes: dict, old: dict, groups: dict) -> dict:
+    """Return {table oid: (name, rows written, row count, quoted name)}.
+
+    ``writes`` holds the tables written, truncated or renamed since ``old`` (all of them when
+    there is no ``old``): only those are counted again; tables that are gone are dropped.
+    """
+    counts = {oid: known for oid, known in old.items() if oid in groups}
+    stale = [(oid, written, name, quoted) for oid, (written, name, quoted) in writes.items()]
+    for start in range(0, len(stale), 500):  # one query per 500 tables keeps the plan small
+        chunk = stale[start:start + 500]
         cursor.execute(" UNION ALL ".join(
-            f"SELECT {i}, count(*) FROM {regclass}" for i, (regclass, _) in enumerate(chunk)))
+            f"SELECT {i}, count(*) FROM ONLY {quoted}" for i, (_, _, _, quoted) in enumerate(chunk)), prepare=False)
         for i, count in cursor.fetchall():
-            counts[chunk[i][1]] = count
+            oid, written, name, quoted = chunk[i]
+            counts[oid] = (name, written, count, quoted)
     return counts
 
 
