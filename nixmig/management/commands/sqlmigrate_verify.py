@@ -1,0 +1,124 @@
+import json
+
+from django.core.management.base import CommandError
+
+from nixmig import verify
+from nixmig.exceptions import NixmigError
+from nixmig.management.base import NixmigCommand
+
+MARKS = {verify.EXACT: "[=]", verify.WARNING: "[~]", verify.NOT_EXACT: "[!]", verify.IRREVERSIBLE: "[>]",
+         verify.FAILED: "[X]", verify.NOT_RUN: "[ ]"}
+
+
+class Command(NixmigCommand):
+    help = ("Prove that every down file reverses its up file, in a scratch database (up, down, up again, "
+            "comparing schema snapshots); with --drift, compare the live database with its applied migrations. "
+            "Exit 0 when all is exact, 1 when a round trip is not exact or drift is found, 2 when it can't run.")
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("--json", action="store_true", help="Print one JSON object (for CI) instead of text.")
+        parser.add_argument("--from", dest="start", metavar="ID",
+                            help="Check from this migration on; earlier ones are applied without checks.")
+        parser.add_argument("--to", metavar="ID", help="Check up to and including this migration; stop there.")
+        parser.add_argument("--drift", action="store_true",
+                            help="Compare the live --database (read only) with a scratch database brought to the "
+                                 "same applied migrations, instead of checking round trips.")
+        parser.add_argument("--keep", action="store_true",
+                            help="Keep the scratch database at the end and print its name.")
+
+    def run(self, *, directory, database, json, start, to, drift, keep, **options):
+        as_json = json
+        self.progress_out = self.stderr if as_json else self.stdout
+        if drift and (start or to):
+            raise CommandError("--drift compares the whole applied set; leave out --from and --to.", returncode=2)
+        try:
+            if drift:
+                report = verify.drift(directory=directory, database=database, keep=keep, progress=self.event)
+            else:
+                report = verify.verify(directory=directory, database=database, start=start, to=to, keep=keep,
+                                       progress=self.event)
+        except NixmigError as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        except KeyboardInterrupt:
+            raise CommandError("Interrupted; the scratch database was dropped (unless --keep).", returncode=2) from None
+        if as_json:
+            self.stdout.write(_dumps(report.as_dict()))
+        else:
+            self.render(report)
+        if not report.ok:
+            raise CommandError(report.summary() + (" See the report above." if not as_json else ""), returncode=1)
+
+    # -- progress ------------------------------------------------------------------------
+
+    def event(self, event: str, **data) -> None:
+        out = self.progress_out
+        if self.verbosity < 1:
+            return
+        if event == "warning":
+            self.stderr.write(self.style.WARNING(f"Warning: {data['message']}"))
+        elif event == "scratch" and self.verbosity >= 2:
+            out.write(f"Scratch database: {data['name']}")
+        elif event == "rebuild":
+            out.write(f"    the scratch database was rebuilt ({data['scratch']}): its state after the failure was "
+                      "unknown")
+        elif event == "verify_start":
+            out.write(f"[{data['index']}/{data['total']}] verify {data['migration'].id} ...", ending="")
+            out.flush()
+        elif event == "verify_result":
+            result = data["result"]
+            timing = f" ({result.seconds * 1000:.0f} ms)" if self.verbosity >= 2 else ""
+            out.write(" " + self._paint(result.result)(result.result) + timing)
+
+    def _paint(self, result: str):
+        return {verify.EXACT: self.style.SUCCESS, verify.WARNING: self.style.WARNING,
+                verify.IRREVERSIBLE: str, verify.NOT_RUN: str}.get(result, self.style.ERROR)
+
+    # -- the report ----------------------------------------------------------------------
+
+    def render(self, report: verify.VerifyReport) -> None:
+        out = self.stdout
+        if report.results:
+            shown = [r for r in report.results if r.findings and r.result != verify.NOT_RUN]
+            if shown and self.verbosity >= 1:
+                out.write(self.style.MIGRATE_HEADING("Round trips that are not exact:"))
+                for r in shown:
+                    out.write(self._paint(r.result)(f" {MARKS[r.result]} {r.id}: {r.result}"))
+                    for f in r.findings:
+                        paint = self.style.WARNING if f.level == "warning" else str
+                        out.write(paint(f"     - {f.message}"))
+        if report.drift is not None:
+            self.render_drift(report.drift)
+        if report.kept:
+            out.write(f"Kept the scratch database {report.scratch} (--keep); drop it with "
+                      f"DROP DATABASE \"{report.scratch}\".")
+        if self.verbosity >= 2 and report.snapshots:
+            out.write(f"{report.snapshots} snapshot(s) in {report.snapshot_seconds:.2f} s "
+                      f"({1000 * report.snapshot_seconds / report.snapshots:.1f} ms each).")
+        if self.verbosity >= 1:
+            paint = self.style.SUCCESS if report.ok else self.style.ERROR
+            out.write(paint(report.summary()))
+            if report.stored and self.verbosity >= 2:
+                out.write(f"Stored the results in database {report.database!r} (sqlmigrate_status shows them).")
+
+    def render_drift(self, drift: verify.DriftReport) -> None:
+        out = self.stdout
+        for note in drift.notes:
+            out.write(self.style.WARNING(f"Note: {note}"))
+        groups = (("Only in the live database (made by hand?):", drift.only_live, "after"),
+                  ("Only in the tree (dropped or never applied by hand?):", drift.only_tree, "before"))
+        for heading, diffs, side in groups:
+            if diffs:
+                out.write(self.style.MIGRATE_HEADING(heading))
+                for d in diffs:
+                    out.write(f"  {d.kind} {d.display_name}: {getattr(d, side)}")
+        if drift.different:
+            out.write(self.style.MIGRATE_HEADING("Different:"))
+            for d in drift.different:
+                out.write(f"  {d.kind} {d.display_name}")
+                out.write(f"    tree: {d.before}")
+                out.write(f"    live: {d.after}")
+
+
+def _dumps(data) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
