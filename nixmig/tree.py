@@ -8,6 +8,7 @@ migrations run in order of (number, module, name).
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import re
 from dataclasses import dataclass, field
@@ -290,6 +291,9 @@ def read_sql_file(path: str | os.PathLike, relpath: str) -> tuple[SqlFile | None
     return SqlFile(path, relpath, text, hashlib.sha256(normalised).hexdigest(), directives), problems
 
 
+_NAME = operator.attrgetter("name")
+
+
 def _is_ignored(name: str) -> bool:
     # READMEs, editor backups (foo.sql~, #foo.sql#, foo.sql.swp, .foo.sql.swp) and hidden files.
     return name.startswith(".") or not name.lower().endswith(".sql")
@@ -335,10 +339,10 @@ def load_tree(directory: str | os.PathLike) -> Tree:
         dirpath, module = pending_dirs.pop()
         try:
             with os.scandir(dirpath) as listing:
-                entries = sorted(listing, key=lambda e: e.name)
+                entries = sorted(listing, key=_NAME)
         except OSError:
             continue  # as os.walk: a folder that can't be listed is skipped
-        subdirs = []
+        subdirs, file_entries = [], []
         for entry in entries:
             d = entry.name
             try:
@@ -346,6 +350,7 @@ def load_tree(directory: str | os.PathLike) -> Tree:
             except OSError:
                 is_dir = False
             if not is_dir:
+                file_entries.append(entry)
                 continue
             if (d.startswith(".") and set(d) != {"."}) or d == "__pycache__":
                 continue  # hidden (.git, .idea); a name of dots only ('...') is refused below
@@ -364,9 +369,10 @@ def load_tree(directory: str | os.PathLike) -> Tree:
         pending_dirs.extend(reversed(subdirs))  # depth first, in name order, like os.walk
 
         prefix = f"{module}/" if module else ""
-        for entry in entries:
+        for entry in file_entries:
             filename = entry.name
-            if _is_ignored(filename):
+            match = FILE_RE.match(filename)
+            if match is None and _is_ignored(filename):  # a name FILE_RE takes is never an ignored one
                 continue
             full = entry.path
             relpath = prefix + filename
@@ -378,19 +384,10 @@ def load_tree(directory: str | os.PathLike) -> Tree:
                         f"{root}; copy the file in instead.", relpath, ERROR, "symlink"))
                     continue
                 if not target.is_file():
-                    if target.is_dir():
-                        continue  # a link to a folder, reported above
                     problems.append(Problem(f"{relpath}: is a broken symbolic link; remove it or fix its target.",
                                             relpath, ERROR, "symlink"))
                     continue
-            else:
-                try:
-                    if entry.is_dir():
-                        continue
-                except OSError:
-                    pass
-            match = FILE_RE.match(filename)
-            if not match:
+            if match is None:
                 problems.append(Problem(
                     f"{relpath}: the name does not follow <NNN>_<name>_up.sql or <NNN>_<name>_down.sql "
                     "(digits, an underscore, a name of letters, digits, '_' or '-', then _up.sql or _down.sql); "
@@ -405,9 +402,8 @@ def load_tree(directory: str | os.PathLike) -> Tree:
                     continue
             else:
                 sql_file = SqlFile(full, relpath)  # read when it runs (or is shown)
-            number = int(match["number"])
-            bare = f"{match['number']}_{match['name']}"
-            files[(module, bare, direction)] = (number, sql_file)
+            bare = filename[:-7] if direction == "up" else filename[:-9]  # without _up.sql / _down.sql
+            files[(module, bare, direction)] = (int(match["number"]), sql_file)
 
     migrations = []
     unpaired = _unpaired_index(files)
