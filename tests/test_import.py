@@ -152,6 +152,14 @@ def test_golang_migrate_texts_stay_byte_for_byte_and_a_lone_concurrent_index_run
     assert load_tree(tmp_path / "m").errors == ()
 
 
+def test_a_directive_goes_after_a_byte_order_mark(tmp_path):
+    src = write(tmp_path / "src", {"1_idx.up.sql": b"\xef\xbb\xbfCREATE INDEX CONCURRENTLY i ON t (c);\n"})
+    assert run_import(str(src), tool="golang-migrate", dir=str(tmp_path / "m"))[2] == 0
+    data = (tmp_path / "m" / "golang-migrate" / "00001_1_idx_up.sql").read_bytes()
+    assert data == b"\xef\xbb\xbf-- nixmig:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);\n"
+    assert load_tree(tmp_path / "m").migrations[0].up.directives.no_transaction
+
+
 def test_numbers_continue_after_the_highest_number_in_the_tree(tmp_path):
     src = write(tmp_path / "src", GOLANG)
     target = write(tmp_path / "m", {"auth/041_create_accounts_up.sql": "CREATE TABLE accounts (id int);\n",

@@ -95,7 +95,8 @@ def _newline(text: str) -> str:
 def _with_directives(text: str, directives: tuple[str, ...]) -> bytes:
     newline = _newline(text)
     head = "".join(d + newline for d in directives)
-    return (head + text).encode("utf-8", "surrogateescape")
+    bom = "\ufeff" if text.startswith("\ufeff") and head else ""  # a BOM stays the first character
+    return (bom + head + text[len(bom):]).encode("utf-8", "surrogateescape")
 
 
 def _is_empty(text: str) -> bool:
@@ -175,7 +176,7 @@ def plan_import(source: Source, directory: str | Path, module: str) -> ImportPla
     return ImportPlan(source, root, module, tuple(planned), source.notes)
 
 
-def check_new_files(planned: list[PlannedMigration]) -> dict[str, list[str]]:
+def check_new_files(planned: list[PlannedMigration], *, warn: bool = True) -> dict[str, list[str]]:
     """Read the new files the way nixmig reads a tree (in a scratch folder); raise on errors.
 
     Return, per migration id, why nixmig would refuse to run a file (a statement that can't
@@ -203,7 +204,7 @@ def check_new_files(planned: list[PlannedMigration]) -> dict[str, list[str]]:
             raise SourceTreeError(f"The imported files would not make a valid nixmig tree; nothing was written:\n"
                                   f"{lines}")
         warnings: dict[str, list[str]] = {}
-        for migration in tree.migrations:
+        for migration in tree.migrations if warn else ():
             for sql_file in (migration.up, migration.down):
                 if sql_file is None:
                     continue
@@ -220,7 +221,7 @@ def write_import(plan: ImportPlan) -> list[Path]:
     if not files:
         return []
     root = plan.directory
-    check_new_files(list(plan.migrations))  # 1. the new files alone, read as nixmig reads a tree
+    check_new_files(list(plan.migrations), warn=False)  # 1. the new files alone, read as nixmig reads a tree
     for rel, _ in files:
         if (root / rel).exists():
             raise SourceTreeError(f"{root / rel} exists already; nixmig does not overwrite files. Move it away, or "
