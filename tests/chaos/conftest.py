@@ -8,6 +8,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -55,13 +56,28 @@ class Figures(dict):
     def add(self, counter: str, n: int = 1) -> None:
         self[counter] += n
 
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Add the time spent in ``name`` to phase_s (where a trial's seconds go)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            phases = self.setdefault("phase_s", {})
+            phases[name] = round(phases.get(name, 0) + time.monotonic() - started, 2)
+
     def landed(self, where: str) -> None:
         self["landed"][where] = self["landed"].get(where, 0) + 1
 
     def problem(self, counter: str, trial: int, text: str) -> None:
         self[counter] += 1
+        if "Traceback" in text:  # the head is Django's frames; the tail says where it broke
+            lines = text.splitlines()
+            ours = [f"{line.strip()} | {lines[i + 1].strip() if i + 1 < len(lines) else ''}"
+                    for i, line in enumerate(lines) if "/nixmig/" in line and line.strip().startswith("File")]
+            text = "\n".join(lines[:1] + ["nixmig frames:"] + ours + ["..."] + lines[-2:])
         if len(self["examples"]) < 25:
-            self["examples"].append(f"[{counter}] trial {trial}: {text[:1500]}")
+            self["examples"].append(f"[{counter}] trial {trial}: {text[:2000]}")
 
     @property
     def bad(self) -> int:
@@ -69,6 +85,7 @@ class Figures(dict):
             self["recovery_failures"]
 
     def line(self) -> str:
+        self["seconds"] = round(time.monotonic() - self.started, 1)
         landed = ", ".join(f"{k} {v}" for k, v in sorted(self["landed"].items()))
         return (f"chaos PG{self['version']} {self['kind']}: {self['trials']} trials, {self['violations']} invariant "
                 f"violations, {self['tracebacks']} tracebacks, {self['hangs']} hangs, {self['unclear_errors']} "
@@ -160,9 +177,9 @@ def figures(request, pg_cluster, chaos_summary):  # noqa: F811
     print(f"\nchaos seed {seed} (replay: NIXMIG_CHAOS_SEED={seed} NIXMIG_CHAOS_VERSIONS={pg_cluster.version} "
           f".venv/bin/python -m pytest tests/chaos -k {request.node.originalname} -s)", file=sys.stderr)
     yield fig
-    fig["seconds"] = round(time.monotonic() - fig.started, 1)
+    line = fig.line()
     chaos_summary["versions"].setdefault(pg_cluster.version, {})[kind] = dict(fig)
-    print("\n" + fig.line(), file=sys.stderr)
+    print("\n" + line, file=sys.stderr)
     for example in fig["examples"][:10]:
         print("   " + example.replace("\n", "\n     "), file=sys.stderr)
 
