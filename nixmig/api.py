@@ -8,19 +8,20 @@ Twins of the Nixopus Go migrator's API: ``load_tree`` (LoadMigrations), ``migrat
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from django.db import DatabaseError, connections
 
 from . import conf, databases, signals
-from .exceptions import DatabaseUnavailable, NixmigError, PlanError
-from .executor import Executor
+from .exceptions import DatabaseUnavailable, NixmigError, PlanError, TreeError
+from .executor import Executor, RunOptions
 from .lock import MigrationLock
-from .plan import AppliedRecord, Entry, Status, plan_down, plan_up, resolve
+from .plan import (PARTIAL, PARTLY_APPLIED, AppliedRecord, Entry, Status, describe_partial, plan_down, plan_up,
+                   resolve)
 from .recorder import Recorder
-from .tree import Tree, load_tree as _load_tree
+from .tree import ERROR, WARNING, Problem, Tree, load_tree as _load_tree
 
 Callback = Callable[..., None]
 
@@ -57,7 +58,8 @@ class RunResult:
 
 def load_tree(directory: str | Path | None = None) -> Tree:
     """Read the migration tree (default: NIXMIG['MIGRATIONS_DIR'])."""
-    return _load_tree(directory if directory is not None else conf.migrations_dir())
+    return _load_tree(directory if directory is not None else conf.migrations_dir(),
+                      allow_empty=bool(conf.get("ALLOW_EMPTY")))
 
 
 def connection_for(database: str = "default"):
@@ -82,7 +84,28 @@ def connection_for(database: str = "default"):
 def _state(connection, tree: Tree, table: str | None = None):
     recorder = Recorder(connection, table)
     state = recorder.read()
-    return recorder, state, resolve(tree, state.records, state.progress, table=recorder.table)
+    return recorder, state, _resolve(tree, state, recorder)
+
+
+def _resolve(tree: Tree, state, recorder: Recorder) -> Status:
+    """Resolve the states, and describe partly run files by the lines of their statements."""
+    current = resolve(tree, state.records, state.progress, table=recorder.table)
+    partial = [e for e in current.entries if e.state in PARTIAL]
+    if not partial:
+        return current  # the usual case: no parser needed
+    from .executor import resume_problem
+    from .sqltext import examine
+
+    detailed = {}
+    for e in partial:
+        sql_file = e.migration.up if e.state == PARTLY_APPLIED else e.migration.down
+        prep = examine(sql_file)[0] if sql_file is not None else None
+        detailed[e.id] = replace(
+            e, statement_lines=tuple(st.line for st in prep.analysis.statements) if prep else (),
+            edited=prep is None or resume_problem(e, prep, e.progress.direction) is not None)
+    old = {describe_partial(e): describe_partial(detailed[e.id]) for e in partial}
+    return replace(current, entries=tuple(detailed.get(e.id, e) for e in current.entries),
+                   problems=tuple(replace(p, message=old.get(p.message, p.message)) for p in current.problems))
 
 
 def status(*, directory: str | Path | None = None, database: str = "default", tree: Tree | None = None,
@@ -97,6 +120,9 @@ def status(*, directory: str | Path | None = None, database: str = "default", tr
     recorder, state, result = _state(connection, tree)
     if create_table and not state.exists and not connection.in_atomic_block:
         _try_create(connection, recorder)
+    refused = refused_files(result.entries)
+    if refused:
+        result = replace(result, problems=result.problems + tuple(refused))
     return result
 
 
@@ -176,13 +202,49 @@ def preview(direction: str = "up", *, directory: str | Path | None = None, datab
 
 
 def _prepare(tree: Tree, entries: list[Entry], direction: str, fake: bool) -> dict:
-    """Check every file of the plan before anything runs; return them ready to send."""
-    from .sqltext import prepare  # imported here: status never needs the parser
+    """Check every file of the plan before anything runs; return them ready to send.
+
+    Raises one TreeError listing every file the run would refuse, not just the first.
+    """
+    from .sqltext import examine  # imported here: status never needs the parser
 
     if fake:
         return {}
-    files = {e.id: (e.migration.up if direction == "up" else e.migration.down) for e in entries}
-    return {mid: prepare(f) for mid, f in files.items() if f is not None}
+    prepared, refused = {}, []
+    for e in entries:
+        sql_file = e.migration.up if direction == "up" else e.migration.down
+        if sql_file is None:
+            continue
+        prep, problems = examine(sql_file)
+        prepared[e.id] = prep
+        refused.extend(problems)
+    if refused:
+        listed = "\n".join(f"  - {p}" for p in refused)
+        raise TreeError(f"Nothing was run: {len(refused)} problem(s) in the files of this run must be fixed "
+                        f"first:\n{listed}")
+    return prepared
+
+
+def refused_files(entries: list[Entry]) -> list[Problem]:
+    """Return what a run would refuse in the files of pending migrations, as status problems.
+
+    Up files of pending (and partly applied) migrations are checked as ``sqlmigrate_up`` would
+    (errors); their down files as ``sqlmigrate_down`` would once they are applied (warnings).
+    Only pending files are parsed, so status of a fully applied tree never loads the parser.
+    """
+    todo = [e for e in entries if e.migration is not None and e.record is None]
+    if not todo:
+        return []
+    from .sqltext import examine
+
+    out = []
+    for e in todo:
+        for sql_file, level in ((e.migration.up, ERROR), (e.migration.down, WARNING)):
+            if sql_file is None:
+                continue
+            for message in examine(sql_file)[1]:
+                out.append(Problem(message, sql_file.relpath, level, "refused"))
+    return out
 
 
 def _with_migration_signals(emit: Callback, database: str) -> Callback:
@@ -214,7 +276,7 @@ def _run(direction, directory, database, progress, lock_wait, fake, make_plan, a
     with MigrationLock(connection, recorder.table, wait=lock_wait, callback=emit,
                        command=f"sqlmigrate_{direction}"):
         state = recorder.read()  # re-read under the lock: another runner may have applied everything
-        current = resolve(tree, state.records, state.progress, table=recorder.table)
+        current = _resolve(tree, state, recorder)
         entries = make_plan(current)
         prepared = _prepare(tree, entries, direction, fake)
         for check in _plan_checks:  # e.g. the linter: may raise to refuse the plan; nothing has run yet
@@ -234,10 +296,7 @@ def _run(direction, directory, database, progress, lock_wait, fake, make_plan, a
                                     fake=fake)
         executor = Executor(connection, recorder, emit)
         try:
-            if direction == "up":
-                result.done = executor.apply(entries, prepared, fake=fake, atomic=atomic)
-            else:
-                result.done = executor.unapply(entries, prepared, fake=fake)
+            result.done = executor.run(entries, prepared, RunOptions(direction, fake, atomic))
         finally:
             result.seconds = time.perf_counter() - started
         signals.post_sqlmigrate.send(sender=RunResult, direction=direction, database=database,
@@ -285,6 +344,29 @@ def repair(ids: list[str] | None = None, *, directory: str | Path | None = None,
         recorder.ensure_schema(state, current)
         for mid in wanted:
             recorder.set_checksum(changed[mid].record, changed[mid].migration.checksum)
+    return wanted
+
+
+def forget_progress(ids: list[str], *, database: str = "default",
+                    lock_wait: float | None = None) -> list[str]:
+    """Forget the progress of partly applied / partly rolled-back migrations, after settling them by hand.
+
+    A partly applied migration becomes pending again (you undid its statements that ran); a partly
+    rolled-back one stays applied (you restored what its down statements undid). Runs no SQL of
+    the migrations. Also removes stale progress rows, named by id.
+    """
+    connection = connection_for(database)
+    recorder = Recorder(connection)
+    with MigrationLock(connection, recorder.table, wait=lock_wait, command="sqlmigrate_repair"):
+        state = recorder.read()
+        known = {(f"{p.module}/{p.name}" if p.module else p.name): (p.module, p.name) for p in state.progress}
+        wanted = [i.strip().strip("/") for i in ids]
+        for mid in wanted:
+            if mid not in known:
+                raise PlanError(f"{mid} has no progress row: it is not partly applied or partly rolled back "
+                                "(sqlmigrate_status marks those [!]); nothing was changed.")
+        for mid in wanted:
+            recorder.forget_progress(*known[mid])
     return wanted
 
 

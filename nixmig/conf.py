@@ -44,3 +44,14 @@ def migrations_dir() -> Path:
 def table() -> str:
     """Return the tracking table's name (optionally ``schema.table``)."""
     return get("TABLE")
+
+
+def duration(key: str) -> str:
+    """Return NIXMIG[key] as a PostgreSQL duration ('10s', '500ms', '0'), or raise a clear error."""
+    from .exceptions import NixmigError
+    from .tree import TIMEOUT_RE
+
+    value = str(get(key)).strip()
+    if not TIMEOUT_RE.match(value):
+        raise NixmigError(f"NIXMIG[{key!r}] = {value!r} is not a duration; use e.g. '10s', '500ms' or '0' (off).")
+    return value

@@ -8,121 +8,24 @@ is written in the same transaction as the body, and applying it costs one round 
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Callable
 
 from django.db import DatabaseError, transaction
 
 from . import conf
 from .exceptions import MigrationFailed, NixmigError
-from .plan import Entry
+from . import notx
+from .notx import resume_problem
+from .pgerrors import ACTIVE_SQL_TRANSACTION, LOCK_NOT_AVAILABLE, describe, position, replayable
+from .plan import Entry, RunOptions
 from .recorder import Recorder, literal
-from .tree import TIMEOUT_RE, Directives, line_of
+from .reports import failure, partial_truth
+from .tree import Directives, line_of
 
 if TYPE_CHECKING:  # pglast costs ~30 ms to import; sqlmigrate_status never needs it
     from .sqltext import Prepared
-
-LOCK_NOT_AVAILABLE = "55P03"
-ACTIVE_SQL_TRANSACTION = "25001"  # "... cannot run inside a transaction block"
-
-
-def _timeout(value, setting: str) -> str:
-    value = str(value).strip()
-    if not TIMEOUT_RE.match(value):
-        raise NixmigError(f"NIXMIG[{setting!r}] = {value!r} is not a duration; use e.g. '10s', '500ms' or '0' (off).")
-    return value
-
-
-def _pg_error(exc: BaseException):
-    """Return the psycopg error behind a Django DatabaseError."""
-    return exc.__cause__ if getattr(exc.__cause__, "diag", None) is not None else exc
-
-
-def _describe(exc: BaseException) -> tuple[str, str | None]:
-    err = _pg_error(exc)
-    diag = getattr(err, "diag", None)
-    sqlstate = getattr(err, "sqlstate", None)
-    message = (diag.message_primary if diag and diag.message_primary else str(err).strip().splitlines()[0])
-    extras = []
-    if diag is not None:
-        if diag.message_detail:
-            extras.append(f"Detail: {diag.message_detail}")
-        if diag.message_hint:
-            extras.append(f"Hint: {diag.message_hint}")
-        if diag.context and "PL/pgSQL" in (diag.context or ""):
-            extras.append(f"Context: {diag.context.strip().splitlines()[0]}")
-    text = message + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
-    if extras:
-        text += ". " + " ".join(extras)
-    return text, sqlstate
-
-
-def _replayable(sqlstate: str | None) -> bool:
-    """True when replaying the failed SQL would fail the same way (not a timeout, lock, deadlock or lost connection)."""
-    return bool(sqlstate) and sqlstate[:2] not in ("08", "40", "53", "55", "57", "58", "XX")
-
-
-def _position(exc: BaseException) -> int | None:
-    diag = getattr(_pg_error(exc), "diag", None)
-    pos = diag.statement_position if diag is not None else None
-    return int(pos) - 1 if pos else None
-
-
-def _terminated(text: str) -> str:
-    """Return a statement with its ';' (on a line of its own if its last line ends in a -- comment)."""
-    text = text.strip()
-    return text + ("\n;" if "--" in text.rsplit("\n", 1)[-1] else ";")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How one run goes: the direction, and whether it fakes or runs all in one transaction."""
-
-    direction: str = "up"  # "up" applies, "down" rolls back
-    fake: bool = False  # write or remove the records only; run no SQL
-    atomic: bool = False  # the whole run in one transaction (up only)
-
-    @property
-    def verb(self) -> str:
-        return "Applying" if self.direction == "up" else "Rolling back"
-
-    @property
-    def done_verb(self) -> str:
-        return "applied" if self.direction == "up" else "rolled back"
-
-
-def _ran(k: int) -> str:
-    return "statement 1" if k == 1 else f"statements 1..{k}"
-
-
-def statement_hash(text: str) -> str:
-    return hashlib.sha256(text.strip().encode()).hexdigest()
-
-
-def resume_problem(entry: Entry, prep: Prepared | None, direction: str) -> str | None:
-    """Return why a partly run migration can't resume from ``prep``, or None when it can."""
-    progress = entry.progress
-    if progress is None or progress.direction != direction or prep is None:
-        return None
-    k = progress.statements_done
-    kind = "up" if direction == "up" else "down"
-    if not prep.no_transaction:
-        return (f"{entry.id}: {_ran(k) if k else 'part of statement 1'} of its {kind} file ran as a no-transaction "
-                f"file, but "
-                f"{prep.file.relpath} no longer says '-- nixmig:no-transaction'; run as one transaction it would "
-                "run them again. Put the directive back to resume.")
-    n = len(progress.statement_hashes)  # the statements that ran, and one in flight if any
-    hashes = tuple(statement_hash(prep.body[s.start:s.end]) for s in prep.analysis.statements[:n])
-    if len(hashes) < n or hashes != tuple(progress.statement_hashes):
-        what = f"{_ran(k)} of {prep.file.relpath} ran, and {'has' if k == 1 else 'have'}" if k else \
-            f"statement 1 of {prep.file.relpath} was running when its runner stopped, and has"
-        return (f"{entry.id}: {what} been edited since (or the file now has fewer statements), so nixmig can't "
-                "tell what is applied. Restore the file as it was, or bring the database in line by hand and "
-                "settle it as sqlmigrate_status describes.")
-    return None
-
 
 class Executor:
     """Apply and roll back planned migrations on one Django connection."""
@@ -131,8 +34,8 @@ class Executor:
         self.connection = connection
         self.recorder = recorder
         self.callback = callback or (lambda event, **data: None)
-        self.lock_timeout = _timeout(conf.get("LOCK_TIMEOUT"), "LOCK_TIMEOUT")
-        self.statement_timeout = _timeout(conf.get("STATEMENT_TIMEOUT"), "STATEMENT_TIMEOUT")
+        self.lock_timeout = conf.duration("LOCK_TIMEOUT")
+        self.statement_timeout = conf.duration("STATEMENT_TIMEOUT")
         self.retries = int(conf.get("LOCK_RETRIES"))
 
     # -- public ----------------------------------------------------------------------------
@@ -143,19 +46,14 @@ class Executor:
             refused = [msg for e in entries if (msg := resume_problem(e, prepared.get(e.id), options.direction))]
             if refused:
                 raise MigrationFailed("Nothing was run. " + " ".join(refused))
-        done: list[Entry] = []
-        total = len(entries)
-        if not options.atomic:
-            for index, entry in enumerate(entries, 1):
-                self._one(entry, prepared.get(entry.id), options, index, total, done)
-            return done
         bad = [e.id for e in entries if e.id in prepared and prepared[e.id].no_transaction]
-        if bad and not options.fake:
+        if options.atomic and bad and not options.fake:
             raise NixmigError(f"--atomic can't include no-transaction migrations ({', '.join(bad)}): they run "
                               "outside any transaction. Apply them without --atomic.")
-        with transaction.atomic(using=self.connection.alias):
+        done: list[Entry] = []
+        with transaction.atomic(using=self.connection.alias) if options.atomic else nullcontext():
             for index, entry in enumerate(entries, 1):
-                self._one(entry, prepared.get(entry.id), options, index, total, done)
+                self._one(entry, prepared.get(entry.id), options, index, len(entries), done)
         return done
 
     def finish_sql(self, direction: str, entry: Entry) -> str:
@@ -231,7 +129,7 @@ class Executor:
             except DatabaseError as exc:
                 if rollback:
                     self._rollback()
-                text, sqlstate = _describe(exc)
+                text, sqlstate = describe(exc)
                 if sqlstate != LOCK_NOT_AVAILABLE or attempt >= self.retries:
                     raise
                 attempt += 1
@@ -245,24 +143,24 @@ class Executor:
         try:
             self._execute_with_retries(entry, query, rollback=not in_tx)
         except DatabaseError as exc:
-            text, sqlstate = _describe(exc)
+            text, sqlstate = describe(exc)
             line = None
-            pos = _position(exc)
+            pos = position(exc)
             if pos is not None and prep is not None:
                 offset = pos - len(prefix)
                 if 0 <= offset <= len(prep.body):
                     line = line_of(prep.body, offset)
-            if line is None and prep is not None and not in_tx and _replayable(sqlstate):
+            if line is None and prep is not None and not in_tx and replayable(sqlstate):
                 line = self._locate(prep)
             if options.atomic:
                 truth = (f"It was rolled back, and with --atomic so was everything else of this run: nothing of it "
                          f"was {options.done_verb}.")
-                raise self._failure(entry, prep, line, text, sqlstate, (), options, truth) from None
+                raise failure(entry, prep, line, text, sqlstate, (), options, truth) from None
             truth = ("It was rolled back and is not recorded." if options.direction == "up" else
                      "It was rolled back and stays recorded as applied.")
             if entry.progress is not None:  # --fake of a partly run migration
                 truth += " Its progress row is kept."
-            raise self._failure(entry, prep, line, text, sqlstate, done, options, truth) from None
+            raise failure(entry, prep, line, text, sqlstate, done, options, truth) from None
 
     def _locate(self, prep: Prepared) -> int | None:
         """Return the line of the failing statement by replaying the file one statement at a time.
@@ -280,7 +178,7 @@ class Executor:
                     try:
                         cursor.execute(prep.body[s.start:s.end])
                     except DatabaseError as exc:
-                        pos = _position(exc)
+                        pos = position(exc)
                         return line_of(prep.body, s.start + pos) if pos is not None else s.line
         except DatabaseError:
             return None
@@ -292,38 +190,11 @@ class Executor:
 
     def _no_transaction_queries(self, direction: str, entry: Entry, prep: Prepared,
                                 start: int = 0) -> list[tuple[str, int]]:
-        """Return (query, statement index) pairs that run statements ``start``.. of a no-transaction file.
-
-        Every statement that can run in a transaction is sent as ``BEGIN; <statement>; <progress>;
-        COMMIT;``, so it and the progress row that says it ran commit together; the last one also
-        writes the record (up) or removes it (down) and the progress row. A statement PostgreSQL
-        refuses in a transaction (CREATE INDEX CONCURRENTLY, VACUUM, ...) is sent alone, its
-        progress row right after (index -1 marks such a follow-up query).
-        """
-        m = entry.migration
-        statements = prep.analysis.statements
-        texts = [prep.body[s.start:s.end] for s in statements]
-        hashes = [statement_hash(t) for t in texts]
-        total = len(texts)
         finish = self.finish_sql(direction, entry)
         if entry.progress is None:  # this run writes progress rows; the record's transaction clears them
-            finish += "; " + self.recorder.clear_progress_sql(m)
-        queries: list[tuple[str, int]] = [(self._settings(prep.file.directives, False), -1)]
-        for k in range(start, total):
-            last = k == total - 1
-            after = finish if last else self.recorder.progress_sql(m, direction, prep.file.checksum,
-                                                                   hashes[:k + 1], total)
-            if statements[k].no_transaction:
-                flight = self.recorder.progress_sql(m, direction, prep.file.checksum, hashes[:k + 1], total, k)
-                queries.append((f"BEGIN; {flight}; COMMIT;", -1))
-                queries.append((_terminated(texts[k]), k))
-                queries.append((f"BEGIN; {after}; COMMIT;", -1))
-            else:
-                queries.append((f"BEGIN;\n{texts[k]}\n;\n{after}; COMMIT;", k))
-        if start >= total:  # every statement ran before; only the record was missing
-            queries.append((f"BEGIN; {finish}; COMMIT;", -1))
-        queries.append(("RESET lock_timeout; RESET statement_timeout;", -1))
-        return queries
+            finish += "; " + self.recorder.clear_progress_sql(entry.migration)
+        return notx.queries(self.recorder, self._settings(prep.file.directives, False), finish, direction, entry,
+                            prep, start)
 
     def _no_transaction(self, entry: Entry, prep: Prepared, options: RunOptions, done: list[Entry]) -> None:
         direction = options.direction
@@ -334,13 +205,12 @@ class Executor:
         if progress is not None:
             self.callback("resume", entry=entry, statement=start + 1, total=total)
             if (progress.in_flight and start < total and statements[start].builds_index
-                    and self._index_state(statements[start]) == "valid"):
+                    and (self._index_state(statements[start]) or (0, False))[1]):
                 # The interrupted run finished this CREATE INDEX CONCURRENTLY but died before its
                 # progress row: it must not run again ("already exists").
                 self.callback("already_done", entry=entry, statement=start + 1, line=statements[start].line)
                 self.recorder.save_progress(entry.migration, direction, prep.file.checksum,
-                                            [statement_hash(prep.body[s.start:s.end])
-                                             for s in statements[:start + 1]], total, None)
+                                            notx.hashes(prep)[:start + 1], total)
                 start += 1
         self.recorder.ensure_progress_table()
         queries = self._no_transaction_queries(direction, entry, prep, start)
@@ -359,8 +229,8 @@ class Executor:
                     self._send_statement(entry, query, prep.body[stmt.start:stmt.end], stmt)
                 except DatabaseError as exc:
                     self._rollback()
-                    text, sqlstate = _describe(exc)
-                    pos = _position(exc)
+                    text, sqlstate = describe(exc)
+                    pos = position(exc)
                     line = stmt.line
                     text_k = prep.body[stmt.start:stmt.end]
                     if pos is not None:
@@ -368,12 +238,12 @@ class Executor:
                         if 0 <= offset <= len(text_k):
                             line = line_of(prep.body, stmt.start + offset)
                     self._save_failure(entry, direction, prep, ran, total, text)
-                    raise self._failure(entry, prep, line, text, sqlstate, done, options,
-                                        self._partial_truth(direction, k, total), fix=not ran) from None
+                    raise failure(entry, prep, line, text, sqlstate, done, options,
+                                        partial_truth(direction, k, total), fix=not ran) from None
                 ran = k + 1
         except DatabaseError as exc:  # a progress or record write failed (connection lost)
-            text, sqlstate = _describe(exc)
-            raise self._failure(entry, prep, None, text, sqlstate, done, options,
+            text, sqlstate = describe(exc)
+            raise failure(entry, prep, None, text, sqlstate, done, options,
                                 f"The connection failed after statement {ran} of {total} of this no-transaction "
                                 "file ran; sqlmigrate_status shows how far it got, and the next run resumes "
                                 "there.", fix=False) from None
@@ -392,7 +262,7 @@ class Executor:
         try:
             self._execute_with_retries(entry, query, rollback=True)
         except DatabaseError as exc:
-            if _describe(exc)[1] != ACTIVE_SQL_TRANSACTION or stmt.no_transaction:
+            if describe(exc)[1] != ACTIVE_SQL_TRANSACTION or stmt.no_transaction:
                 raise
             # A statement nixmig did not know PostgreSQL refuses in a transaction block: send it alone,
             # then the rest of the query (its progress, or the record) in a transaction of its own.
@@ -402,50 +272,21 @@ class Executor:
 
     def _save_failure(self, entry: Entry, direction: str, prep: Prepared, ran: int, total: int, error: str) -> None:
         """After statement ran+1 failed (so it did not run): keep exactly 1..ran as progress, with the error."""
-        m = entry.migration
-        if ran == 0:
-            sql = self.recorder.clear_progress_sql(m)  # nothing ran: no progress (an in-flight mark is void)
-        else:
-            hashes = [statement_hash(prep.body[s.start:s.end]) for s in prep.analysis.statements[:ran]]
-            sql = (self.recorder.progress_sql(m, direction, prep.file.checksum, hashes, total) + "; "
-                   + self.recorder.progress_error_sql(m, direction, error))
         try:
             with self.connection.cursor() as cursor:
-                cursor.execute(f"BEGIN; {sql}; COMMIT;")
+                cursor.execute(f"BEGIN; {notx.failed_progress_sql(self.recorder, entry, direction, prep, ran, error)}; "
+                               "COMMIT;")
         except DatabaseError:
             self._rollback()  # the connection is gone: the row still says what ran (maybe with a mark)
 
-    @staticmethod
-    def _partial_truth(direction: str, k: int, total: int) -> str:
-        """What a failure at statement k+1 of a no-transaction file leaves, said exactly."""
-        kind = "up" if direction == "up" else "down"
-        if direction == "up":
-            if k == 0:
-                return (f"It failed at statement 1 of {total} (no-transaction file): no statement of it ran, and it "
-                        "is not recorded.")
-            return (f"It failed at statement {k + 1} of {total} of its no-transaction {kind} file: {_ran(k)} "
-                    f"ran and {'is' if k == 1 else 'are'} kept as progress, so it is partly applied and not recorded. "
-                    "Fix the cause and run "
-                    f"sqlmigrate_up again to resume at statement {k + 1} (statements that ran are not run again); "
-                    "sqlmigrate_status lists the other ways out.")
-        if k == 0:
-            return (f"It failed at statement 1 of {total} of its no-transaction down file: no statement of it ran, "
-                    "and it stays recorded as applied.")
-        return (f"It failed at statement {k + 1} of {total} of its no-transaction down file: {_ran(k)} ran "
-                f"and {'is' if k == 1 else 'are'} kept as progress, so it is partly rolled back and stays recorded "
-                "as applied; sqlmigrate_up "
-                f"refuses until this is settled. Fix the down file and run sqlmigrate_down again to resume at "
-                f"statement {k + 1}; sqlmigrate_status lists the other ways out.")
-
-    def _index_state(self, stmt) -> str | None:
-        """Return 'valid', 'invalid' or None for the index a CREATE INDEX CONCURRENTLY statement builds."""
-        table, name = stmt.builds_index
+    def _index_state(self, stmt) -> tuple[str, bool] | None:
+        """Return (qualified name, valid) of the index a named CREATE INDEX CONCURRENTLY builds, if it exists."""
         with self.connection.cursor() as cursor:
             cursor.execute(
-                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE i.indrelid = to_regclass(%s) AND c.relname = %s", [table, name])
-            row = cursor.fetchone()
-        return None if row is None else "valid" if row[0] else "invalid"
+                "SELECT format('%%I.%%I', n.nspname, c.relname), i.indisvalid FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE i.indrelid = to_regclass(%s) AND c.relname = %s", list(stmt.builds_index))
+            return cursor.fetchone()
 
     def _drop_invalid_index(self, entry, stmt) -> None:
         """Drop the INVALID index an earlier, failed or killed run of this CREATE INDEX CONCURRENTLY left.
@@ -453,17 +294,10 @@ class Executor:
         Without this the statement would fail with 'already exists', or, with IF NOT EXISTS, skip
         and leave an index that is maintained on every write but never used.
         """
-        table, name = stmt.builds_index
-        with self.connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_index i "
-                "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE i.indrelid = to_regclass(%s) AND c.relname = %s AND NOT i.indisvalid", [table, name])
-            row = cursor.fetchone()
-            if row is None:
-                return
-            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row[0]}")
-        self.callback("invalid_index", entry=entry, index=row[0], line=stmt.line)
+        found = self._index_state(stmt)
+        if found is not None and not found[1]:
+            self._send(entry, f"DROP INDEX CONCURRENTLY IF EXISTS {found[0]}")
+            self.callback("invalid_index", entry=entry, index=found[0], line=stmt.line)
 
     def _rollback(self) -> None:
         try:
@@ -471,21 +305,3 @@ class Executor:
                 cursor.execute("ROLLBACK")
         except DatabaseError:
             pass
-
-    def _failure(self, entry: Entry, prep: Prepared | None, line: int | None, text: str, sqlstate: str | None,
-                 done, options: RunOptions, truth: str, *, fix: bool = True) -> MigrationFailed:
-        where = f"{prep.file.path}" + (f" line {line}" if line else "") if prep else "its tracking row"
-        done = list(done)
-        if not done:
-            kept = "Nothing else ran in this run." if not options.atomic else ""
-        else:
-            n = len(done)
-            ids = (done[0].id if n == 1 else f"{done[0].id} and {done[1].id}" if n == 2 else
-                   f"the first {done[0].id}, the last {done[-1].id}; sqlmigrate_status lists them all")
-            kept = (f"{n} migration(s) {options.done_verb} before it in this run stay so ({ids}); later ones were "
-                    "not attempted.")
-        advice = f"Fix the SQL and run sqlmigrate_{options.direction} again." if fix else ""
-        message = " ".join(part for part in (
-            f"{options.verb} {entry.id} failed at {where}: {text.rstrip('.')}.", truth, kept, advice) if part)
-        return MigrationFailed(message, migration_id=entry.id, sqlstate=sqlstate,
-                               applied=tuple(e.id for e in done))

@@ -168,6 +168,23 @@ class Status:
             raise PlanError(f"Nothing was run: {len(self.errors)} problem(s) must be fixed first:\n{lines}")
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run goes: the direction, and whether it fakes or runs all in one transaction."""
+
+    direction: str = "up"  # "up" applies, "down" rolls back
+    fake: bool = False  # write or remove the records only; run no SQL
+    atomic: bool = False  # the whole run in one transaction (up only)
+
+    @property
+    def verb(self) -> str:
+        return "Applying" if self.direction == "up" else "Rolling back"
+
+    @property
+    def done_verb(self) -> str:
+        return "applied" if self.direction == "up" else "rolled back"
+
+
 _NUMBER_RE = re.compile(r"^([0-9]+)_")
 
 
@@ -407,5 +424,5 @@ def _find(status: Status, migration_id: str) -> Entry:
     raise PlanError(f"There is no migration {migration_id!r}.{hint}")
 
 
-__all__ = ["APPLIED", "PENDING", "CHANGED", "MISSING", "PARTLY_APPLIED", "PARTLY_ROLLED_BACK", "PARTIAL", "INFO", "AppliedRecord", "Progress",
+__all__ = ["RunOptions", "APPLIED", "PENDING", "CHANGED", "MISSING", "PARTLY_APPLIED", "PARTLY_ROLLED_BACK", "PARTIAL", "INFO", "AppliedRecord", "Progress",
            "Entry", "Status", "resolve", "plan_up", "plan_down"]

@@ -12,6 +12,7 @@ separate ``<table>_progress`` table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import DatabaseError, transaction
 

@@ -336,35 +336,57 @@ class Prepared:
 
 def prepare(sql_file: SqlFile) -> Prepared:
     """Check a file before anything runs; raise TreeError naming the file and line."""
+    prepared, problems = examine(sql_file)
+    if problems:
+        raise TreeError(problems[0])
+    return prepared
+
+
+def examine(sql_file: SqlFile) -> tuple[Prepared | None, list[str]]:
+    """Check a file as a run would; return it ready to send, or every reason it would be refused.
+
+    Each reason is one paragraph naming the file and line and what to do. ``sqlmigrate_status``
+    reports them for pending migrations, so nothing is found only when it runs.
+    """
     analysis = analyze(sql_file.text)
     rel = sql_file.relpath
+    directives = sql_file.directives
     if analysis.unscannable_line is not None:
         # Sent as it is, the open quote would swallow nixmig's INSERT and COMMIT and the server
         # would report an error at a place that is not in the file.
-        raise TreeError(f"{rel}:{analysis.unscannable_line}: {analysis.parse_error}; PostgreSQL can't run this "
-                        "file. Close the quote, quoted identifier, dollar quote or /* comment that starts there.")
-    if not analysis.statements and rel.endswith("_up.sql"):
-        raise TreeError(f"{rel}: has no SQL statement, only comments (an unfilled sqlmigrate_new template?); "
-                        "write the migration's SQL, or delete the file.")
-    if sql_file.directives.no_transaction:
+        return None, [f"{rel}:{analysis.unscannable_line}: {analysis.parse_error}; PostgreSQL can't run this "
+                      "file. Close the quote, quoted identifier, dollar quote or /* comment that starts there."]
+    if not analysis.statements:
+        if rel.endswith("_up.sql") and not (directives.empty or directives.allow_empty):
+            return None, [f"{rel}: has no SQL statement, only comments (an unfilled sqlmigrate_new template?); "
+                          "write the migration's SQL, or delete the file. If it is meant to do nothing, write the "
+                          "line '-- nixmig:empty' at its top."]
+        return Prepared(sql_file, analysis, "", False), []
+    if directives.empty:
+        return None, [f"{rel}:{analysis.statements[0].line}: says '-- nixmig:empty' but has "
+                      f"{len(analysis.statements)} statement(s); remove the directive or the SQL."]
+    problems: list[str] = []
+    if directives.no_transaction:
         if not analysis.parsed and analysis.parse_error and len(analysis.statements) == 1 and not analysis.statements[0].kind:
-            raise TreeError(f"{rel}: can't be split into statements ({analysis.parse_error}); a no-transaction file "
-                            "is sent one statement at a time, so fix the SQL first.")
+            problems.append(f"{rel}: can't be split into statements ({analysis.parse_error}); a no-transaction "
+                            "file is sent one statement at a time, so fix the SQL first.")
         for s in analysis.transaction_control:
-            raise TreeError(f"{rel}:{s.line}: has {s.transaction_control} in a '-- nixmig:no-transaction' file, where "
-                            "every statement runs on its own. Move the statements that need a transaction into a "
-                            "separate migration, or drop the directive.")
-        return Prepared(sql_file, analysis, sql_file.text, False)
+            problems.append(f"{rel}:{s.line}: has {s.transaction_control} in a '-- nixmig:no-transaction' file, "
+                            "where every statement runs on its own. Move the statements that need a transaction "
+                            "into a separate migration, or drop the directive.")
+        return (None, problems) if problems else (Prepared(sql_file, analysis, sql_file.text, False), [])
     for s in analysis.no_transaction:
-        raise TreeError(f"{rel}:{s.line}: {s.no_transaction} can't run inside a transaction, and nixmig runs this file "
-                        "in one. Add the line '-- nixmig:no-transaction' at the top of the file (each statement then "
-                        "runs on its own), or move the statement into a migration of its own with that line.")
+        problems.append(f"{rel}:{s.line}: {s.no_transaction} can't run inside a transaction, and nixmig runs this "
+                        "file in one. Add the line '-- nixmig:no-transaction' at the top of the file (each statement "
+                        "then runs on its own), or move the statement into a migration of its own with that line.")
     control = analysis.transaction_control
     for s in control:
         if s.transaction_control in ("ROLLBACK", "PREPARE"):
-            raise TreeError(f"{rel}:{s.line}: a top-level {s.transaction_control} would end nixmig's transaction and "
-                            "leave the record out of step with the schema; remove it (nixmig already rolls the "
+            problems.append(f"{rel}:{s.line}: a top-level {s.transaction_control} would end nixmig's transaction "
+                            "and leave the record out of step with the schema; remove it (nixmig already rolls the "
                             "whole file back on any error).")
+    if problems:
+        return None, problems
     own = [s for s in control if s.transaction_control in ("BEGIN", "COMMIT")]
     body = blank_out(sql_file.text, tuple(own)) if own else sql_file.text
-    return Prepared(sql_file, analysis, body, bool(own))
+    return Prepared(sql_file, analysis, body, bool(own)), []

@@ -11,7 +11,7 @@ import hashlib
 import operator
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .exceptions import TreeError
@@ -19,7 +19,8 @@ from .exceptions import TreeError
 FILE_RE = re.compile(r"^(?P<number>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_-]*?)_(?P<direction>up|down)\.sql$")
 MODULE_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 DIRECTIVE_RE = re.compile(r"^--\s*nixmig:\s*([A-Za-z_-]+)\s*(?:=\s*(\S+))?\s*$")
-KNOWN_DIRECTIVES = {"no-transaction", "lock-timeout", "statement-timeout"}
+KNOWN_DIRECTIVES = {"no-transaction", "lock-timeout", "statement-timeout", "empty"}
+FLAG_DIRECTIVES = {"no-transaction", "empty"}  # take no value
 TIMEOUT_RE = re.compile(r"^[0-9]+\s*(us|ms|s|min|h|d)?$")
 BOM = "\ufeff"
 
@@ -50,6 +51,8 @@ class Directives:
 
     no_transaction: bool = False
     lock_timeout: str | None = None
+    empty: bool = False  # '-- nixmig:empty': an up file with no statement is an explicit no-op
+    allow_empty: bool = False  # NIXMIG['ALLOW_EMPTY']: an up file with no statement is a no-op (not declared)
     statement_timeout: str | None = None
 
 
@@ -227,11 +230,11 @@ def parse_directives(text: str, relpath: str) -> tuple[Directives, list[Problem]
                 f"{relpath}:{lineno}: unknown directive 'nixmig:{key}'; known ones are "
                 f"{', '.join(sorted(KNOWN_DIRECTIVES))}.", relpath, ERROR, "bad_directive"))
             continue
-        if key == "no-transaction" and value is not None:
-            problems.append(Problem(f"{relpath}:{lineno}: 'nixmig:no-transaction' takes no value.",
+        if key in FLAG_DIRECTIVES and value is not None:
+            problems.append(Problem(f"{relpath}:{lineno}: 'nixmig:{key}' takes no value.",
                                     relpath, ERROR, "bad_directive"))
             continue
-        if key != "no-transaction" and (value is None or not TIMEOUT_RE.match(value)):
+        if key not in FLAG_DIRECTIVES and (value is None or not TIMEOUT_RE.match(value)):
             problems.append(Problem(
                 f"{relpath}:{lineno}: 'nixmig:{key}' needs a duration such as '5s', '500ms' or '2min'.",
                 relpath, ERROR, "bad_directive"))
@@ -241,6 +244,7 @@ def parse_directives(text: str, relpath: str) -> tuple[Directives, list[Problem]
         no_transaction="no-transaction" in values,
         lock_timeout=values.get("lock-timeout"),
         statement_timeout=values.get("statement-timeout"),
+        empty="empty" in values,
     ), problems
 
 
@@ -315,8 +319,11 @@ def _unpaired_partner(index: dict, module: str, number: int, direction: str) -> 
     return found[0] if len(found) == 1 else None
 
 
-def load_tree(directory: str | os.PathLike) -> Tree:
+def load_tree(directory: str | os.PathLike, *, allow_empty: bool = False) -> Tree:
     """Read every migration under ``directory`` and return them in run order.
+
+    ``allow_empty`` accepts empty (and comment-only) up files as no-op migrations, as if each
+    said ``-- nixmig:empty`` (for trees imported from tools that allow them).
 
     Raises TreeError only when the directory itself is unusable; problems with single
     files are collected in ``Tree.problems`` (call ``raise_for_errors()`` before running).
@@ -410,11 +417,15 @@ def load_tree(directory: str | os.PathLike) -> Tree:
     for (module, bare, direction), (number, up) in files.items():
         if direction != "up":
             continue
-        if up.is_empty:
+        if up.is_empty and allow_empty:
+            up = SqlFile(up.path, up.relpath, up.text, up.checksum, Directives(allow_empty=True))
+        elif up.is_empty:
             problems.append(Problem(
-                f"{up.relpath}: is empty; write the migration's SQL, or delete the file.",
-                up.relpath, ERROR, "empty_up"))
+                f"{up.relpath}: is empty; write the migration's SQL, or delete the file. If it is meant to do "
+                "nothing, write the line '-- nixmig:empty' in it.", up.relpath, ERROR, "empty_up"))
             continue
+        elif allow_empty and not up.directives.empty:
+            up = SqlFile(up.path, up.relpath, up.text, up.checksum, replace(up.directives, allow_empty=True))
         down_entry = files.get((module, bare, "down"))
         migration = Migration(module, number, bare, up, down_entry[1] if down_entry else None)
         migrations.append(migration)
@@ -440,3 +451,51 @@ def load_tree(directory: str | os.PathLike) -> Tree:
     migrations.sort(key=lambda m: m.sort_key)
     problems.sort(key=lambda p: ({ERROR: 0, WARNING: 1, INFO: 2}[p.level], p.file or ""))
     return Tree(root, tuple(migrations), tuple(problems))
+
+
+def load_migration(directory: str | os.PathLike, module: str, name: str, *,
+                   allow_empty: bool = False) -> Migration | None:
+    """Read one migration (``<module>/<name>_up.sql`` and its down file) without reading the whole tree.
+
+    Returns what ``load_tree(directory).get(f"{module}/{name}")`` would, or None where load_tree
+    would have no such migration (missing or unusable up file, a hidden, linked or misnamed
+    folder, a link out of the directory). The admin's detail page shows one migration this way:
+    its time does not grow with the tree.
+    """
+    root = Path(directory)
+    match = FILE_RE.match(f"{name}_up.sql")
+    segments = module.split("/") if module else []
+    if match is None or not root.is_dir():
+        return None
+    folder = str(root)
+    for segment in segments:
+        if (not MODULE_SEGMENT_RE.match(segment) or set(segment) == {"."} or segment.startswith(".")
+                or segment == "__pycache__"):
+            return None
+        folder = os.path.join(folder, segment)
+        if os.path.islink(folder) or not os.path.isdir(folder):
+            return None
+    prefix = f"{module}/" if module else ""
+    real_root = root.resolve()
+
+    def usable(path: str) -> bool:
+        if not os.path.islink(path):
+            return os.path.isfile(path)
+        target = Path(path).resolve()
+        return target.is_relative_to(real_root) and target.is_file()
+
+    up_path = os.path.join(folder, f"{name}_up.sql")
+    if not usable(up_path):
+        return None
+    up, problems = read_sql_file(up_path, f"{prefix}{name}_up.sql")
+    if up is None or any(p.level == ERROR for p in problems):
+        return None
+    if up.is_empty:
+        if not allow_empty:
+            return None
+        up = SqlFile(up.path, up.relpath, up.text, up.checksum, Directives(allow_empty=True))
+    elif allow_empty and not up.directives.empty:
+        up = SqlFile(up.path, up.relpath, up.text, up.checksum, replace(up.directives, allow_empty=True))
+    down_path = os.path.join(folder, f"{name}_down.sql")
+    down = SqlFile(down_path, f"{prefix}{name}_down.sql") if usable(down_path) else None
+    return Migration(module, int(match["number"]), name, up, down)

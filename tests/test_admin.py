@@ -221,3 +221,13 @@ def test_anonymous_users_are_sent_to_the_login_page(client, sql_tree):
     response = client.get(CHANGELIST)
     assert response.status_code == 302
     assert response["Location"] == f"/admin/login/?next={CHANGELIST}"
+
+
+def test_the_changelist_lists_pending_files_a_run_would_refuse(admin_client, tree, settings):
+    """Issue 9: refusals are reported before anything runs, in the admin as in sqlmigrate_status."""
+    settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path)}
+    tree.pair("a/001_cic", "CREATE TABLE x (id int);\nCREATE INDEX CONCURRENTLY x_idx ON x (id);\n", "")
+    tree.pair("a/002_rollback", "CREATE TABLE y (id int);\nROLLBACK;\n", "")
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert "a/001_cic_up.sql:2: CREATE INDEX CONCURRENTLY can&#x27;t run inside a transaction" in html
+    assert "a/002_rollback_up.sql:2: a top-level ROLLBACK would end" in html

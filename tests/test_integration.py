@@ -145,7 +145,7 @@ def test_a_failing_migration_stops_startup_with_the_commands_error(scratch_db, t
     assert out == ""  # it never served
     path = tree.path / "app" / "002_broken_up.sql"
     message = (f'Applying app/002_broken failed at {path} line 2: relation "nope" does not exist (SQLSTATE 42P01). '
-               "It was rolled back and is not recorded; 1 migration(s) applied before it in this run stay so "
+               "It was rolled back and is not recorded. 1 migration(s) applied before it in this run stay so "
                "(app/001_first); later ones were not attempted. Fix the SQL and run sqlmigrate_up again.")
     assert "  [2/2] Applying app/002_broken... FAILED\n" in err
     assert (f"nixmig: SQL migrations of database 'default' failed at startup (NIXMIG['APPLY_ON_STARTUP']); "
@@ -426,8 +426,8 @@ def test_status_check_covers_every_database(scratch_db, more_dbs, three):
     out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(three.path), database=[scratch_db.alias, other.alias],
                                   check=True)
     assert rc == 1
-    assert f"  {scratch_db.alias}: up to date\n  {other.alias}: 3 pending, 0 changed, 0 missing, 0 failed\n" in out
-    assert err == (f"Not up to date: database {other.alias!r}: 3 pending, 0 changed, 0 missing, 0 failed, "
+    assert f"  {scratch_db.alias}: up to date\n  {other.alias}: 3 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back\n" in out
+    assert err == (f"Not up to date: database {other.alias!r}: 3 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back, "
                    "0 problem(s).")
 
 
@@ -500,6 +500,7 @@ def test_up_sql_prints_the_exact_queries_with_the_transaction_wrapper_and_runs_n
     tree.pair("auth/001_create_users", "CREATE TABLE users (id serial PRIMARY KEY);\n", "DROP TABLE users;\n")
     tree.pair("app/002_index", "-- nixmig:no-transaction\nCREATE INDEX CONCURRENTLY users_id ON users (id);\n", "")
     up1, up2 = checksum(tree.path / "auth/001_create_users_up.sql"), checksum(tree.path / "app/002_index_up.sql")
+    cic = hashlib.sha256(b"CREATE INDEX CONCURRENTLY users_id ON users (id)").hexdigest()
     timing = ("clock_timestamp(), round((1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))"
               "::numeric, 3)::float8)")
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree.path), sql=True)
@@ -518,11 +519,21 @@ def test_up_sql_prints_the_exact_queries_with_the_transaction_wrapper_and_runs_n
         'INSERT INTO "migrations" (name, module, checksum, applied_at, execution_ms) VALUES '
         f"('001_create_users', 'auth', '{up1}', {timing}; COMMIT;\n"
         "-- app/002_index\n"
+        'CREATE TABLE IF NOT EXISTS "migrations_progress" (module VARCHAR NOT NULL, name VARCHAR NOT NULL, '
+        "direction VARCHAR(4) NOT NULL, checksum VARCHAR(64) NOT NULL, statements_done INTEGER NOT NULL, "
+        "statement_hashes TEXT[] NOT NULL, total INTEGER NOT NULL, error TEXT, updated_at TIMESTAMPTZ NOT NULL "
+        "DEFAULT now(), PRIMARY KEY (module, name, direction));\n"
         "SET lock_timeout = '10s'; SET statement_timeout = '0';\n"
+        # Before a statement that can't run in a transaction: it is marked in flight (0 done, 1 hash).
+        'BEGIN; INSERT INTO "migrations_progress" (module, name, direction, checksum, statements_done, '
+        f"statement_hashes, total, error, updated_at) VALUES ('app', '002_index', 'up', '{up2}', 0, ARRAY['{cic}']"
+        "::text[], 1, NULL, now()) ON CONFLICT (module, name, direction) DO UPDATE SET checksum = EXCLUDED.checksum, "
+        "statements_done = EXCLUDED.statements_done, statement_hashes = EXCLUDED.statement_hashes, "
+        "total = EXCLUDED.total, error = NULL, updated_at = now(); COMMIT;\n"
         "CREATE INDEX CONCURRENTLY users_id ON users (id);\n"
         'BEGIN; INSERT INTO "migrations" (name, module, checksum, applied_at, execution_ms) VALUES '
         f"('002_index', 'app', '{up2}', {timing}; DELETE FROM \"migrations_progress\" WHERE module = 'app' "
-        "AND name = '002_index' AND direction = 'up'; COMMIT;\n"
+        "AND name = '002_index'; COMMIT;\n"
         "RESET lock_timeout; RESET statement_timeout;\n")
     assert scratch_db.tables() == set()
 

@@ -260,7 +260,7 @@ def test_status_lists_the_tree_problems_readably(nixopus_db, nixopus_dir):
     assert Counter(p.split(":")[0] for p in problems) == {"  warning": 9, "  info": 13}
     assert "  info: applications/040_add_draft_status_up.sql: has no down file, so applications/040_add_draft_status " \
            "is irreversible (add 040_add_draft_status_down.sql; an empty one is an explicit no-op rollback)." in problems
-    assert lines[-1] == "55 migration(s): 0 applied, 55 pending, 0 changed, 0 missing, 0 failed."
+    assert lines[-1] == "55 migration(s): 0 applied, 55 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back."
     assert re.sub(r"\s+", " ", lines[lines.index("applications") + 1]) == " [ ] 008_create_appplication irreversible"
 
 
@@ -270,8 +270,8 @@ def test_status_check_fails_on_the_tree_warnings_even_when_everything_is_applied
     out, err, rc = nixopus_db.run("sqlmigrate_status", dir=str(nixopus_dir), check=True)
 
     assert rc == 1
-    assert err == "Not up to date: 0 pending, 0 changed, 0 missing, 0 failed, 9 problem(s)."
-    assert out.splitlines()[-1] == "55 migration(s): 55 applied, 0 pending, 0 changed, 0 missing, 0 failed."
+    assert err == "Not up to date: 0 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back, 9 problem(s)."
+    assert out.splitlines()[-1] == "55 migration(s): 55 applied, 0 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back."
 
 
 def test_status_json_lists_the_tree_problems_machine_readably(nixopus_db, nixopus_dir):

@@ -362,3 +362,65 @@ def test_allow_empty_setting_accepts_empty_and_comment_only_up_files(scratch_db,
         out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert rc == 0, err
     assert scratch_db.records() == [("m", "001_empty"), ("m", "002_comments")]
+
+
+# -- a non-transactional statement in flight when the runner died ---------------------------------
+
+CIC_FILE = ("-- nixmig:no-transaction\nCREATE TABLE items (id int);\nCREATE INDEX CONCURRENTLY items_id_idx ON items (id);\n"
+            "CREATE TABLE after_idx (id int);\n")
+
+
+def _in_flight(db, tree, *, index_valid: bool | None) -> None:
+    """Leave the state a runner killed during statement 2 (the CIC) leaves: statement 1 done, 2 marked in flight."""
+    from nixmig.notx import statement_hash
+
+    db.sql("CREATE TABLE items (id int)")
+    if index_valid is not None:
+        db.sql("CREATE INDEX items_id_idx ON items (id)")
+        if not index_valid:  # what a killed CREATE INDEX CONCURRENTLY leaves
+            db.sql("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'items_id_idx'::regclass")
+    db.run("sqlmigrate_status", dir=str(tree))  # creates the tracking table
+    hashes = [statement_hash("CREATE TABLE items (id int)"),
+              statement_hash("CREATE INDEX CONCURRENTLY items_id_idx ON items (id)")]
+    file_sum = hashlib.sha256(CIC_FILE.encode()).hexdigest()
+    db.sql("CREATE TABLE migrations_progress (module VARCHAR NOT NULL, name VARCHAR NOT NULL, direction VARCHAR(4) "
+           "NOT NULL, checksum VARCHAR(64) NOT NULL, statements_done INTEGER NOT NULL, statement_hashes TEXT[] NOT "
+           "NULL, total INTEGER NOT NULL, error TEXT, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY "
+           "(module, name, direction))")
+    db.sql("INSERT INTO migrations_progress VALUES ('idx', '001_items', 'up', %s, 1, %s, 3, NULL, now())",
+           [file_sum, hashes])
+
+
+@pytest.mark.parametrize("index_valid", [True, False, None], ids=["finished", "invalid", "not-started"])
+def test_a_create_index_concurrently_in_flight_is_kept_if_valid_and_rebuilt_if_not(scratch_db, tree, index_valid):
+    tree.pair("idx/001_items", CIC_FILE, "")
+    _in_flight(scratch_db, tree, index_valid=index_valid)
+    entry = _entry(scratch_db, tree, "idx/001_items")
+    assert entry["state"] == "partly_applied"
+    out, _, _ = scratch_db.run("sqlmigrate_status", dir=str(tree))
+    assert "statement 2, which can't run in a transaction, was running when its runner stopped" in out
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree), verbosity=2)
+    assert rc == 0, err
+    assert "resuming at statement 2 of 3" in out
+    assert ("had finished: its index is valid, so it is not run again" in err) is (index_valid is True)
+    assert ("dropped the invalid index" in err) is (index_valid is False)
+    assert scratch_db.value("SELECT indisvalid FROM pg_index WHERE indexrelid = 'items_id_idx'::regclass") is True
+    assert scratch_db.records() == [("idx", "001_items")] and _progress(scratch_db) == []
+    assert "after_idx" in scratch_db.tables()
+
+
+def test_an_in_flight_statement_that_fails_on_resume_clears_its_mark(scratch_db, tree):
+    """The retried statement failed, so it did not run: the row says exactly statement 1, not 'in flight'."""
+    tree.pair("idx/001_items", CIC_FILE.replace("ON items (id)", "ON items (nope)"), "")
+    _in_flight(scratch_db, tree, index_valid=None)
+    scratch_db.sql("DELETE FROM migrations_progress")  # the hashes above are of the good file: redo for this one
+    from nixmig.notx import statement_hash
+
+    text = (tree.path / "idx/001_items_up.sql").read_text()
+    scratch_db.sql("INSERT INTO migrations_progress VALUES ('idx', '001_items', 'up', %s, 1, %s, 3, NULL, now())",
+                   [hashlib.sha256(text.encode()).hexdigest(),
+                    [statement_hash("CREATE TABLE items (id int)"),
+                     statement_hash("CREATE INDEX CONCURRENTLY items_id_idx ON items (nope)")]])
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
+    assert rc == 1 and 'column "nope" does not exist' in err
+    assert scratch_db.sql("SELECT statements_done, cardinality(statement_hashes) FROM migrations_progress") == [(1, 1)]

@@ -22,7 +22,7 @@ class Command(NixmigCommand):
             if not ids:
                 raise CommandError("--forget-progress needs the ids of the migrations to settle "
                                    "(sqlmigrate_status marks them [!]).")
-            for mid in api.forget_progress(ids, directory=directory, database=database, lock_wait=lock_wait):
+            for mid in api.forget_progress(ids, database=database, lock_wait=lock_wait):
                 if self.verbosity >= 1:
                     self.stdout.write(f"  Forgot the progress of {mid}")
             return

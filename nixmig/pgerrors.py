@@ -1,0 +1,41 @@
+"""What a PostgreSQL error says, read from psycopg's diagnostics behind Django's DatabaseError."""
+
+from __future__ import annotations
+
+LOCK_NOT_AVAILABLE = "55P03"
+ACTIVE_SQL_TRANSACTION = "25001"  # "... cannot run inside a transaction block"
+
+
+def pg_error(exc: BaseException):
+    """Return the psycopg error behind a Django DatabaseError."""
+    return exc.__cause__ if getattr(exc.__cause__, "diag", None) is not None else exc
+
+
+def describe(exc: BaseException) -> tuple[str, str | None]:
+    err = pg_error(exc)
+    diag = getattr(err, "diag", None)
+    sqlstate = getattr(err, "sqlstate", None)
+    message = (diag.message_primary if diag and diag.message_primary else str(err).strip().splitlines()[0])
+    extras = []
+    if diag is not None:
+        if diag.message_detail:
+            extras.append(f"Detail: {diag.message_detail}")
+        if diag.message_hint:
+            extras.append(f"Hint: {diag.message_hint}")
+        if diag.context and "PL/pgSQL" in (diag.context or ""):
+            extras.append(f"Context: {diag.context.strip().splitlines()[0]}")
+    text = message + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+    if extras:
+        text += ". " + " ".join(extras)
+    return text, sqlstate
+
+
+def replayable(sqlstate: str | None) -> bool:
+    """True when replaying the failed SQL would fail the same way (not a timeout, lock, deadlock or lost connection)."""
+    return bool(sqlstate) and sqlstate[:2] not in ("08", "40", "53", "55", "57", "58", "XX")
+
+
+def position(exc: BaseException) -> int | None:
+    diag = getattr(pg_error(exc), "diag", None)
+    pos = diag.statement_position if diag is not None else None
+    return int(pos) - 1 if pos else None
