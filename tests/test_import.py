@@ -20,8 +20,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from nixmig.exceptions import AdoptionError, SourceTreeError
-from nixmig.importers import import_migrations, plan_import, read_source
+from nixmig.importers import import_migrations, read_source
 from nixmig.importers.readers import flyway_checksum, flyway_version_key
 from nixmig.tree import load_tree
 
@@ -650,6 +649,35 @@ def test_adoption_waits_for_the_migration_lock_and_writes_nothing_when_it_gives_
     out, err, rc = scratch_db.run("sqlmigrate_import", str(src), tool="dbmate", dir=str(tmp_path / "m"), adopt=True)
     assert rc == 0, err
     assert len(scratch_db.records()) == 3
+
+
+def test_source_table_names_a_table_the_tool_was_configured_to_use(scratch_db, tmp_path):
+    src = write(tmp_path / "src", GOOSE)
+    run_like("goose", scratch_db.url, src, count=1)
+    scratch_db.sql("CREATE SCHEMA ops; ALTER TABLE goose_db_version SET SCHEMA ops")
+    out, err, rc = scratch_db.run("sqlmigrate_import", str(src), tool="goose", dir=str(tmp_path / "m"), adopt=True)
+    assert rc == 1 and "There is no table goose_db_version" in err and "--source-table" in err
+    out, err, rc = scratch_db.run("sqlmigrate_import", str(src), tool="goose", dir=str(tmp_path / "m"), adopt=True,
+                                  source_table="ops.goose_db_version")
+    assert rc == 0, err
+    assert "Adopted goose's table ops.goose_db_version: recorded 1 migration(s)" in out
+
+
+def test_the_python_api_returns_the_mapping_without_a_command(scratch_db, tmp_path):
+    src = write(tmp_path / "src", DBMATE)
+    run_like("dbmate", scratch_db.url, src, count=1)
+    result = import_migrations("dbmate", src, directory=tmp_path / "m", module="app", adopt=True,
+                               database=scratch_db.alias, dry_run=True)
+    assert [m.id for m in result.plan.migrations] == ["app/00001_20240101000001_create_users",
+                                                      "app/00002_20240101000002_email_index",
+                                                      "app/00003_20240101000003_add_name"]
+    assert result.written == [] and result.adopted is None
+    assert result.source_state.applied == {"20240101000001": None}
+    result = import_migrations("dbmate", src, directory=tmp_path / "m", module="app", adopt=True,
+                               database=scratch_db.alias)
+    assert len(result.written) == 6
+    assert result.adopted.recorded == ["app/00001_20240101000001_create_users"]
+    assert result.adopted.not_applied == ["app/00002_20240101000002_email_index", "app/00003_20240101000003_add_name"]
 
 
 def test_adopting_without_the_tools_table_or_with_another_tools_table_says_what_to_check(scratch_db, tmp_path):
