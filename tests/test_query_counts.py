@@ -81,3 +81,73 @@ def test_a_run_with_nothing_to_apply_has_the_same_fixed_cost(scratch_db, tree):
     assert not any("CREATE TABLE t" in q for q in again)
     assert len(again) <= RUN_OVERHEAD_MAX, again
     assert len(first) - 3 <= RUN_OVERHEAD_MAX + 1, first  # +1: the first run creates the tracking table
+
+
+def _noop_up_queries(scratch_db, tree, n: int) -> list[str]:
+    _write(tree, n)
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree), fake=True, verbosity=0)
+    assert rc == 0, err
+    queries = _queries(scratch_db, "sqlmigrate_up", dir=str(tree), verbosity=0)
+    assert scratch_db.value("SELECT count(*) FROM migrations") == n
+    return queries
+
+
+def test_an_up_with_nothing_to_do_sends_the_same_queries_for_10_and_1000_applied(scratch_db, tree, tmp_path):
+    small = _noop_up_queries(scratch_db, tree, 10)
+    scratch_db.sql("DELETE FROM migrations")
+    large = _noop_up_queries(scratch_db, type(tree)(tmp_path / "large"), 1000)
+    assert len(small) == len(large), (small, large)
+    assert len(large) <= RUN_OVERHEAD_MAX, large
+    assert not any("INSERT INTO" in q for q in large), large
+
+
+# -- the admin: the changelist and a detail page, 10 against 1,000 records and files -----------------
+
+CHANGELIST = "/admin/nixmig/migrationrecord/"
+
+
+def _admin_queries(client, settings, tree, n: int) -> dict[str, int]:
+    """Record ``n`` migrations of a fresh tree; return the queries of the changelist and of one detail page."""
+    from django.db import connection
+
+    from nixmig import api
+    from nixmig.models import MigrationRecord
+    from nixmig.recorder import Recorder
+
+    _write(tree, n)
+    settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path)}
+    recorder = Recorder(connection)
+    recorder.ensure_schema(recorder.read())
+    loaded = api.load_tree(tree.path)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM migrations")
+        cursor.execute("INSERT INTO migrations (name, module, checksum, applied_at, execution_ms) "
+                       "SELECT u.name, u.module, u.checksum, now(), 1.0 "
+                       "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(name, module, checksum)",
+                       [[m.name for m in loaded.migrations], [m.module for m in loaded.migrations],
+                        [m.checksum for m in loaded.migrations]])
+    counts = {}
+    middle = MigrationRecord.objects.order_by("id").values_list("pk", flat=True)[n // 2]
+    for url in (CHANGELIST, f"{CHANGELIST}{middle}/change/"):
+        client.get(url)  # not counted: Django caches content types and permissions on first use
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(CHANGELIST)
+    assert response.status_code == 200
+    assert response.context["nixmig"]["applied"] == n and not response.context["nixmig"].get("error")
+    assert response.content.decode().count('<td class="field-checksum">ok</td>') == min(n, 100)
+    counts["changelist"] = len(ctx.captured_queries)
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(f"{CHANGELIST}{middle}/change/")
+    assert response.status_code == 200
+    assert "<h3>Up SQL <code>" in response.content.decode() and "are missing" not in response.content.decode()
+    counts["detail"] = len(ctx.captured_queries)
+    return counts
+
+
+@pytest.mark.django_db  # the admin's test client works in the test database's transaction
+def test_admin_changelist_and_detail_send_the_same_queries_for_10_and_1000_records(admin_client, settings, tree,
+                                                                                  tmp_path):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    small = _admin_queries(admin_client, settings, tree, 10)
+    large = _admin_queries(admin_client, settings, type(tree)(tmp_path / "large"), 1000)
+    assert small == large, (small, large)
