@@ -10,12 +10,12 @@ from django.contrib import admin
 from django.db import DatabaseError, connections
 from django.http import HttpRequest
 
-from . import api
+from . import api, conf
 from .exceptions import NixmigError
 from .highlight import highlight_sql
 from .models import MigrationRecord
 from .recorder import NIXMIG_COLUMNS, Recorder
-from .tree import Migration, Tree
+from .tree import Migration, Tree, load_migration
 
 PENDING_SHOWN = 100
 
@@ -167,10 +167,16 @@ class MigrationRecordAdmin(admin.ModelAdmin):
 
     def sql_files(self, request, record: MigrationRecord) -> list[dict]:
         """The record's up and down files from disk, highlighted, each with a notice when it is off."""
-        tree = _tree(request)
-        migration = _find(tree, record)
-        if migration is None:
+        if record.module is not None:  # read its two files only: the page's time does not grow with the tree
+            directory = conf.migrations_dir()
+            migration = load_migration(directory, record.module, record.name,
+                                       allow_empty=bool(conf.get("ALLOW_EMPTY")))
+            where = str(directory)
+        else:  # a Go migrator row names no module: find its unique bare name in the tree
+            tree = _tree(request)
+            migration = _find(tree, record)
             where = str(tree.directory) if tree is not None else "the migrations directory (it can't be read)"
+        if migration is None:
             return [{"label": "Up SQL", "level": "error",
                      "notice": f"The files of {record.migration_id} are missing from {where}."}]
         up = {"label": "Up SQL", "path": migration.up.relpath, "html": highlight_sql(migration.up.text)}
@@ -186,7 +192,11 @@ class MigrationRecordAdmin(admin.ModelAdmin):
             down = {"label": "Down SQL", "level": "info",
                     "notice": f"There is no down file ({migration.name}_down.sql): this migration is irreversible."}
         else:
-            down = {"label": "Down SQL", "path": migration.down.relpath, "html": highlight_sql(migration.down.text)}
-            if migration.down.is_empty:
-                down.update(level="info", notice="The down file is empty: rolling back is a no-op.")
+            try:  # a down file is read when first used: this may be the first time, and it may be unusable
+                down = {"label": "Down SQL", "path": migration.down.relpath,
+                        "html": highlight_sql(migration.down.text)}
+                if migration.down.is_empty:
+                    down.update(level="info", notice="The down file is empty: rolling back is a no-op.")
+            except NixmigError as exc:
+                down = {"label": "Down SQL", "path": migration.down.relpath, "level": "error", "notice": str(exc)}
         return [up, down]
