@@ -70,6 +70,11 @@ class EventRenderer:
             self.stderr.write(self.style.WARNING(
                 f"    dropped the invalid index {data['index']} that an interrupted CREATE INDEX CONCURRENTLY "
                 f"(line {data['line']}) left behind; building it again"))
+        elif event == "lint" and v >= 1:
+            self.close_line()
+            report = data["report"]
+            self.stderr.write(self.style.WARNING(
+                f"Lint: {report.summary()}, none blocking; 'python manage.py sqlmigrate_lint' shows them."))
         elif event == "retry":
             self.close_line()
             self.stderr.write(self.style.WARNING(

@@ -68,11 +68,14 @@ class Command(NixmigCommand):
         style = self.style
         v = self.verbosity
         stdout = (writer or self.renderer).stdout
+        out: list[str] = []  # written at once: one write of 10,000 lines, not 10,000 writes
+        paints = {"applied": str, "pending": str, "changed": style.WARNING, "missing": style.WARNING,
+                  "failed": style.ERROR}
         groups = {}
         for e in status.entries:  # modules in order of their first migration
             groups.setdefault(e.module or "(no module)", []).append(e)
         for module, entries in groups.items():
-            stdout.write(style.MIGRATE_LABEL(module))
+            out.append(style.MIGRATE_LABEL(module))
             for e in entries:
                 line = f" {MARKS[e.state]} {e.name}"
                 details = []
@@ -88,24 +91,23 @@ class Command(NixmigCommand):
                     details.append(f"{e.record.execution_ms:.0f} ms")
                 if details:
                     line = f"{line:<52} " + ", ".join(details)
-                paint = {"applied": str, "pending": str, "changed": style.WARNING, "missing": style.WARNING,
-                         "failed": style.ERROR}[e.state]
-                stdout.write(paint(line))
+                out.append(paints[e.state](line))
         if not status.entries:
-            stdout.write("(no migrations)")
+            out.append("(no migrations)")
         shown = [p for p in status.problems if p.level != "info" or v >= 1]
         if shown:
-            stdout.write(style.MIGRATE_HEADING("Problems:"))
+            out.append(style.MIGRATE_HEADING("Problems:"))
             for p in shown:
                 paint = {"error": style.ERROR, "warning": style.WARNING, "info": str}[p.level]
-                stdout.write(paint(f"  {p.level}: {p.message}"))
+                out.append(paint(f"  {p.level}: {p.message}"))
         c = status.counts()
         summary = (f"{len(status.entries)} migration(s): {c['applied']} applied, {c['pending']} pending, "
                    f"{c['changed']} changed, {c['missing']} missing, {c['failed']} failed")
         late = len(status.out_of_order)
         if late:
             summary += f", {late} out of order"
-        stdout.write(style.MIGRATE_HEADING(summary + "."))
+        out.append(style.MIGRATE_HEADING(summary + "."))
+        stdout.write("\n".join(out))
 
 
 def _dumps(data) -> str:
