@@ -10,7 +10,7 @@ from django.contrib import admin
 from django.db import DatabaseError, connections
 from django.http import HttpRequest
 
-from . import api, conf
+from . import api, conf, lint
 from .exceptions import NixmigError
 from .highlight import highlight_sql
 from .models import MigrationRecord
@@ -154,6 +154,13 @@ class MigrationRecordAdmin(admin.ModelAdmin):
             applied=counts["applied"] + counts["changed"],
             hint=f"python manage.py sqlmigrate_up{'' if alias == 'default' else ' --database ' + alias}",
         )
+        if pending:
+            try:
+                found = lint.pending_summary(status, alias)
+            except (NixmigError, DatabaseError) as exc:
+                found = {"migrations": {}, "failed": str(exc).strip()}
+            context.update(lint=found, lint_text=lint.counts_text(found),
+                           lint_rows=[(mid, lint.counts_text(c)) for mid, c in found["migrations"].items()])
         return context
 
     # -- detail ------------------------------------------------------------------------

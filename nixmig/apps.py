@@ -8,6 +8,8 @@ class NixmigConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from . import api, lint
         from .checks import check_sql_migrations
 
         checks.register(check_sql_migrations, checks.Tags.database)
+        api.register_plan_check(lint.plan_check)  # every up run (command, API, startup, migrate) lints its plan

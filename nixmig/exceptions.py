@@ -38,6 +38,10 @@ class DatabaseUnavailable(NixmigError):
     """The database could not be reached."""
 
 
+class LintError(NixmigError):
+    """The linter found errors in the migrations of a run; nothing was run."""
+
+
 class SourceTreeError(NixmigError):
     """Another tool's migration tree can't be imported; nothing was written."""
 

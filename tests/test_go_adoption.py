@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from nixmig import api
+from nixmig import api, lint
 from nixmig.plan import AppliedRecord, resolve
 from nixmig.tree import load_tree
 
@@ -124,7 +124,8 @@ def test_rows_the_go_migrator_wrote_count_as_applied_and_only_the_rest_is_applie
     assert not [p for p in data["problems"] if p["level"] == "error"]
     assert columns(nixopus_db) == {"id", "name", "applied_at"}  # status changes nothing
 
-    result = api.migrate_up(directory=nixopus_dir, database=nixopus_db.alias)
+    with lint.skipped():  # the Nixopus files after 020 drop tables and columns in use: lint refuses them
+        result = api.migrate_up(directory=nixopus_dir, database=nixopus_db.alias)
 
     tree = load_tree(nixopus_dir)
     assert result.ids == [m.id for m in tree.migrations if m.number > 20]

@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import CommandError
 
-from nixmig import api
+from nixmig import api, lint
 from nixmig.management.base import NixmigCommand
 
 MARKS = {"applied": "[X]", "pending": "[ ]", "changed": "[~]", "missing": "[?]", "failed": "[!]"}
@@ -24,7 +24,8 @@ class Command(NixmigCommand):
         database = options["database"]
         several = options["all_databases"] or (not isinstance(database, str) and len(set(database or ())) > 1)
         if json and several:
-            self.stdout.write(_dumps({alias: status.as_dict() for alias, status in self.statuses(options)}))
+            self.stdout.write(_dumps({alias: dict(status.as_dict(), lint=lint.pending_summary(status, alias))
+                                     for alias, status in self.statuses(options)}))
             self.fail_unless_up_to_date(check, self.statuses_seen)
             return
         self.statuses_seen = []
@@ -43,10 +44,14 @@ class Command(NixmigCommand):
     def show(self, database, writer, json, *, directory, **options):
         status = api.status(directory=directory, database=database)
         self.statuses_seen.append((database, status))
+        findings = lint.pending_summary(status, database)  # parses nothing when nothing is pending
         if json:
-            writer.stdout.write(_dumps(status.as_dict()))
+            writer.stdout.write(_dumps(dict(status.as_dict(), lint=findings)))
         else:
-            self.render(status, writer)
+            lint_note = (f"Lint: {lint.counts_text(findings)} in the pending migrations; 'python manage.py "
+                         "sqlmigrate_lint' shows them." if findings["error"] or findings["warning"] or findings["info"]
+                         else None)
+            self.render(status, writer, lint_note)
         c = status.counts()
         return "up to date" if status.ok else (f"{c['pending']} pending, {c['changed']} changed, "
                                                f"{c['missing']} missing, {c['failed']} failed")
@@ -64,7 +69,7 @@ class Command(NixmigCommand):
                             f"{counts['missing']} missing, {counts['failed']} failed, {problems} problem(s)")
         raise CommandError(f"Not up to date: {'; '.join(messages)}.", returncode=1)
 
-    def render(self, status, writer=None):
+    def render(self, status, writer=None, lint_note: str | None = None):
         style = self.style
         v = self.verbosity
         stdout = (writer or self.renderer).stdout
@@ -94,6 +99,8 @@ class Command(NixmigCommand):
                 out.append(paints[e.state](line))
         if not status.entries:
             out.append("(no migrations)")
+        if lint_note:  # after the migrations, before the problems
+            stdout.write(style.ERROR(lint_note) if "error" in lint_note.split(";")[0] else lint_note)
         shown = [p for p in status.problems if p.level != "info" or v >= 1]
         if shown:
             out.append(style.MIGRATE_HEADING("Problems:"))

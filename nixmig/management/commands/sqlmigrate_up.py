@@ -1,6 +1,6 @@
 from django.core.management.base import CommandError
 
-from nixmig import api
+from nixmig import api, lint
 from nixmig.management.base import NixmigCommand
 
 
@@ -22,6 +22,8 @@ class Command(NixmigCommand):
                             help="Run even if applied files were edited since they were applied.")
         parser.add_argument("--allow-out-of-order", action="store_true",
                             help="Apply pending migrations that sort before the latest applied one.")
+        parser.add_argument("--no-lint", action="store_true",
+                            help="Don't lint the plan first (sqlmigrate_lint); by default lint errors refuse the run.")
         parser.add_argument("--lock-wait", type=float, metavar="SECONDS",
                             help="How long to wait for another runner's lock (default: NIXMIG['LOCK_WAIT'], 300).")
 
@@ -35,10 +37,13 @@ class Command(NixmigCommand):
         self.for_each_database(options, lambda alias, writer: job(alias, writer, **rest))
 
     def apply(self, database, writer, *, directory, to, fake, atomic, allow_changed, allow_out_of_order, lock_wait,
-              **options):
-        result = api.migrate_up(directory=directory, database=database, to=to, fake=fake, atomic=atomic,
-                                allow_changed=allow_changed, allow_out_of_order=allow_out_of_order,
-                                lock_wait=lock_wait, progress=writer)
+              no_lint=False, **options):
+        if no_lint and self.verbosity >= 1:
+            writer.stdout.write("Lint skipped (--no-lint): the plan was not checked for locking or breaking statements.")
+        with lint.skipped(no_lint):
+            result = api.migrate_up(directory=directory, database=database, to=to, fake=fake, atomic=atomic,
+                                    allow_changed=allow_changed, allow_out_of_order=allow_out_of_order,
+                                    lock_wait=lock_wait, progress=writer)
         if result.done:
             verb = "Faked" if fake else "Applied"
             summary = (f"{verb} {len(result.done)} migration(s) in {result.seconds:.2f} s; "

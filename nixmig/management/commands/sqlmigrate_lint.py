@@ -1,0 +1,96 @@
+import json
+import os
+
+from django.core.management.base import CommandError
+
+from nixmig import api, lint
+from nixmig.management.base import NixmigCommand
+
+
+class Command(NixmigCommand):
+    help = ("Lint SQL migrations for statements that lock or rewrite big tables or break running code: the "
+            "pending ones of --database (default), --all of the tree, or the IDs given.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("ids", nargs="*", metavar="ID", help="Lint these migrations (e.g. auth/003_add_index).")
+        parser.add_argument("--dir", dest="directory", metavar="PATH",
+                            help="Migrations directory (default: NIXMIG['MIGRATIONS_DIR'] or BASE_DIR/migrations_sql).")
+        parser.add_argument("--database", metavar="ALIAS",
+                            help="Lint what sqlmigrate_up would run on this database (default: 'default'); with "
+                                 "--all or IDs, read the server version and table sizes from it.")
+        parser.add_argument("--all", action="store_true", dest="everything",
+                            help="Lint every migration of the tree, without a database.")
+        parser.add_argument("--format", choices=("text", "json", "github"), default="text",
+                            help="text (default), json, or github (workflow annotations).")
+        parser.add_argument("--pg-version", type=int, metavar="N",
+                            help="PostgreSQL major version the rules assume (default: the server's, or "
+                                 f"{lint.DEFAULT_PG_VERSION} without a database).")
+        parser.add_argument("--rules", action="store_true", help="List the rules with their levels and exit.")
+
+    def run(self, *, ids, directory, database, everything, format, pg_version, rules, **options):
+        if rules:
+            self.list_rules()
+            return
+        if everything and ids:
+            raise CommandError("Give migration ids or --all, not both.")
+        if pg_version is not None and not 9 <= pg_version <= 99:
+            raise CommandError(f"--pg-version {pg_version} is not a PostgreSQL major version; write e.g. 15.")
+        settings = lint.Settings.from_django()
+        if everything or ids:
+            tree = api.load_tree(directory)
+            tree.raise_for_errors()
+            connection = api.connection_for(database) if database else None
+            report = lint.lint_tree(tree, ids, connection=connection, pg_version=pg_version, settings=settings)
+            scope = f"{len(tree.migrations)} migration(s)" if everything else f"{len(ids)} migration(s)"
+        else:
+            tree = api.load_tree(directory)
+            tree.raise_for_errors()
+            alias = database or "default"
+            status = api.status(tree=tree, database=alias, create_table=False)
+            report = (lint.lint_entries(status.pending, connection=api.connection_for(alias), pg_version=pg_version,
+                                        settings=settings) if status.pending else lint.Report([], 0, pg_version))
+            scope = f"{len(status.pending)} pending migration(s) of database {alias!r}"
+        self.write_report(report, format, scope)
+        errors = report.errors
+        if errors:
+            raise CommandError(f"Lint found {len(errors)} error(s). Rewrite each statement as its fix says, or "
+                               "suppress a finding next to its statement with '-- nixmig:allow rule-id: reason'.",
+                               returncode=1)
+
+    def write_report(self, report: lint.Report, fmt: str, scope: str) -> None:
+        out = self.stdout
+        if fmt == "json":
+            out.write(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+            return
+        if fmt == "github":
+            for f in report.findings:
+                kind = {"error": "error", "warning": "warning", "info": "notice"}[f.level]
+                path = os.path.relpath(f.path) if f.path else f.file
+                lock = f.lock_text()
+                text = f"{f.statement}\n{lock + ': ' if lock else ''}{f.message}\nFix: {f.fix}"
+                out.write(f"::{kind} file={_prop(path)},line={f.line},col={f.column},"
+                          f"title={_prop('nixmig lint: ' + f.rule)}::{_data(text)}")
+            return
+        style = {"error": self.style.ERROR, "warning": self.style.WARNING, "info": str}
+        for f in report.findings:
+            first, rest = lint.render(f).split("\n", 1)
+            out.write(style[f.level](first))
+            out.write(rest)
+        if report.findings:
+            out.write(self.style.MIGRATE_HEADING(f"{report.summary()} ({scope}, PostgreSQL {report.pg_version}"
+                                                 f"{', tables sized' if report.sized else ''})."))
+        elif self.verbosity >= 1:
+            out.write(f"No findings in {scope}.")
+
+    def list_rules(self) -> None:
+        settings = lint.Settings.from_django()
+        for rule in lint.RULES.values():
+            self.stdout.write(f"{rule.id:<38} {settings.levels[rule.id]:<8} {rule.summary}")
+
+
+def _data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _prop(text: str) -> str:
+    return _data(text).replace(":", "%3A").replace(",", "%2C")
