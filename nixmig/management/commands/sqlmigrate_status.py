@@ -100,7 +100,7 @@ class Command(NixmigCommand):
         if not status.entries:
             out.append("(no migrations)")
         if lint_note:  # after the migrations, before the problems
-            stdout.write(style.ERROR(lint_note) if "error" in lint_note.split(";")[0] else lint_note)
+            out.append(style.ERROR(lint_note) if "error" in lint_note.split(";")[0] else lint_note)
         shown = [p for p in status.problems if p.level != "info" or v >= 1]
         if shown:
             out.append(style.MIGRATE_HEADING("Problems:"))
