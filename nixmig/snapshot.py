@@ -108,7 +108,7 @@ SELECT 'since', NULL, NULL, pg_snapshot_xmin(pg_current_snapshot())::text::bigin
 # count of rows written, per catalog its count of rows deleted, and the oldest transaction
 # still running (every later catalog write has an xmin at or after it).
 _MEMBERS = _EXCLUDED + _REL.replace("{relfilter}", "TRUE") + r"""
-SELECT 'pg_class', r.oid, CASE WHEN r.relkind IN ('i', 'I') THEN x.indrelid ELSE r.oid END, NULL::bigint, NULL, NULL
+SELECT 'pg_class', r.oid, CASE WHEN r.relkind IN ('i', 'I') THEN x.indrelid ELSE r.oid END, NULL::bigint, NULL::text, NULL::text
 FROM rel r LEFT JOIN pg_index x ON x.indexrelid = r.oid
 UNION ALL
 SELECT 'pg_attrdef', d.oid, d.adrelid, NULL, NULL, NULL FROM pg_attrdef d JOIN rel r ON r.oid = d.adrelid
@@ -145,7 +145,7 @@ _CHANGES = _EXCLUDED + r"""
     FROM unnest(ARRAY['""" + "', '".join(_SCANNED) + r"""'], %s::bigint[]) AS u(cat, before)
 )
 SELECT 'pg_class', c.oid, coalesce((SELECT x.indrelid FROM pg_index x WHERE x.indexrelid = c.oid), c.oid),
-       NULL::bigint, NULL, NULL
+       NULL::bigint, NULL::text, NULL::text
 FROM pg_class c, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_class') AND age(c.xmin) <= since.age
 UNION ALL
 SELECT 'pg_attribute', NULL, coalesce((SELECT x.indrelid FROM pg_index x WHERE x.indexrelid = a.attrelid), a.attrelid),
@@ -207,9 +207,9 @@ _DEFINITIONS = _EXCLUDED + r""", dirty AS (
     JOIN pg_depend d ON d.refclassid = rc.cls AND d.refobjid = x.oid
     WHERE d.deptype <> 'e'
 )""" + _REL + r"""
-SELECT grp, NULL, NULL, NULL FROM want WHERE %s
+SELECT grp, NULL::text, NULL::text, NULL::text FROM want WHERE %s
 UNION ALL
-SELECT NULL::oid, 'schema', nspname, '' FROM ns
+SELECT NULL::oid, 'schema', nspname::text, '' FROM ns
 WHERE """ + _not_extension("pg_namespace", "ns.oid") + r"""
 UNION ALL
 SELECT NULL::oid, 'extension', e.extname, 'version ' || e.extversion || ' in schema ' || n.nspname

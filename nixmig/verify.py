@@ -15,6 +15,7 @@ verified against (``VerifyStore``), with the checksums of the files it was compu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -258,6 +259,15 @@ class ScratchDatabase:
                 self._forget_server()
 
 
+def _lint_skipped():
+    """The linter's --no-lint switch, when the linter is installed."""
+    try:
+        from .lint import skipped
+    except ImportError:  # pragma: no cover - an install without the linter
+        return contextlib.nullcontext()
+    return skipped(True)
+
+
 def _setting(key: str):
     from django.conf import settings
 
@@ -339,11 +349,17 @@ def explain_down(before_up: snapshot.Snapshot, after_up: snapshot.Snapshot,
     return findings
 
 
-def explain_reup(after_up: snapshot.Snapshot, after_reup: snapshot.Snapshot) -> list[Finding]:
-    """Say how running the up a second time (after its down) gives another schema than the first time."""
+def explain_reup(after_up: snapshot.Snapshot, after_reup: snapshot.Snapshot,
+                 known_rows: frozenset[str] = frozenset()) -> list[Finding]:
+    """Say how running the up a second time (after its down) gives another schema than the first time.
+
+    Row counts of ``known_rows`` (tables whose rows the down already changed) are not repeated.
+    """
     findings = []
     for d in _collapse(snapshot.diff(after_up, after_reup)):
         label = _label(d.kind, d.name)
+        if d.kind == "rows" and d.name in known_rows:
+            continue
         if d.kind == "rows":
             findings.append(Finding("warning", f"the up run again after its down leaves {d.after} row(s) in table "
                                     f"`{d.display_name}`, {d.before} the first time", "reup", "table", d.name,
@@ -392,7 +408,8 @@ class _Run:
         return snap
 
     def up(self, to: str, *, fake: bool = False) -> None:
-        api.migrate_up(database=self.scratch.alias, to=to, tree=self.tree, fake=fake, lock_wait=0)
+        with _lint_skipped():  # the linter judges production locking, not reversibility: not here
+            api.migrate_up(database=self.scratch.alias, to=to, tree=self.tree, fake=fake, lock_wait=0)
 
     def down(self) -> None:
         api.migrate_down(database=self.scratch.alias, steps=1, tree=self.tree, lock_wait=0)
@@ -504,13 +521,14 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
                 "error", f"the down file {migration.down.relpath} is empty (an explicit no-op), but the up changes "
                 f"the schema ({len(changed)} object(s)): the down does not reverse it", "down"))
     result.findings.extend(explain_down(before_up, after_up, after_down))
+    rows = frozenset(f.name for f in result.findings if f.phase == "down" and f.level == "warning")
     try:
         run.up(migration.id)
     except MigrationFailed as exc:
         result.findings.append(Finding("error", f"the up is not re-runnable after its down: {_failure(exc)}", "reup"))
         run.rebuild(migration.id)
     else:
-        result.findings.extend(explain_reup(after_up, run.take()))
+        result.findings.extend(explain_reup(after_up, run.take(), rows))
     levels = {f.level for f in result.findings}
     result.result = NOT_EXACT if "error" in levels else WARNING if levels else EXACT
     result.seconds = time.perf_counter() - started
@@ -666,5 +684,19 @@ def stored_results(database: str = "default") -> dict[str, StoredResult]:
         return {}
 
 
+def with_results(data: dict, status, stored: dict[str, StoredResult]) -> dict:
+    """Add ``"verify": {"result", "stale", "verified_at", "findings"}`` (or None) to each migration of a
+    status ``as_dict()``; stale means the up or down file was edited since it was verified."""
+    files = {e.id: e.migration for e in status.entries}
+    for item in data.get("migrations", ()):
+        found = stored.get(item["id"])
+        item["verify"] = None if found is None else {
+            "result": found.result, "stale": found.stale(files.get(item["id"])),
+            "verified_at": found.verified_at.isoformat() if found.verified_at is not None else None,
+            "findings": found.findings}
+    return data
+
+
 __all__ = ["verify", "drift", "VerifyReport", "MigrationResult", "Finding", "DriftReport", "VerifyStore",
-           "StoredResult", "stored_results", "explain_down", "explain_reup"]
+           "StoredResult", "stored_results", "explain_down", "explain_reup",
+           "with_results"]

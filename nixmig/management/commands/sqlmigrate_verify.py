@@ -59,9 +59,9 @@ class Command(NixmigCommand):
             self.stderr.write(self.style.WARNING(f"Warning: {data['message']}"))
         elif event == "scratch" and self.verbosity >= 2:
             out.write(f"Scratch database: {data['name']}")
-        elif event == "rebuild":
-            out.write(f"    the scratch database was rebuilt ({data['scratch']}): its state after the failure was "
-                      "unknown")
+        elif event == "rebuild" and self.verbosity >= 2:
+            out.write(f" (the scratch database was rebuilt as {data['scratch']}: a failed step left it in an unknown "
+                      "state)", ending="")
         elif event == "verify_start":
             out.write(f"[{data['index']}/{data['total']}] verify {data['migration'].id} ...", ending="")
             out.flush()
