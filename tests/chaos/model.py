@@ -94,7 +94,7 @@ def _drop(kind: str, name: str, *also: str) -> Stmt:
     return Stmt(sql, (f"{kind}:{name}", *also), nontx=kind == "index")
 
 
-def base_tree(pad: float = 0.02, rows: int = 20000) -> list[Spec]:
+def base_tree(pad: float = 0.02, rows: int = 50000) -> list[Spec]:
     """Ten migrations in six modules; ``pad`` scales the sleeps, ``rows`` the indexed tables."""
     P = pad
     cic_table = lambda n: _table(n, rows)  # noqa: E731

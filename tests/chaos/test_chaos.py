@@ -295,6 +295,9 @@ def test_mutated_trees(chaos_db, figures, tmp_path):
                 fig.problem("unclear_errors", trial, f"{label}: exit {rc}, {why}:\n{err}")
             snap = db.snap()
             fig.landed("refused, nothing applied" if not snap.records else "failed after applying some")
+            samples = fig.setdefault("samples", [])
+            if len(samples) < 12 and not why:
+                samples.append(f"{label} -> {err.strip().splitlines()[-1][:400]}")
         if not db.backends_gone(HANG):
             fig.problem("hangs", trial, f"{label}: backends left behind")
             continue
