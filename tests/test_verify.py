@@ -350,3 +350,28 @@ def test_long_identities_are_not_cut_to_63_characters(scratch_db):
     assert snap.names("constraint") == [
         "public.notification_preferences.notification_preferences_user_id_category_channel_key",
         "public.notification_preferences.notification_preferences_user_id_key"]
+
+
+@pytest.mark.django_db
+def test_admin_shows_the_stored_result_per_record_and_marks_edits_stale(admin_client, tree, settings):
+    from django.db import connection
+
+    from nixmig import api
+    from nixmig.recorder import Recorder
+    from nixmig.verify import MigrationResult
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path)}
+    tree.table_pair("a/001_t1", "t1")
+    tree.table_pair("a/002_t2", "t2")
+    loaded = api.load_tree(tree.path)
+    recorder = Recorder(connection)
+    recorder.ensure_schema(recorder.read())
+    for migration in loaded.migrations:
+        recorder.record_applied(migration)
+    VerifyStore(connection).save([MigrationResult(loaded.get("a/001_t1"), "exact"),
+                                  MigrationResult(loaded.get("a/002_t2"), "not exact")])
+    tree.write("a/002_t2_down.sql", "DROP TABLE t2 CASCADE;\n")  # edited after it was verified
+    html = admin_client.get("/admin/nixmig/migrationrecord/").content.decode()
+    assert '<td class="field-verify_result">exact</td>' in html
+    assert '<td class="field-verify_result">not exact (stale)</td>' in html
