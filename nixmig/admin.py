@@ -16,6 +16,7 @@ from .highlight import highlight_sql
 from .models import MigrationRecord
 from .recorder import NIXMIG_COLUMNS, Recorder
 from .tree import Migration, Tree, load_migration
+from . import verify  # noqa: E402 - sqlmigrate_verify's stored results, one column
 
 PENDING_SHOWN = 100
 
@@ -100,7 +101,14 @@ class MigrationRecordAdmin(admin.ModelAdmin):
         def checksum(record: MigrationRecord) -> str:
             return checksum_state(record, tree)
 
-        return ("migration_id", "module", "applied_at", "execution_time", checksum)
+        verified = _cached(request, "verified", lambda: verify.stored_results(self.database()))
+
+        @admin.display(description="verify")
+        def verify_result(record: MigrationRecord) -> str:  # sqlmigrate_verify's last result, if any
+            found = verified.get(record.migration_id)
+            return "-" if found is None else found.label(_find(tree, record))
+
+        return ("migration_id", "module", "applied_at", "execution_time", checksum, verify_result)
 
     def database(self) -> str:
         return MigrationRecord.objects.db

@@ -72,7 +72,8 @@ def test_changelist_shows_id_module_applied_time_execution_time_and_checksum_sta
     assert response.status_code == 200
     html = response.content.decode()
     headers = re.findall(r'<th scope="col" class="(?:sortable )?column-([a-z_]+)', html)
-    assert headers == ["migration_id", "module", "applied_at", "execution_time", "checksum"]
+    assert headers == ["migration_id", "module", "applied_at", "execution_time", "checksum", "verify_result"]
+    assert html.count('<td class="field-verify_result">-</td>') == 2  # sqlmigrate_verify never ran here
     assert rows(html) == ["orgs/002_create_orgs", "auth/001_create_users"]
     assert html.count('<td class="field-checksum">ok</td>') == 2
     assert re.search(r'<td class="field-execution_time">[0-9]+ ms</td>', html)

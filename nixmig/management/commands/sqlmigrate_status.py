@@ -3,6 +3,7 @@ import json
 from django.core.management.base import CommandError
 
 from nixmig import api, lint
+from nixmig import verify
 from nixmig.management.base import NixmigCommand
 
 MARKS = {"applied": "[X]", "pending": "[ ]", "changed": "[~]", "missing": "[?]", "failed": "[!]"}
@@ -43,10 +44,11 @@ class Command(NixmigCommand):
 
     def show(self, database, writer, json, *, directory, **options):
         status = api.status(directory=directory, database=database)
+        self.verified = verify.stored_results(database)  # sqlmigrate_verify's last results: one query, or two
         self.statuses_seen.append((database, status))
         findings = lint.pending_summary(status, database)  # parses nothing when nothing is pending
         if json:
-            writer.stdout.write(_dumps(dict(status.as_dict(), lint=findings)))
+            writer.stdout.write(_dumps(dict(verify.with_results(status.as_dict(), status, self.verified), lint=findings)))
         else:
             lint_note = (f"Lint: {lint.counts_text(findings)} in the pending migrations; 'python manage.py "
                          "sqlmigrate_lint' shows them." if findings["error"] or findings["warning"] or findings["info"]
@@ -90,6 +92,8 @@ class Command(NixmigCommand):
                     details.append("out of order")
                 if e.migration is not None and not e.migration.reversible:
                     details.append("irreversible")
+                if e.id in getattr(self, "verified", {}):
+                    details.append(f"verified {self.verified[e.id].label(e.migration)}")
                 if e.applied_at is not None and v >= 1:
                     details.append(f"applied {e.applied_at:%Y-%m-%d %H:%M:%S}")
                 if v >= 2 and e.record is not None and e.record.execution_ms is not None:
