@@ -207,8 +207,8 @@ def commands(kind: str, tool: str, server: Server, db: str, tree: Path) -> list[
     }[tool]
 
 
-def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, int, int]:
-    """Run ``cmd`` to completion; return (wall seconds, peak RSS in KiB, exit code)."""
+def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, int, int, float]:
+    """Run ``cmd`` to completion; return (wall seconds, peak RSS in KiB, exit code, CPU seconds of the child)."""
     with open(log, "wb") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -216,7 +216,7 @@ def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, int, int]:
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return seconds, usage.ru_maxrss, proc.returncode
+    return seconds, usage.ru_maxrss, proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 # -- the benchmark -------------------------------------------------------------------------
@@ -250,7 +250,9 @@ class Bench:
                 rnd: int = 0) -> float:
         env = child_env(self.server, db, tree)
         log = self.logs / f"{kind}-{tool}-{n}.log"
-        seconds, rss, rc = timed(commands(kind, tool, self.server, db, tree), env, log)
+        # kind "noop": sqlmigrate_up on a database where everything is applied
+        seconds, rss, rc, cpu = timed(commands("up" if kind == "noop" else kind, tool, self.server, db, tree),
+                                      env, log)
         if rc != 0:
             sys.exit(f"{kind} {tool} N={n} failed with exit code {rc}; see {log}:\n"
                      + log.read_text(errors="replace")[-3000:])
@@ -259,9 +261,10 @@ class Bench:
             if (tables, records) != (n, n):
                 sys.exit(f"{tool} N={n}: expected {n} tables and {n} records, found {tables} and {records}; see {log}")
         if record:
-            self.samples.setdefault((kind, tool, n), []).append({"seconds": seconds, "rss_kib": rss})
+            self.samples.setdefault((kind, tool, n), []).append({"seconds": seconds, "rss_kib": rss, "cpu": cpu})
             self.raw.write(json.dumps({"kind": kind, "tool": tool, "n": n, "round": rnd, "seconds": seconds,
-                                       "rss_kib": rss, "load": os.getloadavg()[0], "at": time.time()}) + "\n")
+                                       "cpu": cpu, "rss_kib": rss, "load": os.getloadavg()[0],
+                                       "at": time.time()}) + "\n")
             self.raw.flush()
         return seconds
 
@@ -440,6 +443,209 @@ def machine_info(server: Server) -> dict:
             "postgres": server.version(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
+# -- --quick: the figures of issue 13 at N=520 and 10,000 in a few minutes -----------------------
+
+QUICK_NS = (520, 10000)
+PARALLEL_DBS = 16
+
+
+def _median(samples: list[dict], key: str = "seconds") -> float:
+    return statistics.median(s[key] for s in samples)
+
+
+class Quick:
+    """Whole-process medians of alternating runs, as ratios; see docs/benchmarks.md ('--quick')."""
+
+    def __init__(self, bench: Bench, args):
+        self.bench, self.args = bench, args
+        self.out: dict = {"machine": None, "n": {}, "parallel": None, "big_file": None}
+
+    def say(self, text: str) -> None:
+        self.bench.say(text)
+
+    def run(self) -> dict:
+        b = self.bench
+        b.make_template()
+        for n in self.args.n:
+            self.one_n(n)
+        self.parallel()
+        self.big_file()
+        b.dbs.drop(TEMPLATE_DB)
+        self.out["machine"] = machine_info(b.server)
+        self.out["machine"]["data_dir"] = str(b.server.own_dir or b.server.host)
+        return self.out
+
+    def one_n(self, n: int) -> None:
+        b, args = self.bench, self.args
+        tree = generate(n, RESULTS / "trees" / str(n))
+        small = n <= 520
+        up_tools = [t for t in (UP_TOOLS if small else ["nixmig", "psql", "dbmate", "django"]) if t in args.tools]
+        rounds = args.quick_up_runs if small else 1
+        # Round 0 applies each tool's tree onto a database of its own (kept for the status runs).
+        for r in range(rounds):
+            order = up_tools[r % len(up_tools):] + up_tools[:r % len(up_tools)]
+            line = []
+            for tool in order:
+                db = f"nmb_st_{tool}" if r == 0 else UP_DB
+                b.dbs.reset(db)
+                line.append(f"{tool} {b.run_one('up', tool, n, tree, db, rnd=r):.2f}")
+            self.say(f"  N={n} up round {r + 1}/{rounds}: " + ", ".join(line))
+        b.dbs.drop(UP_DB)
+        # Status and the no-op up (everything applied), alternating with manage.py version.
+        kinds = [("status", "version"), ("status", "nixmig"), ("noop", "nixmig")]
+        kinds += [("status", t) for t in ("dbmate", "django", "yoyo") if t in up_tools]
+        runs = args.quick_status_runs if small else max(3, args.quick_status_runs - 2)
+        for r in range(runs):
+            order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
+            line = []
+            for kind, tool in order:
+                db = f"nmb_st_{'nixmig' if tool == 'version' else tool}"
+                line.append(f"{kind}:{tool} {b.run_one(kind, tool, n, tree, db, rnd=r):.3f}")
+            self.say(f"  N={n} status round {r + 1}/{runs}: " + ", ".join(line))
+        self.out["n"][n] = {"admin": self.admin(n, tree) if n >= 10000 or len(args.n) == 1 else None}
+        for tool in up_tools:
+            b.dbs.drop(f"nmb_st_{tool}")
+
+    def admin(self, n: int, tree: Path) -> dict | None:
+        """The admin's changelist and detail page on the database nixmig migrated (N records, N files)."""
+        env = child_env(self.bench.server, "nmb_st_nixmig", tree)
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "admin_timing.py"), str(tree / "nixmig"),
+                               "--runs", str(self.args.admin_runs)], cwd=ROOT, env=env, capture_output=True,
+                              text=True)
+        if proc.returncode:
+            self.say(f"  admin timing failed:\n{proc.stdout}{proc.stderr[-2000:]}")
+            return None
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        self.say(f"  N={n} admin: changelist {result['changelist']['median_ms']:.0f} ms "
+                 f"({result['changelist']['queries']} queries), detail {result['detail']['median_ms']:.0f} ms "
+                 f"({result['detail']['queries']} queries), median of {self.args.admin_runs}")
+        return result
+
+    def parallel(self) -> None:
+        """sqlmigrate_up of the 520 tree onto 16 databases of one server: --parallel 1 against 8."""
+        b, args = self.bench, self.args
+        n = 520
+        tree = generate(n, RESULTS / "trees" / str(n))
+        aliases = [f"p{i:02d}" for i in range(1, PARALLEL_DBS + 1)]
+        env = child_env(b.server, "nmb_p01", tree)
+        env["NIXMIG_BENCH_DATABASES"] = ",".join(f"{a}=nmb_{a}" for a in aliases)
+        samples: dict[int, list[dict]] = {1: [], 8: []}
+        for r in range(args.parallel_runs):
+            for p in ((1, 8) if r % 2 == 0 else (8, 1)):
+                for a in aliases:
+                    b.dbs.reset(f"nmb_{a}")
+                cmd = [sys.executable, str(ROOT / "manage.py"), "sqlmigrate_up", "--dir", str(tree / "nixmig"),
+                       "-v", "0", "--parallel", str(p)] + [x for a in aliases for x in ("--database", a)]
+                log = b.logs / f"parallel-{p}.log"
+                seconds, rss, rc, cpu = timed(cmd, env, log)
+                if rc:
+                    sys.exit(f"--parallel {p} failed; see {log}:\n" + log.read_text(errors="replace")[-3000:])
+                for a in aliases:
+                    tables, records = b.dbs.counts(f"nmb_{a}", "nixmig")
+                    if (tables, records) != (n, n):
+                        sys.exit(f"--parallel {p}: database nmb_{a} has {tables} tables and {records} records")
+                samples[p].append({"seconds": seconds, "cpu": cpu, "rss_kib": rss})
+                self.say(f"  parallel round {r + 1}/{args.parallel_runs}: --parallel {p} {seconds:.2f} s "
+                         f"(client CPU {cpu:.2f} s)")
+        for a in aliases:
+            b.dbs.drop(f"nmb_{a}")
+        self.out["parallel"] = {"databases": PARALLEL_DBS, "n": n, "samples": samples,
+                                "median_1": _median(samples[1]), "median_8": _median(samples[8])}
+
+    def big_file(self) -> None:
+        """One 20 MB up file of 137,000 small statements: peak memory of sqlmigrate_up."""
+        b = self.bench
+        root = RESULTS / "trees" / "big"
+        up = root / "data" / "001_tiny_up.sql"
+        if not up.exists():
+            up.parent.mkdir(parents=True, exist_ok=True)
+            pad = "x" * 100
+            up.write_text("CREATE TABLE bench_tiny (id int PRIMARY KEY, note text);\n" + "".join(
+                f"INSERT INTO bench_tiny (id, note) VALUES ({i}, '{pad}');\n" for i in range(137000)))
+            (root / "data" / "001_tiny_down.sql").write_text("DROP TABLE bench_tiny;\n")
+        db = "nmb_big"
+        b.dbs.reset(db)
+        env = child_env(b.server, db, root)
+        log = b.logs / "big-file.log"
+        seconds, rss, rc, cpu = timed([sys.executable, str(ROOT / "manage.py"), "sqlmigrate_up", "--dir", str(root)],
+                                      env, log)
+        if rc:
+            sys.exit(f"the 20 MB file failed; see {log}:\n" + log.read_text(errors="replace")[-3000:])
+        with b.server.connect(db) as conn:
+            rows = conn.execute("SELECT count(*) FROM bench_tiny").fetchone()[0]
+        b.dbs.drop(db)
+        self.out["big_file"] = {"bytes": up.stat().st_size, "statements": 137001, "rows": rows, "seconds": seconds,
+                                "peak_rss_mib": rss / 1024}
+        self.say(f"  20 MB file ({up.stat().st_size / 1e6:.1f} MB, 137,001 statements): {seconds:.1f} s, "
+                 f"peak RSS {rss / 1024:.0f} MiB")
+
+    def report(self) -> str:
+        """The quick tables: ratios to manage.py version, engine time against psql, admin, parallel, memory."""
+        s = self.bench.samples
+        m = self.out["machine"]
+        lines = [f"Machine: {m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres']} (data in {m['data_dir']}), "
+                 f"Python {m['python']}, Django {m['django']}; load average at the end {m['load']}.", "",
+                 "| N | manage.py version | sqlmigrate_status | no-op sqlmigrate_up | status / version | "
+                 "no-op up / version | (same, CPU time) |", "|---|---|---|---|---|---|---|"]
+        for n in self.args.n:
+            v, st, no = s[("status", "version", n)], s[("status", "nixmig", n)], s[("noop", "nixmig", n)]
+            lines.append(f"| {n:,} | {_median(v) * 1000:.0f} ms | {_median(st) * 1000:.0f} ms | "
+                         f"{_median(no) * 1000:.0f} ms | **{_median(st) / _median(v):.2f}x** | "
+                         f"**{_median(no) / _median(v):.2f}x** | {_median(st, 'cpu') / _median(v, 'cpu'):.2f}x / "
+                         f"{_median(no, 'cpu') / _median(v, 'cpu'):.2f}x |")
+        lines += ["", "| N | tool | apply all N (median) | nixmig / tool (whole process) | "
+                      "engine time (whole - version) | engine / psql |", "|---|---|---|---|---|---|"]
+        for n in self.args.n:
+            version = _median(s[("status", "version", n)])
+            nix = _median(s[("up", "nixmig", n)])
+            psql = s.get(("up", "psql", n))
+            for tool in UP_TOOLS:
+                if ("up", tool, n) not in s:
+                    continue
+                t = _median(s[("up", tool, n)])
+                runs = len(s[("up", tool, n)])
+                if tool == "nixmig":
+                    engine = nix - version
+                    vs = f"**{engine / _median(psql):.2f}x**" if psql else ""
+                    lines.append(f"| {n:,} | sqlmigrate_up | {t:.2f} s ({runs} runs) | | {engine:.2f} s | {vs} |")
+                else:
+                    lines.append(f"| {n:,} | {LABELS['up'][tool]} | {t:.2f} s ({runs} runs) | {nix / t:.2f}x | | |")
+        lines += ["", "| N | status of another tool (median) | nixmig status / tool |", "|---|---|---|"]
+        for n in self.args.n:
+            nix = _median(s[("status", "nixmig", n)])
+            for tool in ("dbmate", "django", "yoyo"):
+                if ("status", tool, n) in s:
+                    t = _median(s[("status", tool, n)])
+                    lines.append(f"| {n:,} | {LABELS['status'][tool]} {t * 1000:.0f} ms | {nix / t:.2f}x |")
+        for n in self.args.n:
+            adm = self.out["n"].get(n, {}).get("admin")
+            if adm:
+                lines += ["", f"Admin at N={n:,} ({adm['records']:,} records, {n:,} migrations on disk), server time "
+                          f"with the test client, median of {adm['changelist']['runs']}: changelist "
+                          f"**{adm['changelist']['median_ms']:.0f} ms** ({adm['changelist']['queries']} queries), "
+                          f"detail **{adm['detail']['median_ms']:.0f} ms** ({adm['detail']['queries']} queries)."]
+        par = self.out["parallel"]
+        if par:
+            lines += ["", f"`sqlmigrate_up --parallel 8` over {par['databases']} databases, {par['n']} migrations "
+                          f"each: **{par['median_1'] / par['median_8']:.2f}x** faster than `--parallel 1` "
+                          f"({par['median_8']:.2f} s against {par['median_1']:.2f} s, medians of "
+                          f"{len(par['samples'][8])})."]
+        up10 = s.get(("up", "nixmig", max(self.args.n)))
+        big = self.out["big_file"]
+        lines += ["", "Peak RSS of sqlmigrate_up: "
+                  + (f"{max(x['rss_kib'] for x in up10) / 1024:.0f} MiB applying {max(self.args.n):,} migrations; "
+                     if up10 else "")
+                  + (f"{big['peak_rss_mib']:.0f} MiB for one {big['bytes'] / 1e6:.1f} MB file of {big['statements']:,} "
+                     f"statements ({big['seconds']:.1f} s)." if big else "")]
+        text = "\n".join(lines) + "\n"
+        (RESULTS / "quick.md").write_text(text)
+        (RESULTS / "quick.json").write_text(json.dumps({
+            "machine": self.out["machine"], "parallel": par, "big_file": big,
+            "admin": {n: v.get("admin") for n, v in self.out["n"].items()},
+            "samples": [{"kind": k, "tool": t, "n": n, "runs": v} for (k, t, n), v in s.items()]}, indent=1))
+        return text
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", default="100,520,2000,10000", help="Tree sizes, comma-separated.")
@@ -461,12 +667,33 @@ def main(argv=None) -> None:
     parser.add_argument("--keep-server", action="store_true", help="Leave the benchmark's own server running.")
     parser.add_argument("--no-warmup", action="store_true", help="Time the first run too, at every N.")
     parser.add_argument("--profile", action="store_true", help="Profile nixmig with pyinstrument at N=520 (or the first N).")
+    parser.add_argument("--quick", action="store_true",
+                        help="Issue 13's figures at N=520 and 10,000 in about five minutes: status and a no-op up "
+                             "against manage.py version, engine time against psql, the admin, --parallel 8 over 16 "
+                             "databases and the memory of a 20 MB file (results in bench/results/quick.md).")
+    parser.add_argument("--quick-up-runs", type=int, default=3, help="--quick: apply runs per tool at N=520.")
+    parser.add_argument("--quick-status-runs", type=int, default=7,
+                        help="--quick: status / no-op / version runs at N=520 (two fewer, at least 3, above).")
+    parser.add_argument("--parallel-runs", type=int, default=2, help="--quick: runs of each --parallel setting.")
+    parser.add_argument("--admin-runs", type=int, default=10, help="--quick: requests per admin page.")
     args = parser.parse_args(argv)
+    if args.quick and "--n" not in " ".join(sys.argv if argv is None else argv):
+        args.n = ",".join(str(n) for n in QUICK_NS)
     args.n = [int(x) for x in args.n.split(",") if x.strip()]
     args.tools = {t.strip() for t in args.tools.split(",")} | {"nixmig"}
     bench = Bench(args)
     started = time.time()
     bench.say(f"benchmark on {os.cpu_count()} cores, PostgreSQL {bench.server.version()} at {bench.server.host}")
+    if args.quick:
+        quick = Quick(bench, args)
+        quick.run()
+        bench.dbs.admin.close()
+        if not args.keep_server:
+            bench.server.stop()
+        print()
+        print(quick.report())
+        bench.say(f"total {time.time() - started:.0f} s; results in {RESULTS / 'quick.md'}")
+        return
     bench.make_template()
     for n in args.n:
         bench.bench_n(n)

@@ -20,3 +20,13 @@ if _path:
     MIGRATION_MODULES = {"benchapp": "bench_django_migrations"}
 else:
     MIGRATION_MODULES = {"benchapp": None}
+
+# --parallel: NIXMIG_BENCH_DATABASES="alias=dbname,alias=dbname,..." adds databases on the same
+# server as 'default' (bench/run.py --quick applies one tree to 16 of them).
+_extra = os.environ.get("NIXMIG_BENCH_DATABASES")
+if _extra:
+    from project.settings import DATABASES
+
+    for _pair in _extra.split(","):
+        _alias, _name = _pair.split("=", 1)
+        DATABASES[_alias] = {**DATABASES["default"], "NAME": _name}
