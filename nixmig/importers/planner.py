@@ -1,21 +1,20 @@
 """Map another tool's migrations onto nixmig files, and write them. No database.
 
-``plan_import`` decides every file name and byte before anything is written; ``write_import``
-checks the planned files the way nixmig reads a tree (in a scratch folder), then writes
-them, refusing to overwrite, and loads the target tree once more: if anything is wrong,
-nothing stays written.
+``plan_import`` decides every file name and byte before anything is written and checks each
+planned file the way nixmig reads one (in memory); ``write_import`` writes them, refusing to
+overwrite, and loads the whole target tree once more: if anything is wrong, nothing stays
+written.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..exceptions import SourceTreeError, TreeError
-from ..tree import ERROR, FILE_RE, MODULE_SEGMENT_RE, Tree, load_tree
+from ..tree import FILE_RE, MODULE_SEGMENT_RE, SqlFile, Tree, load_tree, normalise, parse_directives
 from .readers import Source, SourceMigration, is_utf8
 
 NO_TRANSACTION = "-- nixmig:no-transaction"
@@ -176,42 +175,52 @@ def plan_import(source: Source, directory: str | Path, module: str) -> ImportPla
     return ImportPlan(source, root, module, tuple(planned), source.notes)
 
 
-def check_new_files(planned: list[PlannedMigration], *, warn: bool = True) -> dict[str, list[str]]:
-    """Read the new files the way nixmig reads a tree (in a scratch folder); raise on errors.
+def _as_sql_file(data: bytes, relpath: str) -> tuple[SqlFile | None, list[str]]:
+    """Read planned bytes the way nixmig reads a file (tree.read_sql_file), without touching the disk."""
+    if b"\x00" in data:
+        line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+        return None, [f"{relpath}:{line}: contains a NUL byte, which PostgreSQL can't accept in SQL; the file is "
+                      "probably binary or UTF-16: save it as UTF-8 text."]
+    normalised = normalise(data)
+    try:
+        text = normalised.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = normalised.count(b"\n", 0, exc.start) + 1
+        return None, [f"{relpath}:{line}: is not valid UTF-8 (byte 0x{normalised[exc.start]:02x} at offset "
+                      f"{exc.start}); re-save the file as UTF-8."]
+    directives, problems = parse_directives(text, relpath)
+    if problems:
+        return None, [p.message for p in problems]
+    return SqlFile(Path(relpath), relpath, text, "", directives), []
+
+
+def check_new_files(planned: list[PlannedMigration]) -> dict[str, list[str]]:
+    """Check the new files the way nixmig reads a tree; raise on errors, write nothing.
 
     Return, per migration id, why nixmig would refuse to run a file (a statement that can't
     run in a transaction, ...): the source tool may have run it differently, so it is a warning.
     """
     from ..sqltext import prepare
 
-    new = [m for m in planned if not m.existing]
-    if not new:
-        return {}
-    with tempfile.TemporaryDirectory(prefix="nixmig-import-") as scratch:
-        for m in new:
-            for rel, data in ((m.up_path, m.up), (m.down_path, m.down)):
-                if rel is not None:
-                    target = Path(scratch) / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(data)
-        tree = load_tree(scratch)
-        errors = [p for p in tree.problems if p.level == ERROR]
-        if errors:
-            origin = {m.up_path: m.source.up_origin for m in new} | {
-                m.down_path: m.source.down_origin for m in new if m.down_path}
-            lines = "\n".join(f"  - {p.message}" + (f" (from {origin[p.file]})" if p.file in origin else "")
-                              for p in errors)
-            raise SourceTreeError(f"The imported files would not make a valid nixmig tree; nothing was written:\n"
-                                  f"{lines}")
-        warnings: dict[str, list[str]] = {}
-        for migration in tree.migrations if warn else ():
-            for sql_file in (migration.up, migration.down):
-                if sql_file is None:
-                    continue
-                try:
-                    prepare(sql_file)
-                except TreeError as exc:
-                    warnings.setdefault(migration.id, []).append(str(exc))
+    errors: list[str] = []
+    warnings: dict[str, list[str]] = {}
+    for m in planned:
+        if m.existing:
+            continue
+        for rel, data, origin in ((m.up_path, m.up, m.source.up_origin), (m.down_path, m.down, m.source.down_origin)):
+            if rel is None:
+                continue
+            sql_file, problems = _as_sql_file(data, rel)
+            if sql_file is None:
+                errors.extend(f"{p} (from {origin})" for p in problems)
+                continue
+            try:
+                prepare(sql_file)
+            except TreeError as exc:
+                warnings.setdefault(m.id, []).append(str(exc))
+    if errors:
+        lines = "\n".join(f"  - {e}" for e in errors)
+        raise SourceTreeError(f"The imported files would not make a valid nixmig tree; nothing was written:\n{lines}")
     return warnings
 
 
@@ -221,12 +230,11 @@ def write_import(plan: ImportPlan) -> list[Path]:
     if not files:
         return []
     root = plan.directory
-    check_new_files(list(plan.migrations), warn=False)  # 1. the new files alone, read as nixmig reads a tree
     for rel, _ in files:
         if (root / rel).exists():
             raise SourceTreeError(f"{root / rel} exists already; nixmig does not overwrite files. Move it away, or "
                                   "import into another --module. Nothing was written.")
-    # 2. Write; 3. the whole target tree must still load without errors, or everything written goes again.
+    # Write, then the whole target tree must load without errors, or everything written goes again.
     created_dirs = set()
     for rel, _ in files:
         folder = (root / rel).parent
