@@ -60,4 +60,8 @@ STATIC_URL = "static/"
 NIXMIG = {
     "MIGRATIONS_DIR": BASE_DIR / "migrations_sql",
     "TABLE": "migrations",
+    # nixmig's own suite wants a test database WITHOUT the demo tree: its tests create their
+    # own databases and trees (tests/conftest.py), and the admin tests start from no tracking
+    # table. A project's tests keep the default (True): their test database gets the SQL schema.
+    "TEST_APPLY": False,
 }

@@ -10,15 +10,46 @@ import sys
 from django.core.management.base import CommandError
 from django.core.management.commands.migrate import Command as DjangoMigrate
 
-from nixmig import api, conf, databases
+from nixmig import api, conf, databases, testing
 from nixmig.exceptions import NixmigError
 from nixmig.management.base import EventRenderer
+
+
+class TestDatabaseRenderer(EventRenderer):
+    """SQL migration lines at migrate's verbosity; template lines (stderr) at the test runner's."""
+
+    def __init__(self, stdout, stderr, style, verbosity: int, test_verbosity: int):
+        super().__init__(stdout, stderr, style, verbosity)
+        self.test_verbosity = test_verbosity
+
+    def __call__(self, event: str, **data) -> None:
+        if not event.startswith("template_") and event != "rebuild":
+            return super().__call__(event, **data)
+        if event == "template_wait":
+            self.stderr.write("  Waiting for another test run that is building the SQL-schema template...")
+            return
+        if self.test_verbosity < 1:
+            return
+        lines = {
+            "template_build": "  Building the SQL-schema template {template} ({migrations} SQL migration(s))...",
+            "template_built": "  Built {template}; later test databases are copies of it.",
+            "template_cloned": "  Copied the SQL-schema template {template}.",
+            "template_spare": "  Took a ready copy of the SQL-schema template {template}.",
+            "template_dropped": "  Dropped the stale template {template}.",
+            "template_changed": "  The template {template} was changed after it was built; building it again...",
+            "rebuild": "  An applied SQL migration was edited (NIXMIG['TEST_REBUILD_CHANGED']): "
+                       "re-creating {database}...",
+        }
+        self.stderr.write(lines[event].format(**data))
 
 
 class Command(DjangoMigrate):
     help = DjangoMigrate.help + " With NIXMIG['RUN_WITH_MIGRATE'], then applies pending SQL migrations."
 
     def handle(self, *args, **options):
+        creating = testing.test_database_creation() if options.get("run_syncdb") else None
+        if creating is not None:  # Django's create_test_db: see nixmig.testing
+            return self.test_database(creating, *args, **options)
         super().handle(*args, **options)
         if not conf.get("RUN_WITH_MIGRATE") or options["app_label"] or options["prune"]:
             return
@@ -58,3 +89,24 @@ class Command(DjangoMigrate):
                                   f"skipped {result.skipped} already applied.")
             else:
                 self.stdout.write("  No SQL migrations to apply.")
+
+    def test_database(self, creating: dict, *args, **options) -> None:
+        """Give the test database Django is creating the SQL schema too (NIXMIG['TEST_APPLY'])."""
+        database = options["database"]
+        renderer = TestDatabaseRenderer(self.stdout, self.stderr, self.style, options["verbosity"],
+                                        creating["verbosity"])
+        try:
+            testing.prepare_test_database(database, lambda: super(Command, self).handle(*args, **options),
+                                          progress=renderer, keepdb=creating["keepdb"])
+        except NixmigError as exc:
+            renderer.fail_line()
+            name = self.connection_name(database)
+            raise testing.TestDatabaseError(
+                f"The SQL migrations could not be applied to the test database {name!r} (alias {database!r}); "
+                f"no test ran. {exc}" + (f" {exc.test_hint}" if getattr(exc, "test_hint", None) else "")) from None
+
+    @staticmethod
+    def connection_name(database: str) -> str:
+        from django.db import connections
+
+        return connections[database].settings_dict["NAME"]
