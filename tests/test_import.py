@@ -20,6 +20,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from nixmig.exceptions import SourceTreeError
 from nixmig.importers import import_migrations, read_source
 from nixmig.importers.readers import flyway_checksum, flyway_version_key
 from nixmig.tree import load_tree
@@ -406,6 +407,22 @@ def test_a_file_nixmig_cannot_read_stops_the_import_before_anything_is_written(t
     assert rc == 1
     assert "app/00005_4_latin1_up.sql:1: is not valid UTF-8" in err and "(from 4_latin1.up.sql)" in err
     assert snapshot(target) == before
+
+
+def test_if_the_written_tree_does_not_load_everything_written_is_removed_again(tmp_path, monkeypatch):
+    from nixmig.importers import planner
+    from nixmig.tree import Problem, Tree
+
+    src = write(tmp_path / "src", DIESEL)
+    target = write(tmp_path / "m", {"auth/001_a_up.sql": "SELECT 1;\n"})
+    before = snapshot(target)
+    plan = planner.plan_import(read_source("diesel", src), target, "legacy/lemmy")
+    # Something only the whole tree shows (say, a file another process dropped in meanwhile).
+    monkeypatch.setattr(planner, "load_tree", lambda root: Tree(Path(root), (), (Problem("auth/x.sql: broken"),)))
+    with pytest.raises(SourceTreeError, match="the imported files were removed again"):
+        planner.write_import(plan)
+    assert snapshot(target) == before
+    assert not (target / "legacy").exists()
 
 
 def test_an_invalid_module_or_missing_source_is_refused(tmp_path):
