@@ -474,11 +474,11 @@ def _golang_migrate_with_no_transaction(root: Path):
     for m in migrations:
         why_up = _needs_no_transaction(m.up, all_statements=True)
         why_down = _needs_no_transaction(m.down, all_statements=True) if m.down else ""
-        why = " / ".join(w for w in (why_up, why_down) if w)
+        why = "; ".join(f"{part}: one {w} statement" for part, w in (("up", why_up), ("down", why_down)) if w)
         out.append(SourceMigration(m.version, m.label, m.name, m.up, m.down, m.up_origin, m.down_origin,
                                    bool(why_up), bool(why_down),
-                                   f"a file of one {why} statement (golang-migrate sends it on its own, outside a "
-                                   "transaction)" if why else "", m.order))
+                                   f"{why}; golang-migrate runs such a file outside a transaction" if why else "",
+                                   m.order))
     return out, notes, errors
 
 
