@@ -1,0 +1,147 @@
+"""Deterministic replays of what the kill trials found: a runner killed after a statement that
+can't run in a transaction finished, but before its progress was written.
+
+The engine can't write progress atomically with ``CREATE/DROP INDEX CONCURRENTLY``, so the
+invariant tolerates that statement's effect being there (or gone) one statement ahead of the
+progress row. The resume must cope: re-running ``DROP INDEX CONCURRENTLY`` of an index that is
+already gone, or ``CREATE INDEX CONCURRENTLY`` of one that already exists (valid), must not wedge
+the migration. Each test builds that exact state by hand -- a real failure leaves the progress
+row, then the catalog is moved one statement ahead -- and runs the documented recovery.
+"""
+
+from __future__ import annotations
+
+from .model import base_tree, check, final_problems, write_tree
+
+
+def _setup(db, tmp_path):
+    specs = base_tree(pad=0, rows=1000)
+    root = write_tree(specs, tmp_path / "migrations_sql")
+    return specs, root
+
+
+def _progress(db, mid):
+    return [p for p in db.snap().progress if p["id"] == mid]
+
+
+def test_down_resumes_when_the_drop_index_concurrently_ahead_of_its_progress_already_ran(chaos_db, tmp_path):
+    db = chaos_db
+    specs, root = _setup(db, tmp_path)
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
+    assert (rc, tb) == (0, None), err
+    down_file = root / "search" / "009_cic_both_ways_down.sql"
+    good = down_file.read_text()
+    down_file.write_text(good.replace("DROP INDEX CONCURRENTLY i_09_2", "DROP INDEX CONCURRENTLY i_09_2_nope"))
+    rc, out, err, tb = db.inprocess("sqlmigrate_down", "--steps", "2", "--dir", str(root))
+    assert (rc, tb) == (1, None), err
+    assert [(p["direction"], p["done"]) for p in _progress(db, "search/009_cic_both_ways")] == [("down", 2)]
+    # What a kill -9 leaves when statement 3 (DROP INDEX CONCURRENTLY i_09_2) finished but its progress was
+    # never written: the index is gone, the progress row still says 2.
+    db.conn.execute("DROP INDEX CONCURRENTLY i_09_2")
+    down_file.write_text(good)
+    assert check(specs, db.snap()) == []  # a state the invariant allows
+
+    rc, out, err, tb = db.inprocess("sqlmigrate_down", "--steps", "1", "--dir", str(root))
+
+    assert (rc, tb) == (0, None), f"sqlmigrate_down could not finish the rollback:\n{err}"
+    snap = db.snap()
+    assert "search/009_cic_both_ways" not in snap.records and not snap.progress
+    assert check(specs, snap) == []
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
+    assert (rc, tb) == (0, None), err
+    assert final_problems(specs, db.snap()) == []
+
+
+def test_up_resumes_when_the_create_index_concurrently_ahead_of_its_progress_already_ran(chaos_db, tmp_path):
+    db = chaos_db
+    specs, root = _setup(db, tmp_path)
+    up_file = root / "teams" / "006_cic_up.sql"
+    good = up_file.read_text()
+    up_file.write_text(good.replace("ON t_06_1 (w)", "ON t_06_1 (nope)"))
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
+    assert (rc, tb) == (1, None), err
+    assert [(p["direction"], p["done"]) for p in _progress(db, "teams/006_cic")] == [("up", 3)]
+    # What a kill -9 leaves when statement 4 (CREATE INDEX CONCURRENTLY i_06_4) finished but its progress was
+    # never written: a valid index, the progress row still says 3.
+    db.conn.execute("CREATE INDEX CONCURRENTLY i_06_4 ON t_06_1 (w)")
+    up_file.write_text(good)
+    assert check(specs, db.snap()) == []  # a state the invariant allows
+
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
+
+    assert (rc, tb) == (0, None), f"sqlmigrate_up could not finish the migration:\n{err}"
+    assert final_problems(specs, db.snap()) == []
+
+
+SUICIDE = "SELECT pg_terminate_backend(pg_backend_pid())"
+
+
+def test_connection_lost_inside_a_no_transaction_file_is_one_error_paragraph(chaos_db, tmp_path):
+    """The runner's own backend ends between statements 1 and 3 (what pg_terminate_backend does at that instant)."""
+    db = chaos_db
+    specs, root = _setup(db, tmp_path)
+    up_file = root / "audit" / "008_nt_multi_up.sql"
+    good = up_file.read_text()
+    up_file.write_text(good.replace("SELECT pg_sleep(0.000)", SUICIDE, 1))
+
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
+
+    assert tb is None, f"a lost connection ended in a traceback:\n{tb}"
+    assert rc == 1 and err.count("CommandError:") == 1 and "audit/008_nt_multi" in err, err
+    assert db.backends_gone()
+    assert check(specs, db.snap()) == []
+    up_file.write_text(good)
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
+    assert (rc, tb) == (0, None), err
+    assert final_problems(specs, db.snap()) == []
+
+
+def test_connection_lost_inside_a_transactional_file_is_one_error_paragraph(chaos_db, tmp_path):
+    db = chaos_db
+    specs, root = _setup(db, tmp_path)
+    up_file = root / "teams" / "005_tx_up.sql"
+    good = up_file.read_text()
+    up_file.write_text(good.replace("SELECT pg_sleep(0.000)", SUICIDE, 1))
+
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
+
+    assert tb is None, f"a lost connection ended in a traceback:\n{tb}"
+    assert rc == 1 and err.count("CommandError:") == 1 and "teams/005_tx" in err, err
+    assert db.backends_gone()
+    assert check(specs, db.snap()) == []
+    up_file.write_text(good)
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
+    assert (rc, tb) == (0, None), err
+    assert final_problems(specs, db.snap()) == []
+
+
+def test_connection_lost_just_before_a_no_transaction_file_is_one_error_paragraph(chaos_db, tmp_path):
+    """pg_terminate_backend lands after the plan, before the first (no-transaction) migration starts."""
+    from django.db import connections
+
+    from nixmig import signals
+
+    db = chaos_db
+    specs, root = _setup(db, tmp_path)
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root), "--to", "core/001_base")
+    assert (rc, tb) == (0, None), err
+
+    def terminate(sender, database, **kwargs):
+        with connections[database].cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pid = cursor.fetchone()[0]
+        db.conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    signals.pre_sqlmigrate.connect(terminate)
+    try:
+        rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
+    finally:
+        signals.pre_sqlmigrate.disconnect(terminate)
+
+    assert tb is None, f"a lost connection ended in a traceback:\n{tb}"
+    assert rc == 1 and err.count("CommandError:") == 1, err
+    assert db.backends_gone()
+    assert check(specs, db.snap()) == []
+    rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
+    assert (rc, tb) == (0, None), err
+    assert final_problems(specs, db.snap()) == []
