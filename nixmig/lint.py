@@ -101,6 +101,9 @@ RULES: dict[str, Rule] = {r.id: r for r in (
 )}
 
 
+TYPE_RULES = tuple(rid for rid, r in RULES.items() if r.group == "types")
+
+
 @dataclass(frozen=True)
 class Finding:
     """One problem found in one statement."""
@@ -246,7 +249,12 @@ _INTERESTING = re.compile(
     r"(?:ALTER|DROP|REINDEX|VACUUM|CLUSTER|LOCK|TRUNCATE|BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|"
     r"RELEASE|PREPARE|SET|CREATE(?!\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE|TRIGGER|CONSTRAINT\s+TRIGGER|"
     r"VIEW|RULE|POLICY|AGGREGATE)\b))\b", re.IGNORECASE)
-_LONG_WORD = re.compile(r'[A-Za-z0-9_$\x80-\U0010ffff]{64,}|"[^"\n]{64,}"')
+_LONG_WORD = re.compile(r'[\w$]{64,}|"[^"\n]{64,}"')
+
+
+def _has_long_word(text: str) -> bool:
+    """True when the text may hold an identifier over 63 bytes (a cheap test first, then the pattern)."""
+    return max(map(len, text.split()), default=0) > 63 and bool(_LONG_WORD.search(text))
 _ALLOW = re.compile(r"--[ \t]*nixmig:[ \t]*allow\b[ \t]*([^\n]*)")
 _ALLOW_BODY = re.compile(r"^([A-Za-z0-9_-]+)[ \t]*(?::[ \t]*(.*?))?[ \t]*$")
 
@@ -287,28 +295,59 @@ def _spans(text: str) -> list[tuple[int, int]]:
 
 
 def statements(text: str) -> list[Stmt]:
-    """Split a file and parse the statements that any rule looks at."""
-    from pglast import parser
-
+    """Split a file into statements (each is parsed later, only when a rule looks at it)."""
     out = []
+    line, pos = 1, 0
     for start, end in _spans(text):
-        line = line_of(text, start)
+        line += text.count("\n", pos, start)  # spans are in order: count each line once
+        pos = start
         line_start = text.rfind("\n", 0, start) + 1
         nl = text.find("\n", start, end)
         first = text[start:nl if nl != -1 else end].rstrip()
         if nl != -1 or len(first) > 100:
             first = (first[:97] + "...") if len(first) > 100 else first + " ..."
-        kind = node = error = None
-        if _INTERESTING.match(text, start):
-            try:
-                stmts = json.loads(parser.parse_sql_json(text[start:end])).get("stmts", [])
-            except parser.ParseError as exc:
-                error = str(exc)
-                stmts = []
-            if stmts:
-                (kind, node), = stmts[0]["stmt"].items()
-        out.append(Stmt(start, end, line, start - line_start + 1, first, kind, node, error))
+        out.append(Stmt(start, end, line, start - line_start + 1, first))
     return out
+
+
+def parse(sql: str) -> tuple[str | None, dict | None, str | None]:
+    """Return (node name, node, parse error) of one statement, from pglast's JSON parse tree."""
+    from pglast import parser
+
+    try:
+        stmts = json.loads(parser.parse_sql_json(sql)).get("stmts", [])
+    except parser.ParseError as exc:
+        return None, None, str(exc)
+    if not stmts:
+        return None, None, None
+    (kind, node), = stmts[0]["stmt"].items()
+    return kind, node, None
+
+
+# Fast paths for the two statements nearly every migration has: a plain CREATE TABLE name (...) and a
+# CREATE INDEX on a table that is new in the plan. Either says all the rules need without building a
+# parse tree; anything else (or anything these don't match exactly) goes to pglast.
+_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_\x80-\uffff][\w$]*)'
+_QNAME = rf'({_IDENT})(?:\s*\.\s*({_IDENT}))?'
+_FAST_TABLE = re.compile(rf'CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?{_QNAME}\s*\(', re.IGNORECASE)
+_FAST_INDEX = re.compile(rf'CREATE\s+(?:UNIQUE\s+)?INDEX\s+(CONCURRENTLY\s+)?(IF\s+NOT\s+EXISTS\s+)?'
+                         rf'(?:(?!ON\b){_IDENT}\s+)?ON\s+(?:ONLY\s+)?{_QNAME}[\s(]', re.IGNORECASE)
+_FAST_INDEX_NAME = re.compile(rf'CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?'
+                              rf'(?!ON\b)({_IDENT})\s+ON\b', re.IGNORECASE)
+
+
+def _fold(ident: str | None) -> str | None:
+    """Return an identifier as PostgreSQL stores it: unquoted ones folded to lower case."""
+    if ident is None:
+        return None
+    if ident.startswith('"'):
+        return ident[1:-1].replace('""', '"')
+    return ident.lower()
+
+
+def _fast_rel(m: re.Match, first: int) -> Rel:
+    a, b = _fold(m.group(first)), _fold(m.group(first + 1))
+    return Rel(a, b) if b is not None else Rel(None, a)
 
 
 # -- names -----------------------------------------------------------------------------------------
@@ -473,8 +512,30 @@ class Schema:
     not_null_checks: dict = field(default_factory=dict)  # (table key, constraint) -> column
     proven_not_null: dict = field(default_factory=dict)  # (table key, column) -> transaction number
 
+    unread: dict = field(default_factory=dict)  # table key -> CREATE TABLE text not parsed yet (fast path)
+
     def is_new(self, rel: Rel | None) -> bool:
         return rel is not None and rel.key in self.new_tables
+
+    def learn_table(self, rel: Rel, node: dict) -> None:
+        """Remember the columns of a CREATE TABLE: their types and which are NOT NULL."""
+        self.unread.pop(rel.key, None)
+        cols = self.columns.setdefault(rel.key, {})
+        for elt in node.get("tableElts", []):
+            col = elt.get("ColumnDef")
+            if col:
+                cols[col.get("colname")] = col.get("typeName", {})  # a TypeName node: read when needed
+                for c in col.get("constraints", []):
+                    if c.get("Constraint", {}).get("contype") == "CONSTR_NOTNULL":
+                        self.proven_not_null[(rel.key, col.get("colname"))] = (-1, -1)
+
+    def read_unread(self, rel: Rel) -> None:
+        """Parse a CREATE TABLE the fast path skipped, now that a later statement alters the table."""
+        text = self.unread.pop(rel.key, None)
+        if text is not None:
+            kind, node, _ = parse(text)
+            if kind == "CreateStmt":
+                self.learn_table(rel, node)
 
 
 class _FileLinter:
@@ -495,6 +556,8 @@ class _FileLinter:
                              else settings.runner_lock_timeout)
         self.lock_timeout_reported = False
         self.added_not_valid: set = set()  # (table key, constraint) added NOT VALID in this transaction
+        self.types_on = any(settings.levels[r] != OFF for r in TYPE_RULES)
+        self.long_words = _has_long_word(sql_file.text)
 
     # one statement -------------------------------------------------------------------------------
 
@@ -523,14 +586,40 @@ class _FileLinter:
         """Return an id of the transaction a statement runs in."""
         return (self.tx_counter[0], index if self.no_tx else -1)
 
+    def fast(self, stmt: Stmt, index: int) -> bool:
+        """Handle a plain CREATE TABLE, or a CREATE INDEX on a new table, without parsing; True if done."""
+        text = self.file.text
+        m = _FAST_TABLE.match(text, stmt.start)
+        if m and not self.types_on:
+            rel = _fast_rel(m, 2)
+            self.schema.new_tables.add(rel.key)
+            self.schema.unread[rel.key] = text[stmt.start:stmt.end]  # parsed if a later ALTER needs its columns
+            if self.no_tx and not m.group(1):
+                self.not_rerunnable(stmt, index, "CREATE TABLE", rel)
+            return True
+        m = _FAST_INDEX.match(text, stmt.start)
+        if m and self.schema.is_new(rel := _fast_rel(m, 3)) and (self.no_tx or not m.group(1)):
+            name = _FAST_INDEX_NAME.match(text, stmt.start)
+            if name:
+                self.schema.index_tables[_fold(name.group(1))] = rel
+            if self.no_tx and not m.group(2):
+                self.not_rerunnable(stmt, index, "CREATE INDEX", rel)
+            return True
+        return False
+
     def lint(self, stmts: list[Stmt]) -> list[Finding]:
+        text = self.file.text
         for index, stmt in enumerate(stmts):
+            if not self.long_words and (not _INTERESTING.match(text, stmt.start) or self.fast(stmt, index)):
+                continue
+            kind, node, error = parse(text[stmt.start:stmt.end])
+            stmt = replace(stmt, kind=kind, node=node, parse_error=error)
             if stmt.parse_error is not None:
                 self.add("unparsed-statement", stmt, index,
                          f"pglast could not parse this statement ({stmt.parse_error}), so it was not linted; the "
                          "server will judge it.", "Check the statement by hand, or suppress this with a reason.")
                 continue
-            for name in dict.fromkeys(_long_identifiers(self.file.text[stmt.start:stmt.end])):
+            for name in dict.fromkeys(_long_identifiers(self.file.text[stmt.start:stmt.end]) if self.long_words else ()):
                 self.add("identifier-too-long", stmt, index,
                          f"the identifier {name[:40]}... is {len(name.encode('utf-8'))} bytes; PostgreSQL keeps the "
                          "first 63 and drops the rest without an error, so two long names can collide and "
@@ -548,15 +637,11 @@ class _FileLinter:
         if rel is None:
             return
         self.schema.new_tables.add(rel.key)
-        cols = self.schema.columns.setdefault(rel.key, {})
-        for elt in node.get("tableElts", []):
-            col = elt.get("ColumnDef")
-            if col:
-                cols[col.get("colname")] = _type_of(col.get("typeName", {}))
-                self.check_types(stmt, index, rel, col)
-                for c in col.get("constraints", []):
-                    if c.get("Constraint", {}).get("contype") == "CONSTR_NOTNULL":
-                        self.schema.proven_not_null[(rel.key, col.get("colname"))] = (-1, -1)
+        self.schema.learn_table(rel, node)
+        if self.types_on:
+            for elt in node.get("tableElts", []):
+                if elt.get("ColumnDef"):
+                    self.check_types(stmt, index, rel, elt["ColumnDef"])
         if self.no_tx and not node.get("if_not_exists"):
             self.not_rerunnable(stmt, index, "CREATE TABLE", rel)
 
@@ -573,6 +658,8 @@ class _FileLinter:
                  f"Write {what} IF NOT EXISTS.", rel=rel)
 
     def check_types(self, stmt: Stmt, index: int, rel: Rel, col: dict) -> None:
+        if not self.types_on:
+            return
         name, mods = _type_of(col.get("typeName", {}))
         name = _ALIASES.get(name, name)
         colname = col.get("colname")
@@ -773,6 +860,7 @@ class _FileLinter:
         if rel is None:
             return
         new = self.schema.is_new(rel)
+        self.schema.read_unread(rel)
         cols = self.schema.columns.setdefault(rel.key, {})
         for item in node.get("cmds", []):
             cmd = item.get("AlterTableCmd", {})
@@ -931,6 +1019,8 @@ class _FileLinter:
         col = cmd.get("def", {}).get("ColumnDef", {})
         new_type = _type_of(col.get("typeName", {}))
         old_type = cols.get(column)
+        if isinstance(old_type, dict):
+            old_type = _type_of(old_type)
         cols[column] = new_type
         if new:
             return

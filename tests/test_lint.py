@@ -587,3 +587,35 @@ def test_admin_pending_list_shows_lint_counts(admin_client, tree, settings):
     assert 'id="nixmig-lint"' in html and "Lint of the pending" in html
     assert "<li><code>app/001_index</code>: 1 info</li>" in html  # an empty table: downgraded
     assert "app/002_ok</code>:" not in html
+
+
+# -- the parse-free fast path for CREATE TABLE / CREATE INDEX gives the same answers -----------------
+
+
+def test_fast_path_folds_names_like_postgresql():
+    assert rules('CREATE TABLE "Orders" (id int);\nCREATE INDEX orders_idx ON "Orders" (id);') == []
+    assert rules('CREATE TABLE Orders (id int);\nCREATE INDEX orders_idx ON ORDERS (id);') == []
+    assert rules('CREATE TABLE "Orders" (id int);\nCREATE INDEX orders_idx ON orders (id);') == [
+        "create-index-not-concurrently"]  # "Orders" and orders are two tables
+    assert rules("CREATE TABLE app.orders (id int);\nCREATE INDEX ON app . orders (id);") == []
+    assert rules("CREATE TABLE app.orders (id int);\nCREATE INDEX ON other.orders (id);") == [
+        "create-index-not-concurrently"]
+
+
+def test_fast_path_keeps_what_later_statements_need():
+    created = "CREATE TABLE orders (id int, note varchar(20), total int NOT NULL);"
+    assert rules(created, "ALTER TABLE orders ALTER COLUMN note TYPE varchar(40);\n"
+                          "ALTER TABLE orders ALTER COLUMN total SET NOT NULL;", separate=True) == []
+    assert rules(created, "ALTER TABLE orders ALTER COLUMN note TYPE int USING 0;", separate=True) == [
+        "alter-column-type"]
+    assert rules("CREATE TABLE t (id int);\nCREATE INDEX t_idx ON t (id);", "DROP INDEX t_idx;",
+                 separate=True) == ["drop-index-not-concurrently"]
+    found, = run("CREATE TABLE t (id int);\nCREATE INDEX t_idx ON t (id);", "DROP INDEX t_idx;", separate=True)
+    assert found.table == "t"
+
+
+def test_fast_path_still_reports_no_transaction_rules():
+    assert rules(NO_TX + "CREATE TABLE t (id int);\nCREATE INDEX CONCURRENTLY t_idx ON t (id);") == [
+        "create-without-if-not-exists", "create-without-if-not-exists"]
+    assert rules("CREATE TABLE t (id int);\nCREATE INDEX CONCURRENTLY t_idx ON t (id);") == [
+        "concurrently-in-transaction"]
