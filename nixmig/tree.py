@@ -7,6 +7,7 @@ migrations run in order of (number, module, name).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import operator
 import os
@@ -112,7 +113,8 @@ class SqlFile:
 
     @property
     def is_empty(self) -> bool:
-        return not self.text or self.text.isspace()  # = not text.strip(), without copying the text
+        text = self._text if self._text is not None else self.text
+        return not text or text.isspace()  # = not text.strip(), without copying the text
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, SqlFile):
@@ -328,6 +330,18 @@ def load_tree(directory: str | os.PathLike, *, allow_empty: bool = False) -> Tre
     Raises TreeError only when the directory itself is unusable; problems with single
     files are collected in ``Tree.problems`` (call ``raise_for_errors()`` before running).
     """
+    # Reading makes tens of thousands of objects and no garbage cycles; the collector's passes
+    # over Django's heap meanwhile were a quarter of the time at 10,000 migrations.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_tree(directory, allow_empty)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
     root = Path(directory)
     if not root.is_dir():
         if root.exists():
@@ -417,9 +431,10 @@ def load_tree(directory: str | os.PathLike, *, allow_empty: bool = False) -> Tre
     for (module, bare, direction), (number, up) in files.items():
         if direction != "up":
             continue
-        if up.is_empty and allow_empty:
+        empty = up.is_empty
+        if empty and allow_empty:
             up = SqlFile(up.path, up.relpath, up.text, up.checksum, Directives(allow_empty=True))
-        elif up.is_empty:
+        elif empty:
             problems.append(Problem(
                 f"{up.relpath}: is empty; write the migration's SQL, or delete the file. If it is meant to do "
                 "nothing, write the line '-- nixmig:empty' in it.", up.relpath, ERROR, "empty_up"))
