@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -36,6 +37,8 @@ import psycopg
 from . import conf
 
 Key = tuple[str, str]
+
+_GENERIC: weakref.WeakSet = weakref.WeakSet()  # driver connections whose session uses generic plans
 
 # The order in which kinds are listed in reports: containers before what they contain.
 KIND_ORDER = ("extension", "schema", "type", "domain", "sequence", "table", "column", "constraint", "index",
@@ -201,11 +204,10 @@ _DEFINITIONS = _EXCLUDED + r""", dirty AS (
         WHEN 'pg_type'::regclass THEN (SELECT CASE WHEN t.typrelid <> 0 THEN t.typrelid ELSE t.oid END FROM pg_type t
                                      WHERE t.oid = d.objid)
         ELSE d.objid END
-    FROM dirtyall x
-    CROSS JOIN unnest(ARRAY['pg_class'::regclass, 'pg_type'::regclass, 'pg_proc'::regclass,
-                            'pg_namespace'::regclass]) AS rc(cls)
-    JOIN pg_depend d ON d.refclassid = rc.cls AND d.refobjid = x.oid
-    WHERE d.deptype <> 'e'
+    FROM pg_depend d
+    WHERE d.refclassid = ANY(ARRAY['pg_class'::regclass, 'pg_type'::regclass, 'pg_proc'::regclass,
+                                   'pg_namespace'::regclass])
+      AND d.refobjid = ANY(ARRAY(SELECT oid FROM dirtyall)) AND d.deptype <> 'e'
 )""" + _REL + r"""
 SELECT grp, NULL::text, NULL::text, NULL::text FROM want WHERE %s
 UNION ALL
@@ -335,10 +337,12 @@ def _definitions_sql(partial: bool) -> str:
     if not partial:
         return _DEFINITIONS.replace("{relfilter}", "TRUE").replace("{pgrp}", "TRUE").replace("{tgrp}", "TRUE")
     return (_DEFINITIONS
-            .replace("{relfilter}", "c.oid IN (SELECT grp FROM want UNION ALL SELECT x.indexrelid FROM want "
-                                    "JOIN pg_index x ON x.indrelid = want.grp)")
-            .replace("{pgrp}", "p.oid IN (SELECT grp FROM want)")
-            .replace("{tgrp}", "ty.oid IN (SELECT grp FROM want UNION ALL SELECT reltype FROM rel WHERE relkind = 'c')"))
+            # = ANY(ARRAY(...)): an index scan by oid, whatever the generic plan guesses about ``want``
+            .replace("{relfilter}", "c.oid = ANY(ARRAY(SELECT grp FROM want) || ARRAY(SELECT x.indexrelid FROM pg_index x "
+                                    "WHERE x.indrelid = ANY(ARRAY(SELECT grp FROM want))))")
+            .replace("{pgrp}", "p.oid = ANY(ARRAY(SELECT grp FROM want))")
+            .replace("{tgrp}", "ty.oid = ANY(ARRAY(SELECT grp FROM want UNION ALL SELECT reltype FROM rel "
+                               "WHERE relkind = 'c'))"))
 
 
 _FULL_SQL = _definitions_sql(False)
@@ -435,7 +439,8 @@ def take(connection, *, exclude_tables: Iterable[str] | None = None, row_counts:
     # A server-side binding cursor of the driver. Incremental snapshots prepare their queries
     # once per connection (Django turns the driver's prepared statements off for connection
     # poolers; they are turned on for these queries only) and run them with a generic plan:
-    # planning these unions costs more than running them.
+    # planning these unions costs more than running them. plan_cache_mode is set for the
+    # session (Django prepares nothing, so nothing else is affected).
     raw = connection.connection
     threshold = raw.prepare_threshold
     try:
@@ -445,10 +450,10 @@ def take(connection, *, exclude_tables: Iterable[str] | None = None, row_counts:
                 # This backend's statistics (rows written and deleted, catalogs included) reach the
                 # shared statistics at its next idle point, at most once a second: make it the next one.
                 cursor.execute("SELECT pg_stat_force_next_flush()", prepare=False)
-            with raw.transaction():
-                if reuse:
-                    cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan", prepare=False)
-                return _take(cursor, excluded, version, row_counts, previous if reuse else None, started)
+            if reuse and raw not in _GENERIC:
+                cursor.execute("SET plan_cache_mode = force_generic_plan", prepare=False)
+                _GENERIC.add(raw)
+            return _take(cursor, excluded, version, row_counts, previous if reuse else None, started)
     finally:
         raw.prepare_threshold = threshold
 
