@@ -39,3 +39,11 @@ def position(exc: BaseException) -> int | None:
     diag = getattr(pg_error(exc), "diag", None)
     pos = diag.statement_position if diag is not None else None
     return int(pos) - 1 if pos else None
+
+
+def connection_lost(exc: BaseException, sqlstate: str | None) -> bool:
+    """True when the error is the end of the connection (terminated, server restart, network), not of the SQL."""
+    from django.db import OperationalError
+
+    return (sqlstate or "")[:2] == "08" or sqlstate in ("57P01", "57P02", "57P03") or (
+        sqlstate is None and isinstance(exc, OperationalError))

@@ -43,6 +43,7 @@ class Statement:
     no_transaction: str | None = None  # why it can't run in a transaction, e.g. "CREATE INDEX CONCURRENTLY"
     transaction_control: str | None = None  # "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "PREPARE"
     builds_index: tuple[str, str] | None = None  # CREATE INDEX CONCURRENTLY: (quoted table, index name)
+    drops_indexes: tuple[str, ...] = ()  # DROP INDEX CONCURRENTLY without IF EXISTS: quoted index names
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,18 @@ def _built_index(node_name: str, node: dict) -> tuple[str, str] | None:
     return ".".join(_quote(p) for p in parts), node["idxname"]
 
 
+def _dropped_indexes(node_name: str, node: dict) -> tuple[str, ...]:
+    """Return the quoted names a DROP INDEX CONCURRENTLY (without IF EXISTS) drops.
+
+    It is sent outside any transaction, so a killed runner may have dropped them before the
+    progress row said so: the executor then counts it as done instead of failing on 'does not exist'.
+    """
+    if (node_name != "DropStmt" or node.get("removeType") != "OBJECT_INDEX" or not node.get("concurrent")
+            or node.get("missing_ok")):
+        return ()
+    return tuple(".".join(_quote(i["String"]["sval"]) for i in o["List"]["items"]) for o in node.get("objects", []))
+
+
 # Files above this many characters are parsed in pieces of at most this size, each cut right
 # after a top-level ';': the JSON parse tree of a 20 MB file of 137,000 INSERTs took 760 MB as
 # Python objects, and libpg_query's own splitter 160 MB in C; a piece's tree is gone before the
@@ -249,7 +262,7 @@ def _add_statements(statements: list, lines: _Lines, text: str, piece: str, base
         first = _skip_space_and_comments(text, start, end)
         no_tx, tx = _classify(node_name, node)
         statements.append(Statement(first, end, lines(first), node_name, no_tx, tx,
-                                    _built_index(node_name, node)))
+                                    _built_index(node_name, node), _dropped_indexes(node_name, node)))
 
 
 def _scan_fallback(text: str, error: str) -> Analysis:

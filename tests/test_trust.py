@@ -402,7 +402,8 @@ def test_a_create_index_concurrently_in_flight_is_kept_if_valid_and_rebuilt_if_n
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree), verbosity=2)
     assert rc == 0, err
     assert "resuming at statement 2 of 3" in out
-    assert ("had finished: its index is valid, so it is not run again" in err) is (index_valid is True)
+    assert ("a CREATE INDEX CONCURRENTLY that was running when the last runner stopped, had finished, so it is "
+            "not run again" in err) is (index_valid is True)
     assert ("dropped the invalid index" in err) is (index_valid is False)
     assert scratch_db.value("SELECT indisvalid FROM pg_index WHERE indexrelid = 'items_id_idx'::regclass") is True
     assert scratch_db.records() == [("idx", "001_items")] and _progress(scratch_db) == []
