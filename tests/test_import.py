@@ -642,6 +642,16 @@ def test_a_flyway_baseline_counts_every_version_up_to_it_as_applied(scratch_db, 
                                                           "00003_1_2_seed"]
 
 
+def test_a_flyway_undo_row_takes_its_version_back(scratch_db, tmp_path):
+    src = write(tmp_path / "src", FLYWAY)
+    run_like("flyway", scratch_db.url, src, count=2)
+    scratch_db.sql("DROP INDEX users_email_idx; INSERT INTO flyway_schema_history VALUES (4, '1.1', 'email index', "
+                   "'UNDO_SQL', 'U1_1__email index.sql', 123, 'postgres', now(), 2, true)")
+    out, err, rc = scratch_db.run("sqlmigrate_import", str(src), tool="flyway", dir=str(tmp_path / "m"), adopt=True)
+    assert rc == 0, err
+    assert [name for _, name in scratch_db.records()] == ["00001_1_create_users"]
+
+
 def test_a_version_the_tool_applied_but_src_lacks_is_refused(scratch_db, tmp_path):
     src = write(tmp_path / "src", DBMATE)
     run_like("dbmate", scratch_db.url, src)
