@@ -82,13 +82,14 @@ def bench_up(server: Server, tree: Path, n: int, runs: int, logs: Path) -> dict[
 def bench_startup(server: Server, tree: Path, runs: int, logs: Path) -> dict[str, list[float]]:
     py, manage = sys.executable, str(ROOT / "manage.py")
     cmds = {"lint --all": [py, manage, "sqlmigrate_lint", "--all", "--dir", str(tree)],
-            "version": [py, manage, "version"]}
+            "version": [py, manage, "version"],
+            "lint --rules": [py, manage, "sqlmigrate_lint", "--rules"]}  # the command without tree or parser
     env = child_env(server, "postgres", tree.parent)
     times: dict[str, list[float]] = {k: [] for k in [*cmds, *(c + " cpu" for c in cmds)]}
     for r in range(runs + 1):
-        order = list(cmds) if r % 2 == 0 else list(cmds)[::-1]
+        order = list(cmds)[r % len(cmds):] + list(cmds)[:r % len(cmds)]  # rotate who goes first
         for name in order:
-            seconds, cpu, rc = timed(cmds[name], env, logs / f"{name.split()[0]}.log")
+            seconds, cpu, rc = timed(cmds[name], env, logs / f"{name.replace(' ', '').replace('-', '')}.log")
             if rc != 0:
                 sys.exit(f"{name} failed; see the log in {logs}")
             if r:  # the first round warms the file cache and .pyc files
@@ -126,6 +127,7 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=520, help="generated migrations (default 520)")
     parser.add_argument("--up-runs", type=int, default=5, help="up runs per mode (default 5)")
     parser.add_argument("--runs", type=int, default=11, help="start-up runs per command (default 11)")
+    parser.add_argument("--only", choices=("startup", "up"), help="measure only this part")
     args = parser.parse_args(argv)
 
     root = RESULTS / "trees" / str(args.n)
@@ -136,12 +138,19 @@ def main(argv=None) -> None:
     server = Server()
     print(f"nixmig lint benchmark: N={args.n}, PostgreSQL {server.version()}")
     inproc = bench_in_process(tree, args.runs)
-    startup = bench_startup(server, tree, args.runs, logs)
-    up = bench_up(server, tree, args.n, args.up_runs, logs)
+    startup = bench_startup(server, tree, args.runs, logs) if args.only != "up" else None
+    up = bench_up(server, tree, args.n, args.up_runs, logs) if args.only != "startup" else None
 
     print(f"\nIn process, N={args.n} files (median of {args.runs}):")
     for name, values in inproc.items():
         print(f"  {name:<40} {median_ms(values):8.1f} ms")
+    if startup:
+        report_startup(startup, args)
+    if up:
+        report_up(up, args)
+
+
+def report_startup(startup, args) -> None:
     print(f"\nStart-up (median of {args.runs}, whole processes):")
     for name, values in startup.items():
         print(f"  {name:<40} {median_ms(values):8.1f} ms")
@@ -149,6 +158,9 @@ def main(argv=None) -> None:
         ratio = statistics.median(startup["lint --all" + kind]) / statistics.median(startup["version" + kind])
         print(f"  sqlmigrate_lint --all / manage.py version{' (CPU)' if kind else ' (wall)'} = {ratio:.2f}x "
               "(goal <= 1.20x)")
+
+
+def report_up(up, args) -> None:
     print(f"\nsqlmigrate_up of {args.n} migrations on a fresh database (median of {args.up_runs}):")
     for name, values in up.items():
         print(f"  {name:<40} {median_ms(values):8.1f} ms")

@@ -255,27 +255,41 @@ _LONG_WORD = re.compile(r'[\w$]{64,}|"[^"\n]{64,}"')
 def _has_long_word(text: str) -> bool:
     """True when the text may hold an identifier over 63 bytes (a cheap test first, then the pattern)."""
     return max(map(len, text.split()), default=0) > 63 and bool(_LONG_WORD.search(text))
+
+
 _ALLOW = re.compile(r"--[ \t]*nixmig:[ \t]*allow\b[ \t]*([^\n]*)")
 _ALLOW_BODY = re.compile(r"^([A-Za-z0-9_-]+)[ \t]*(?::[ \t]*(.*?))?[ \t]*$")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Stmt:
     start: int  # character offset of the first token
     end: int
     line: int
     column: int
-    first_line: str
+    text: str = field(repr=False, default="")  # the whole file's text
     kind: str | None = None  # parse node name; None when not parsed
     node: dict | None = None
     parse_error: str | None = None
+
+    @property
+    def first_line(self) -> str:
+        """Return the statement's first line, shortened, with ' ...' when more lines follow."""
+        text, start, end = self.text, self.start, self.end
+        nl = text.find("\n", start, end)
+        first = text[start:nl if nl != -1 else end].rstrip()
+        if len(first) > 100:
+            return first[:97] + "..."
+        return first + " ..." if nl != -1 else first
+
+
+# Space and comments before a statement's first token (the scanner's slices include them).
+_LEAD = re.compile(r"(?:\s+|--[^\n]*|/\*(?:[^*]|\*(?!/))*\*/)*")
 
 
 def _spans(text: str) -> list[tuple[int, int]]:
     """Return (start, end) character offsets of each statement's first token and end."""
     from pglast import parser
-
-    from .sqltext import _skip_space_and_comments
 
     if "atomic" in text.lower():  # BEGIN ATOMIC bodies: only the parser splits them right
         from .sqltext import analyze
@@ -291,7 +305,15 @@ def _spans(text: str) -> list[tuple[int, int]]:
         data = text.encode("utf-8")
         pairs = [(len(data[:s.start].decode("utf-8", "replace")), len(data[:s.stop].decode("utf-8", "replace")))
                  for s in slices]
-    return [(_skip_space_and_comments(text, a, b), b) for a, b in pairs]
+    out = []
+    for a, b in pairs:
+        start = _LEAD.match(text, a).end()
+        if text.startswith("*/", start):  # a nested /* /* */ */ comment: PostgreSQL's rules
+            from .sqltext import _skip_space_and_comments
+
+            start = _skip_space_and_comments(text, a, b)
+        out.append((min(start, b), b))
+    return out
 
 
 def statements(text: str) -> list[Stmt]:
@@ -301,12 +323,7 @@ def statements(text: str) -> list[Stmt]:
     for start, end in _spans(text):
         line += text.count("\n", pos, start)  # spans are in order: count each line once
         pos = start
-        line_start = text.rfind("\n", 0, start) + 1
-        nl = text.find("\n", start, end)
-        first = text[start:nl if nl != -1 else end].rstrip()
-        if nl != -1 or len(first) > 100:
-            first = (first[:97] + "...") if len(first) > 100 else first + " ..."
-        out.append(Stmt(start, end, line, start - line_start + 1, first))
+        out.append(Stmt(start, end, line, start - text.rfind("\n", 0, start), text))
     return out
 
 
@@ -613,7 +630,7 @@ class _FileLinter:
             if not self.long_words and (not _INTERESTING.match(text, stmt.start) or self.fast(stmt, index)):
                 continue
             kind, node, error = parse(text[stmt.start:stmt.end])
-            stmt = replace(stmt, kind=kind, node=node, parse_error=error)
+            stmt.kind, stmt.node, stmt.parse_error = kind, node, error
             if stmt.parse_error is not None:
                 self.add("unparsed-statement", stmt, index,
                          f"pglast could not parse this statement ({stmt.parse_error}), so it was not linted; the "
