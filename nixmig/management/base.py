@@ -1,16 +1,51 @@
-"""What every sqlmigrate_* command shares: --dir, --database, error handling, progress output."""
+"""What every sqlmigrate_* command shares: --dir, the target options, error handling, progress output."""
 
 from __future__ import annotations
 
 import io
 import sys
+import threading
 from typing import Callable
 
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from django.db import DEFAULT_DB_ALIAS
 
-from .. import databases
+from .. import rollout as rollouts
+from .. import targets as target_sources
 from ..exceptions import NixmigError
+from ..targets import Target
+
+
+def add_target_arguments(parser, *, rollout: bool = True) -> None:
+    """Add the options that choose targets (databases, URLs, schemas) and how a rollout runs."""
+    group = parser.add_argument_group("targets (databases, database URLs, schemas)")
+    group.add_argument("--database", action="append", metavar="ALIAS",
+                       help="Database alias to use (default: 'default'); repeat it for several databases.")
+    group.add_argument("--all-databases", action="store_true",
+                       help="Every PostgreSQL database in settings.DATABASES that the routers allow nixmig to "
+                            "migrate.")
+    group.add_argument("--schema", action="append", dest="schemas", metavar="NAME",
+                       help="Work on this schema of each database (schema per tenant); repeatable.")
+    group.add_argument("--schemas-from", dest="schemas_query", metavar="SQL",
+                       help="A query run on each database that returns schema names, e.g. "
+                            "\"SELECT schema_name FROM tenants\".")
+    group.add_argument("--targets-file", metavar="FILE",
+                       help="One target per line: alias, alias:schema, URL or 'URL schema', optionally followed "
+                            "by [canary].")
+    group.add_argument("--parallel", type=int, default=1, metavar="N",
+                       help="Work on N targets at once, with at most N connections per server (default 1).")
+    if rollout:
+        group.add_argument("--canary", type=int, default=0, metavar="K",
+                           help="Run K targets first (those marked [canary] in the targets file, else the first "
+                                "K) and stop if any of them fails.")
+        group.add_argument("--on-error", choices=[rollouts.STOP, rollouts.CONTINUE], default=rollouts.STOP,
+                           help="After a target fails: start no more targets (stop, the default; running ones "
+                                "finish) or go on with the others (continue).")
+        group.add_argument("--report", metavar="FILE",
+                           help="Write a JSON report: per target its status, applied ids, error and duration.")
+        group.add_argument("--only-failed", metavar="REPORT",
+                           help="Run only the targets that failed, were interrupted or did not start in this "
+                                "report (of --report).")
 
 
 class EventRenderer:
@@ -65,6 +100,11 @@ class EventRenderer:
         elif event == "resume" and v >= 1:
             self.close_line()
             out.write(f"    resuming at statement {data['statement']} of {data['total']}")
+        elif event == "already_done":
+            self.close_line()
+            self.stderr.write(self.style.WARNING(
+                f"    statement {data['statement']} (line {data['line']}), a {data['what']} that was running when "
+                "the last runner stopped, had finished, so it is not run again"))
         elif event == "invalid_index":
             self.close_line()
             self.stderr.write(self.style.WARNING(
@@ -94,19 +134,15 @@ class EventRenderer:
 
 class NixmigCommand(BaseCommand):
     requires_system_checks = []  # a deploy script must not fail on unrelated checks
-    multi_database = False  # True: --database repeatable, --all-databases, --parallel
+    multi_database = False  # True: the target options (add_target_arguments) and rollouts over many targets
+    rollout_options = True  # with multi_database: also --canary, --on-error, --report, --only-failed
+    compact = False  # set during a rollout of tenants: one line per target, no blocks
 
     def add_arguments(self, parser):
         parser.add_argument("--dir", dest="directory", metavar="PATH",
                             help="Migrations directory (default: NIXMIG['MIGRATIONS_DIR'] or BASE_DIR/migrations_sql).")
         if self.multi_database:
-            parser.add_argument("--database", action="append", metavar="ALIAS",
-                                help="Database alias to use (default: 'default'); repeat it for several databases.")
-            parser.add_argument("--all-databases", action="store_true",
-                                help="Every PostgreSQL database in settings.DATABASES that the routers allow "
-                                     "nixmig to migrate.")
-            parser.add_argument("--parallel", type=int, default=1, metavar="N",
-                                help="With several databases, work on N of them at once (default 1).")
+            add_target_arguments(parser, rollout=self.rollout_options)
         else:
             parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
                                 help="Database alias to use (default: 'default').")
@@ -120,8 +156,9 @@ class NixmigCommand(BaseCommand):
                 renderer.fail_line()
             raise CommandError(str(exc)) from None
         except KeyboardInterrupt:
-            raise CommandError("Interrupted. A migration that was running was rolled back by PostgreSQL "
-                               "(no-transaction files keep their finished statements and resume).") from None
+            raise CommandError("Interrupted. A transactional migration that was running was rolled back with its "
+                               "record; a no-transaction file keeps the statements that finished as progress "
+                               "(sqlmigrate_status shows it partly applied or partly rolled back).") from None
 
     # -- progress rendering ------------------------------------------------------------
 
@@ -142,72 +179,193 @@ class NixmigCommand(BaseCommand):
             return False
         return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
-    # -- several databases -------------------------------------------------------------
+    # -- several targets ---------------------------------------------------------------
 
-    def for_each_database(self, options: dict, job: Callable[[str, EventRenderer], str | None]) -> None:
-        """Run ``job(alias, renderer)`` on every selected database and report per database.
+    def select_targets(self, options: dict) -> target_sources.Selection:
+        """Return the targets the options name; with --only-failed, those of the report to run again."""
+        sources = dict(database=options.get("database"), all_databases=bool(options.get("all_databases")),
+                       schemas=options.get("schemas") or (), schemas_query=options.get("schemas_query"),
+                       targets_file=options.get("targets_file"))
+        only_failed = options.get("only_failed")
+        if not only_failed:
+            return target_sources.select(**sources)
+        keys = rollouts.rerun_keys(only_failed)
+        if not any(sources.values()):
+            return target_sources.from_keys(keys, only_failed)
+        selection = target_sources.select(**sources, use_setting=False)
+        wanted = set(keys)
+        selection.targets = [t for t in selection.targets if t.key in wanted]
+        selection.skipped = []
+        return selection
 
-        With one database (the usual case) the job writes straight to the command's
-        output and an error ends the command as before. With several (or --all-databases)
-        each gets a heading, a failure stops only its own database, a summary follows, and
-        the command fails if any database failed. ``job`` returns its summary line.
+    def for_each_target(self, options: dict, job: Callable[[Target, EventRenderer, Callable], rollouts.Outcome],
+                        *, done_label: str = "done", on_error: str | None = None,
+                        finish: Callable[[rollouts.Rollout], None] | None = None) -> rollouts.Rollout | None:
+        """Run ``job(target, writer, progress)`` on every selected target and report per target.
+
+        One database and no rollout option (the usual case): the job writes straight to the
+        command's output and an error ends the command as before. Otherwise the rollout engine
+        runs it: databases get a block of output each (one block per database with --parallel),
+        schemas and URLs one line each with a live count; then a summary, the --report, and a
+        non-zero exit when any target failed. ``progress`` is the callback to give the API;
+        ``finish`` gets the rollout before a failure ends the command.
         """
-        all_databases = bool(options.get("all_databases"))
-        selection = databases.select(options.get("database"), all_databases=all_databases)
-        if not all_databases and len(selection.aliases) + len(selection.skipped) == 1:
-            if selection.skipped:
-                alias, reason = selection.skipped[0]
+        parallel = options.get("parallel") or 1
+        if parallel < 1:
+            raise CommandError("--parallel must be 1 or more.")
+        if (options.get("canary") or 0) < 0:
+            raise CommandError("--canary must be 0 or more.")
+        selection = self.select_targets(options)
+        try:
+            return self._rollout(selection, options, job, parallel, done_label,
+                                 on_error or options.get("on_error") or rollouts.STOP, finish)
+        finally:
+            selection.close()
+
+    def _rollout(self, selection, options, job, parallel, done_label, on_error, finish) -> rollouts.Rollout | None:
+        found, skipped = selection.targets, selection.skipped
+        asked = options.get("report") or options.get("only_failed") or options.get("canary")
+        if options.get("only_failed") and not found:
+            if self.verbosity >= 1:
+                self.stdout.write(f"Nothing to run again: no target of {options['only_failed']} failed, was "
+                                  "interrupted or was left not started.")
+            return None
+        if len(found) + len(skipped) == 1 and not asked and not options.get("all_databases"):
+            if skipped:
+                alias, reason = skipped[0]
                 if self.verbosity >= 1:
                     self.stdout.write(f"Skipped database {alias!r}: {reason}.")
-                return
-            job(selection.aliases[0], self.renderer)
-            return
-        parallel = max(int(options.get("parallel") or 1), 1)
-        buffered = parallel > 1 and len(selection.aliases) > 1
-        renderers: dict[str, EventRenderer] = {}
-        buffers: dict[str, tuple[io.StringIO, io.StringIO]] = {}
+                return None
+            job(found[0], self.renderer, self.renderer)
+            return None
+        compact = any(t.schema or t.url for t in found)  # tenants: one line each; databases: a block each
+        self.compact = compact and self.verbosity < 2  # a job may then skip what only its block would show
+        show_blocks = not compact or self.verbosity >= 2
+        buffered = compact or (parallel > 1 and len(found) > 1)
+        writers: dict[str, tuple[EventRenderer, io.StringIO | None, io.StringIO | None]] = {}
+        guard = threading.Lock()
+        one_alias = len({t.alias for t in found}) == 1 and all(t.schema for t in found)
 
-        def renderer_for(alias: str) -> EventRenderer:
-            if not buffered:
-                return self.renderer
-            out, err = io.StringIO(), io.StringIO()
-            buffers[alias] = (out, err)
-            return EventRenderer(OutputWrapper(out), OutputWrapper(err), self.style, self.verbosity)
+        def writer_for(target: Target) -> EventRenderer:
+            with guard:
+                if target.key not in writers:
+                    if buffered:
+                        out, err = io.StringIO(), io.StringIO()
+                        writers[target.key] = (EventRenderer(OutputWrapper(out), OutputWrapper(err), self.style,
+                                                             self.verbosity), out, err)
+                    else:
+                        writers[target.key] = (self.renderer, None, None)
+                return writers[target.key][0]
 
-        for alias in selection.aliases:
-            renderers[alias] = renderer_for(alias)
-
-        def run_one(alias: str) -> str | None:
-            renderer = renderers[alias]
-            if self.verbosity >= 1:
-                renderer.stdout.write(self.style.MIGRATE_LABEL(f"Database {alias!r}:"))
+        def run_job(target: Target, progress) -> rollouts.Outcome:
+            writer = writer_for(target)
+            if show_blocks and self.verbosity >= 1:
+                writer.stdout.write(self.style.MIGRATE_LABEL(
+                    f"Database {target.alias!r}:" if not compact else f"Target {target.key}:"))
             try:
-                return job(alias, renderer)
+                return job(target, writer, progress)
             except NixmigError as exc:
-                renderer.fail_line()
-                renderer.stderr.write(self.style.ERROR(f"Database {alias!r}: {exc}"))
+                writer.fail_line()
+                if not compact:
+                    writer.stderr.write(self.style.ERROR(f"Database {target.alias!r}: {exc}"))
                 raise
 
-        def flush(outcome: databases.Outcome) -> None:
-            if outcome.database in buffers:
-                out, err = buffers[outcome.database]
-                self.stdout.write(out.getvalue(), ending="")
-                self.stderr.write(err.getvalue(), ending="")
+        def on_event(event: str, **data) -> None:
+            if event == "target_done":
+                result = data["result"]
+                with guard:
+                    writer, out, err = writers.pop(result.target.key, (None, None, None))
+                if out is not None and show_blocks:
+                    self.stdout.write(out.getvalue(), ending="")
+                    self.stderr.write(err.getvalue(), ending="")
+                if compact:
+                    if self.verbosity >= 1:
+                        label = result.target.schema if one_alias else result.target.key
+                        self.stdout.write(self.target_line(result, label, data["finished"], data["total"]))
+                    if result.error:
+                        self.stderr.write(self.style.ERROR(f"Target {result.target.key}: "
+                                                           f"{result.error['message']}"))
+            elif event == "phase" and self.verbosity >= 1:
+                self.stdout.write(self.style.MIGRATE_HEADING(
+                    f"Canary: {data['count']} target(s) first." if data["name"] == "canary" else
+                    f"Canary passed; the other {data['count']} target(s):"))
+            elif event == "stopping":
+                what = {"interrupt": "Interrupted (Ctrl-C): no more targets start, and running ones stop before "
+                                     "their next migration; press Ctrl-C again to stop waiting.",
+                        "canary": f"Stopping: {data['why']}; no other target starts.",
+                        "error": f"Stopping: {data['why']}; no more targets start (--on-error stop), running "
+                                 "ones finish."}[data["reason"]]
+                self.stderr.write(self.style.WARNING(what))
 
-        outcomes = databases.run_each(selection.aliases, run_one, parallel=parallel, on_done=flush)
-        if self.verbosity >= 1:
-            self.stdout.write(self.style.MIGRATE_HEADING("Summary:"))
-            for outcome in outcomes:
-                if outcome.ok:
-                    self.stdout.write(f"  {outcome.database}: {outcome.result or 'done'}")
-                else:
-                    self.stdout.write(f"  {outcome.database}: " + self.style.ERROR("FAILED"))
-            for alias, reason in selection.skipped:
-                self.stdout.write(f"  {alias}: skipped, {reason}")
-        failed = [o.database for o in outcomes if not o.ok]
-        if failed:
-            raise CommandError(f"{len(failed)} of {len(outcomes)} database(s) failed: {', '.join(failed)}. "
-                               "The others are done; see each database's error above, fix it and run again.")
+        result = rollouts.run(found, run_job, parallel=parallel, canary=options.get("canary") or 0,
+                              on_error=on_error, progress_for=writer_for,
+                              callback=on_event, skipped=skipped)
+        report = options.get("report")
+        if report:
+            rollouts.write_report(report, result, command=type(self).__module__.rsplit(".", 1)[-1],
+                                  directory=str(options.get("directory") or "") or None)
+        self.render_rollout(result, compact, done_label)
+        if finish is not None:
+            finish(result)
+        self.fail_rollout(result, compact, report)
+        return result
+
+    def target_line(self, result: rollouts.TargetResult, label: str, finished: int, total: int) -> str:
+        """Return the line of one finished target: '[312/1000] tenant_0312 ... 14 applied in 0.4 s'."""
+        head = f"[{finished}/{total}] {label} ... "
+        if result.status == rollouts.FAILED:
+            err = result.error or {}
+            where = f" at {err['migration']}" if err.get("migration") else ""
+            why = f" (SQLSTATE {err['sqlstate']})" if err.get("sqlstate") else ""
+            return head + self.style.ERROR(f"FAILED{where}{why}") + f" in {result.seconds:.1f} s"
+        if result.status == rollouts.INTERRUPTED:
+            return head + self.style.WARNING(f"interrupted after {len(result.applied)} migration(s)")
+        return head + (result.line or result.summary or result.status.replace("_", " "))
+
+    def render_rollout(self, result: rollouts.Rollout, compact: bool, done_label: str = "done") -> None:
+        if self.verbosity < 1:
+            return
+        self.stdout.write(self.style.MIGRATE_HEADING("Summary:") + ("" if not compact else " " + result.summary(
+            done_label)))
+        if compact:
+            for r in result.with_status(rollouts.SKIPPED):
+                self.stdout.write(f"  {r.target.key}: skipped, {r.reason}")
+            return
+        for r in result.results:
+            if r.status == rollouts.FAILED:
+                self.stdout.write(f"  {r.target.key}: " + self.style.ERROR("FAILED"))
+            elif r.status == rollouts.INTERRUPTED:
+                self.stdout.write(f"  {r.target.key}: " + self.style.WARNING("interrupted"))
+            elif r.status in (rollouts.NOT_STARTED, rollouts.SKIPPED):
+                word = "skipped" if r.status == rollouts.SKIPPED else "not started"
+                self.stdout.write(f"  {r.target.key}: {word}, {r.reason}")
+            else:
+                self.stdout.write(f"  {r.target.key}: {r.summary or 'done'}")
+
+    def fail_rollout(self, result: rollouts.Rollout, compact: bool, report: str | None) -> None:
+        """Raise a CommandError when a target failed, a canary stopped the rollout, or it was interrupted."""
+        failed = result.with_status(rollouts.FAILED, rollouts.INTERRUPTED)
+        waiting = result.with_status(rollouts.NOT_STARTED)
+        again = (f" Run again with --only-failed {report} to run only the failed, interrupted and not started "
+                 "ones." if report else "")
+        if result.stopped == "interrupt":
+            raise CommandError(
+                f"Interrupted (Ctrl-C): {result.summary().rstrip('.')}. Each target that was running stopped before "
+                "its next migration; the migration in progress was committed with its record or rolled back "
+                "with it, so nothing is half-done." + again, returncode=130)
+        if not failed and result.stopped != "canary":
+            return
+        noun = "target" if compact else "database"
+        names = ", ".join(r.target.key for r in failed[:10]) + (f" and {len(failed) - 10} more"
+                                                                if len(failed) > 10 else "")
+        if result.stopped == "canary":
+            first = (f"A canary failed ({names}); the rollout stopped there: {len(waiting)} {noun}(s) not "
+                     "started. See")
+        else:
+            first = f"{len(failed)} of {len(result.results)} {noun}(s) failed: {names}."
+            first += (" The others are done; see" if not waiting else
+                      f" {len(waiting)} not started (--on-error stop); see")
+        raise CommandError(f"{first} each {noun}'s error above, fix it and run again.{again}")
 
     def write_sql(self, items, writer: EventRenderer, empty: str) -> None:
         """Print preview queries as an SQL script: a comment naming each migration, then its queries."""
