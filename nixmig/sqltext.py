@@ -239,6 +239,14 @@ def _piece(text: str, begin: int) -> tuple[str | None, list]:
     return None, []
 
 
+def analysis_of(sql_file: SqlFile) -> Analysis:
+    """Return ``analyze(sql_file.text)``, parsed once per file (a run over several databases shares the tree)."""
+    found = sql_file.analysis_cache
+    if found is None:
+        found = sql_file.analysis_cache = analyze(sql_file.text)
+    return found
+
+
 def _analyze_whole(text: str) -> Analysis:
     try:
         tree = json.loads(parser.parse_sql_json(text))
@@ -361,7 +369,7 @@ def examine(sql_file: SqlFile) -> tuple[Prepared | None, list[str]]:
     Each reason is one paragraph naming the file and line and what to do. ``sqlmigrate_status``
     reports them for pending migrations, so nothing is found only when it runs.
     """
-    analysis = analyze(sql_file.text)
+    analysis = analysis_of(sql_file)
     rel = sql_file.relpath
     directives = sql_file.directives
     if analysis.unscannable_line is not None:

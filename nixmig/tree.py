@@ -67,13 +67,14 @@ class SqlFile:
     would have reported it.
     """
 
-    __slots__ = ("_path", "relpath", "_text", "_checksum", "_directives")
+    __slots__ = ("_path", "relpath", "_text", "_checksum", "_directives", "analysis_cache")
 
     def __init__(self, path: str | os.PathLike, relpath: str, text: str | None = None, checksum: str | None = None,
                  directives: Directives | None = None):
         self._path = path  # a str from load_tree: a Path is built only when asked for (a third of a read's cost)
         self.relpath = relpath
         self._text, self._checksum, self._directives = text, checksum, directives
+        self.analysis_cache = None  # sqltext.analysis_of(): parsed once, whatever the number of databases
         if text is not None and directives is None:
             self._directives = Directives()
 
