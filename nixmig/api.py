@@ -50,6 +50,7 @@ class RunResult:
     database: str = "default"
     fake: bool = False
     skipped: int = 0  # migrations left out of the plan: already applied (up) or kept (down)
+    schema: str | None = None  # the schema of a schema target
 
     @property
     def ids(self) -> list[str]:
@@ -81,8 +82,8 @@ def connection_for(database: str = "default"):
     return connection
 
 
-def _state(connection, tree: Tree, table: str | None = None):
-    recorder = Recorder(connection, table)
+def _state(connection, tree: Tree, table: str | None = None, schema: str | None = None):
+    recorder = Recorder(connection, table, schema)
     state = recorder.read()
     return recorder, state, _resolve(tree, state, recorder)
 
@@ -109,21 +110,49 @@ def _resolve(tree: Tree, state, recorder: Recorder) -> Status:
 
 
 def status(*, directory: str | Path | None = None, database: str = "default", tree: Tree | None = None,
-           create_table: bool = True) -> Status:
+           create_table: bool = True, schema: str | None = None) -> Status:
     """Return every migration with its state, and the problems found.
 
     Creates the tracking table when it is missing (so a fresh database reads as 'all pending'),
     but only if the migration lock is free and the database is writable; it never waits.
+    ``schema`` reads the tracking table of that schema (a schema-per-tenant target).
     """
     tree = tree or load_tree(directory)
     connection = connection_for(database)
-    recorder, state, result = _state(connection, tree)
+    require_schema(connection, schema)
+    recorder, state, result = _state(connection, tree, schema=schema)
     if create_table and not state.exists and not connection.in_atomic_block:
         _try_create(connection, recorder)
     refused = refused_files(result.entries)
     if refused:
         result = replace(result, problems=result.problems + tuple(refused))
     return result
+
+
+def require_schema(connection, schema: str | None, *, create: bool = False) -> None:
+    """Raise a clear error when the schema of a schema target does not exist (or create it)."""
+    if not schema:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", [schema])
+        if cursor.fetchone()[0]:
+            return
+        if create:
+            try:
+                cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {connection.ops.quote_name(schema)}")
+                return
+            except DatabaseError as exc:
+                cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", [schema])
+                if cursor.fetchone()[0]:
+                    return  # another runner created it at the same moment
+                first = str(exc).strip().splitlines()[0]
+                raise NixmigError(f"Can't create schema {schema!r} in database {connection.alias!r} ({first}); "
+                                  "nothing was run there. Create it as a role that may, or grant CREATE on the "
+                                  "database.") from None
+    raise NixmigError(f"Schema {schema!r} does not exist in database {connection.alias!r} "
+                      f"({connection.settings_dict.get('NAME')}); nothing was run there. Create it first, pass "
+                      "--create-schemas (create_schemas=True) to have nixmig create it, or remove it from the "
+                      "targets.")
 
 
 def _try_create(connection, recorder: Recorder) -> None:
@@ -145,32 +174,36 @@ def _try_create(connection, recorder: Recorder) -> None:
 def migrate_up(*, directory: str | Path | None = None, database: str = "default", to: str | None = None,
                fake: bool = False, atomic: bool = False, allow_changed: bool = False,
                allow_out_of_order: bool = False, lock_wait: float | None = None,
-               progress: Callback | None = None, tree: Tree | None = None) -> RunResult:
+               progress: Callback | None = None, tree: Tree | None = None, schema: str | None = None,
+               create_schema: bool = False) -> RunResult:
     """Apply pending migrations in order (all, or up to and including ``to``).
 
     ``tree`` reuses an already loaded tree (callers that run many times, such as verify).
+    ``schema`` runs them in that schema of ``database`` (search_path, tracking table and lock
+    of the schema); ``create_schema`` creates it when missing.
     """
     return _run("up", directory, database, progress, lock_wait, fake,
                 lambda status: plan_up(status, to=to, allow_changed=allow_changed,
-                                       allow_out_of_order=allow_out_of_order), atomic=atomic, tree=tree)
+                                       allow_out_of_order=allow_out_of_order), atomic=atomic, tree=tree,
+                schema=schema, create_schema=create_schema)
 
 
 def migrate_down(*, directory: str | Path | None = None, database: str = "default", steps: int | None = 1,
                  to: str | None = None, everything: bool = False, fake: bool = False,
                  lock_wait: float | None = None, progress: Callback | None = None,
-                 tree: Tree | None = None) -> RunResult:
+                 tree: Tree | None = None, schema: str | None = None) -> RunResult:
     """Roll back the most recently applied migrations (``steps``, down ``to`` one, or ``everything``)."""
     return _run("down", directory, database, progress, lock_wait, fake,
                 lambda status: plan_down(status, steps=steps, to=to, everything=everything, fake=fake),
-                tree=tree)
+                tree=tree, schema=schema)
 
 
 def plan(direction: str = "up", *, directory: str | Path | None = None, database: str = "default",
-         **options) -> list[Entry]:
+         schema: str | None = None, **options) -> list[Entry]:
     """Return what ``migrate_up`` / ``migrate_down`` would run with these options, changing nothing."""
     tree = load_tree(directory)
     tree.raise_for_errors()
-    current = status(tree=tree, database=database, create_table=False)
+    current = status(tree=tree, database=database, create_table=False, schema=schema)
     if direction == "up":
         entries = plan_up(current, **options)
     else:
@@ -180,7 +213,8 @@ def plan(direction: str = "up", *, directory: str | Path | None = None, database
 
 
 def preview(direction: str = "up", *, directory: str | Path | None = None, database: str = "default",
-            fake: bool = False, atomic: bool = False, **options) -> list[tuple[Entry | None, list[str]]]:
+            fake: bool = False, atomic: bool = False, schema: str | None = None,
+            **options) -> list[tuple[Entry | None, list[str]]]:
     """Return, per migration, the exact queries ``migrate_up`` / ``migrate_down`` would send; send none.
 
     A first item with no entry holds the tracking table's creation when a run would create it.
@@ -188,7 +222,8 @@ def preview(direction: str = "up", *, directory: str | Path | None = None, datab
     tree = load_tree(directory)
     tree.raise_for_errors()
     connection = connection_for(database)
-    recorder, state, current = _state(connection, tree)
+    require_schema(connection, schema)
+    recorder, state, current = _state(connection, tree, schema=schema)
     entries = plan_up(current, **options) if direction == "up" else plan_down(current, fake=fake, **options)
     prepared = _prepare(tree, entries, direction, fake)
     out: list[tuple[Entry | None, list[str]]] = []
@@ -263,7 +298,7 @@ def _with_migration_signals(emit: Callback, database: str) -> Callback:
 
 
 def _run(direction, directory, database, progress, lock_wait, fake, make_plan, atomic=False,
-         tree: Tree | None = None) -> RunResult:
+         tree: Tree | None = None, schema: str | None = None, create_schema: bool = False) -> RunResult:
     emit = _with_migration_signals(progress or (lambda event, **data: None), database)
     tree = tree or load_tree(directory)
     tree.raise_for_errors()
@@ -271,7 +306,8 @@ def _run(direction, directory, database, progress, lock_wait, fake, make_plan, a
         if problem.level == "warning":
             emit("warning", message=problem.message)
     connection = connection_for(database)
-    recorder = Recorder(connection)
+    require_schema(connection, schema, create=create_schema)
+    recorder = Recorder(connection, schema=schema)
     started = time.perf_counter()
     with MigrationLock(connection, recorder.table, wait=lock_wait, callback=emit,
                        command=f"sqlmigrate_{direction}"):
@@ -282,7 +318,7 @@ def _run(direction, directory, database, progress, lock_wait, fake, make_plan, a
         for check in _plan_checks:  # e.g. the linter: may raise to refuse the plan; nothing has run yet
             check(direction=direction, entries=entries, prepared=prepared, connection=connection, fake=fake,
                   emit=emit)
-        result = RunResult(direction, entries, database=database, fake=fake,
+        result = RunResult(direction, entries, database=database, fake=fake, schema=schema,
                            skipped=sum(1 for e in current.entries if e.record is not None) - len(entries)
                            if direction == "down" else len(current.with_state("applied", "changed")))
         emit("plan", direction=direction, entries=entries, fake=fake)
@@ -304,10 +340,10 @@ def _run(direction, directory, database, progress, lock_wait, fake, make_plan, a
     return result
 
 
-def applied_migrations(database: str = "default") -> list[AppliedRecord]:
+def applied_migrations(database: str = "default", schema: str | None = None) -> list[AppliedRecord]:
     """Return the tracking table's rows in application order (GetAppliedMigrations)."""
     connection = connection_for(database)
-    return Recorder(connection).read().records
+    return Recorder(connection, schema=schema).read().records
 
 
 def rollback(steps: int = 1, **options) -> RunResult:

@@ -15,11 +15,13 @@ class MigrationFailed(NixmigError):
     """A migration failed in the database and was rolled back (or partly applied)."""
 
     def __init__(self, message: str, *, migration_id: str = "", sqlstate: str | None = None,
-                 applied: tuple[str, ...] = ()):
+                 applied: tuple[str, ...] = (), file: str | None = None, line: int | None = None):
         super().__init__(message)
         self.migration_id = migration_id
         self.sqlstate = sqlstate
         self.applied = applied
+        self.file = file  # the file and line that failed, when known (rollout reports)
+        self.line = line
 
 
 class PlanError(NixmigError):

@@ -115,8 +115,13 @@ class Executor:
 
     def _settings(self, directives: Directives, local: bool) -> str:
         scope = "SET LOCAL" if local else "SET"
-        return (f"{scope} lock_timeout = {literal(directives.lock_timeout or self.lock_timeout)}; "
+        path = f"{scope} search_path = {self._search_path()}; " if self.recorder.schema else ""
+        return (f"{path}{scope} lock_timeout = {literal(directives.lock_timeout or self.lock_timeout)}; "
                 f"{scope} statement_timeout = {literal(directives.statement_timeout or self.statement_timeout)};")
+
+    def _search_path(self) -> str:
+        """The search_path of a schema target: its schema, then public (for shared objects)."""
+        return f"{self.connection.ops.quote_name(self.recorder.schema)}, public"
 
     def _execute_with_retries(self, entry: Entry, query: str, *, rollback: bool) -> None:
         """Send ``query``; retry after lock_not_available with backoff. Raises DatabaseError."""
@@ -202,6 +207,8 @@ class Executor:
         total = len(statements)
         progress = entry.progress
         start = progress.statements_done if progress is not None else 0
+        if self.recorder.schema:  # before the resume check below: its unqualified names are the schema's
+            self._send(entry, f"SET search_path = {self._search_path()}")
         if progress is not None:
             self.callback("resume", entry=entry, statement=start + 1, total=total)
             if (progress.in_flight and start < total and statements[start].builds_index
@@ -250,7 +257,8 @@ class Executor:
         finally:
             try:
                 with self.connection.cursor() as cursor:
-                    cursor.execute("RESET lock_timeout; RESET statement_timeout;")
+                    cursor.execute("RESET lock_timeout; RESET statement_timeout;"
+                                   + (" RESET search_path;" if self.recorder.schema else ""))
             except DatabaseError:
                 pass
 

@@ -80,7 +80,8 @@ def queries(recorder: Recorder, settings: str, finish: str, direction: str, entr
             out.append((f"BEGIN;\n{texts[k]}\n;\n{after}; COMMIT;", k))
     if start >= total:  # every statement ran before; only the record was missing
         out.append((f"BEGIN; {finish}; COMMIT;", -1))
-    out.append(("RESET lock_timeout; RESET statement_timeout;", -1))
+    out.append(("RESET lock_timeout; RESET statement_timeout;" + (" RESET search_path;" if recorder.schema else ""),
+                -1))
     return out
 
 

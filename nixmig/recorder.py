@@ -50,9 +50,12 @@ def literal(value: str | None) -> str:
 class Recorder:
     """Read and write the tracking table of one database connection."""
 
-    def __init__(self, connection, table: str | None = None):
+    def __init__(self, connection, table: str | None = None, schema: str | None = None):
         self.connection = connection
         self.table = table or conf.table()
+        self.schema = schema  # a schema target: the tables live there, and migrations run with it first
+        if schema:
+            self.table = f"{schema}.{self.table.rsplit('.', 1)[-1]}"
         quote = connection.ops.quote_name
         parts = self.table.split(".")
         if not all(parts) or len(parts) > 2:

@@ -55,4 +55,4 @@ def failure(entry: Entry, prep: Prepared | None, line: int | None, text: str, sq
     message = " ".join(part for part in (
         f"{options.verb} {entry.id} failed at {where}: {text.rstrip('.')}.", truth, kept, advice) if part)
     return MigrationFailed(message, migration_id=entry.id, sqlstate=sqlstate,
-                           applied=tuple(e.id for e in done))
+                           applied=tuple(e.id for e in done), file=str(prep.file.path) if prep else None, line=line)
