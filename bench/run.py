@@ -646,6 +646,56 @@ class Quick:
         return text
 
 
+def plot_quick(source: Path, path: Path) -> None:
+    """Draw --quick's figures from its quick.json: start-up ratios and engine time against the other tools."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(Path(source).read_text())
+    med = {(s["kind"], s["tool"], s["n"]): statistics.median(r["seconds"] for r in s["runs"]) for s in data["samples"]}
+    ns = sorted({n for (_, _, n) in med})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    ax = axes[0]
+    bars = [("status", "version", "manage.py version"), ("status", "nixmig", "sqlmigrate_status"),
+            ("noop", "nixmig", "sqlmigrate_up, nothing pending")]
+    width = 0.8 / len(bars)
+    for i, (kind, tool, label) in enumerate(bars):
+        xs = [j + i * width for j in range(len(ns))]
+        ys = [med.get((kind, tool, n), 0) * 1000 for n in ns]
+        ax.bar(xs, ys, width, label=label, color=("black" if tool == "version" else f"C{i}"))
+        for x, y, n in zip(xs, ys, ns):
+            base = med.get(("status", "version", n))
+            if tool != "version" and base:
+                ax.text(x, y, f"{y / 1000 / base:.2f}x", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks([j + width for j in range(len(ns))], [f"N={n:,}" for n in ns])
+    ax.set_ylabel("wall time, ms (median)")
+    ax.set_title("all applied: status and a no-op up against Django's start-up")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    tools = [t for t in UP_TOOLS if any(("up", t, n) in med for n in ns)]
+    width = 0.8 / (len(tools) + 1)
+    for i, tool in enumerate(tools):
+        xs = [j + i * width for j in range(len(ns))]
+        ys = [med.get(("up", tool, n), 0) for n in ns]
+        ax.bar(xs, ys, width, label=LABELS["up"][tool], color=("black" if tool == "psql" else f"C{i}"))
+    xs = [j + len(tools) * width for j in range(len(ns))]
+    ys = [max(med.get(("up", "nixmig", n), 0) - med.get(("status", "version", n), 0), 0) for n in ns]
+    ax.bar(xs, ys, width, label="nixmig engine time (whole - version)", color="C3", hatch="//", alpha=0.6)
+    ax.set_yscale("log")
+    ax.set_xticks([j + width * len(tools) / 2 for j in range(len(ns))], [f"N={n:,}" for n in ns])
+    ax.set_ylabel("wall time, s (median, log)")
+    ax.set_title("apply all N migrations")
+    ax.legend(fontsize=7)
+    m = data["machine"]
+    fig.suptitle(f"bench/run.py --quick: PostgreSQL {m['postgres']}, {m['cores']} cores, load average {m['load']}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", default="100,520,2000,10000", help="Tree sizes, comma-separated.")
@@ -676,7 +726,12 @@ def main(argv=None) -> None:
                         help="--quick: status / no-op / version runs at N=520 (two fewer, at least 3, above).")
     parser.add_argument("--parallel-runs", type=int, default=2, help="--quick: runs of each --parallel setting.")
     parser.add_argument("--admin-runs", type=int, default=10, help="--quick: requests per admin page.")
+    parser.add_argument("--plot-quick", nargs="?", const=str(RESULTS / "quick.json"), default=None, metavar="JSON",
+                        help="Draw docs/benchmarks-quick.png from a --quick run's quick.json (and run nothing else).")
     args = parser.parse_args(argv)
+    if args.plot_quick:
+        plot_quick(Path(args.plot_quick), ROOT / "docs" / "benchmarks-quick.png")
+        return
     if args.quick and "--n" not in " ".join(sys.argv if argv is None else argv):
         args.n = ",".join(str(n) for n in QUICK_NS)
     args.n = [int(x) for x in args.n.split(",") if x.strip()]
@@ -692,6 +747,8 @@ def main(argv=None) -> None:
             bench.server.stop()
         print()
         print(quick.report())
+        if args.plot:
+            plot_quick(RESULTS / "quick.json", ROOT / "docs" / "benchmarks-quick.png")
         bench.say(f"total {time.time() - started:.0f} s; results in {RESULTS / 'quick.md'}")
         return
     bench.make_template()
