@@ -18,7 +18,8 @@ from . import conf
 from .exceptions import MigrationFailed, NixmigError
 from . import notx
 from .notx import resume_problem
-from .pgerrors import ACTIVE_SQL_TRANSACTION, LOCK_NOT_AVAILABLE, describe, position, replayable
+from .pgerrors import (ACTIVE_SQL_TRANSACTION, LOCK_NOT_AVAILABLE, connection_lost, describe, locate, position,
+                       replayable)
 from .plan import Entry, RunOptions
 from .recorder import Recorder, literal
 from .reports import failure, partial_truth
@@ -103,12 +104,18 @@ class Executor:
         direction = options.direction
         self.callback("start", direction=direction, entry=entry, index=index, total=total, fake=options.fake)
         started = time.perf_counter()
-        if prep is not None and prep.no_transaction and not options.fake:
-            self._no_transaction(entry, prep, options, done)
-        else:
-            if prep is not None and not options.fake and prep.body.strip():
-                self.callback("sql", entry=entry, sql=prep.file.text, own_transaction=prep.own_transaction)
-            self._transactional(entry, None if options.fake else prep, options, done)
+        try:
+            if prep is not None and prep.no_transaction and not options.fake:
+                self._no_transaction(entry, prep, options, done)
+            else:
+                if prep is not None and not options.fake and prep.body.strip():
+                    self.callback("sql", entry=entry, sql=prep.file.text, own_transaction=prep.own_transaction)
+                self._transactional(entry, None if options.fake else prep, options, done)
+        except DatabaseError as exc:  # before any of its SQL was sent: the connection is gone
+            text, sqlstate = describe(exc)
+            raise failure(entry, prep, None, text, sqlstate, done, options,
+                          "This run sent none of its statements; sqlmigrate_status shows its state. Run "
+                          f"sqlmigrate_{direction} again once the database answers.", fix=False) from None
         done.append(entry)
         self.callback("success", direction=direction, entry=entry, index=index, total=total, fake=options.fake,
                       ms=(time.perf_counter() - started) * 1000)
@@ -156,40 +163,19 @@ class Executor:
                 if 0 <= offset <= len(prep.body):
                     line = line_of(prep.body, offset)
             if line is None and prep is not None and not in_tx and replayable(sqlstate):
-                line = self._locate(prep)
+                line = locate(self.connection, prep, "BEGIN; " + self._settings(prep.file.directives, True))
             if options.atomic:
                 truth = (f"It was rolled back, and with --atomic so was everything else of this run: nothing of it "
                          f"was {options.done_verb}.")
                 raise failure(entry, prep, line, text, sqlstate, (), options, truth) from None
             truth = ("It was rolled back and is not recorded." if options.direction == "up" else
                      "It was rolled back and stays recorded as applied.")
+            if connection_lost(exc, sqlstate):
+                truth = ("The connection was lost while it ran; it and its record are one transaction, so both "
+                         "committed or neither did: sqlmigrate_status shows which.")
             if entry.progress is not None:  # --fake of a partly run migration
                 truth += " Its progress row is kept."
             raise failure(entry, prep, line, text, sqlstate, done, options, truth) from None
-
-    def _locate(self, prep: Prepared) -> int | None:
-        """Return the line of the failing statement by replaying the file one statement at a time.
-
-        PostgreSQL gives no error position for errors such as a DROP that other objects depend
-        on. The replay runs in a transaction that is always rolled back, so it changes nothing.
-        """
-        statements = [s for s in prep.analysis.statements if not s.transaction_control]
-        if len(statements) <= 1:
-            return statements[0].line if statements else None
-        try:
-            with self.connection.cursor() as cursor:
-                cursor.execute("BEGIN; " + self._settings(prep.file.directives, True))
-                for s in statements:
-                    try:
-                        cursor.execute(prep.body[s.start:s.end])
-                    except DatabaseError as exc:
-                        pos = position(exc)
-                        return line_of(prep.body, s.start + pos) if pos is not None else s.line
-        except DatabaseError:
-            return None
-        finally:
-            self._rollback()
-        return None
 
     # -- no-transaction files ----------------------------------------------------------------
 
@@ -211,11 +197,11 @@ class Executor:
             self._send(entry, f"SET search_path = {self._search_path()}")
         if progress is not None:
             self.callback("resume", entry=entry, statement=start + 1, total=total)
-            if (progress.in_flight and start < total and statements[start].builds_index
-                    and (self._index_state(statements[start]) or (0, False))[1]):
-                # The interrupted run finished this CREATE INDEX CONCURRENTLY but died before its
-                # progress row: it must not run again ("already exists").
-                self.callback("already_done", entry=entry, statement=start + 1, line=statements[start].line)
+            if start < total and self._finished(statements[start]):
+                # A CREATE / DROP INDEX CONCURRENTLY can't share a transaction with its progress row: an
+                # interrupted run may have finished it before the row. Its result is there: don't run it again.
+                self.callback("already_done", entry=entry, statement=start + 1, line=statements[start].line,
+                              what=statements[start].no_transaction)
                 self.recorder.save_progress(entry.migration, direction, prep.file.checksum,
                                             notx.hashes(prep)[:start + 1], total)
                 start += 1
@@ -286,6 +272,17 @@ class Executor:
                                "COMMIT;")
         except DatabaseError:
             self._rollback()  # the connection is gone: the row still says what ran (maybe with a mark)
+
+    def _finished(self, stmt) -> bool:
+        """True when a CREATE / DROP INDEX CONCURRENTLY that was interrupted had in fact finished."""
+        if stmt.builds_index:
+            return bool((self._index_state(stmt) or ("", False))[1])
+        if stmt.drops_indexes:
+            with self.connection.cursor() as cursor:
+                cursor.execute("SELECT bool_and(to_regclass(n) IS NULL) FROM unnest(%s::text[]) AS n",
+                               [list(stmt.drops_indexes)])
+                return bool(cursor.fetchone()[0])
+        return False
 
     def _index_state(self, stmt) -> tuple[str, bool] | None:
         """Return (qualified name, valid) of the index a named CREATE INDEX CONCURRENTLY builds, if it exists."""

@@ -47,3 +47,33 @@ def connection_lost(exc: BaseException, sqlstate: str | None) -> bool:
 
     return (sqlstate or "")[:2] == "08" or sqlstate in ("57P01", "57P02", "57P03") or (
         sqlstate is None and isinstance(exc, OperationalError))
+
+
+def locate(connection, prep, begin: str) -> int | None:
+    """Return the line of the failing statement of a file by replaying it one statement at a time.
+
+    PostgreSQL gives no error position for errors such as a DROP that other objects depend
+    on. The replay runs in a transaction (``begin``) that is always rolled back, so it changes nothing.
+    """
+    from django.db import DatabaseError
+
+    from .tree import line_of
+
+    statements = [s for s in prep.analysis.statements if not s.transaction_control]
+    if len(statements) <= 1:
+        return statements[0].line if statements else None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(begin)
+            try:
+                for s in statements:
+                    try:
+                        cursor.execute(prep.body[s.start:s.end])
+                    except DatabaseError as exc:
+                        pos = position(exc)
+                        return line_of(prep.body, s.start + pos) if pos is not None else s.line
+            finally:
+                cursor.execute("ROLLBACK")
+    except DatabaseError:
+        return None
+    return None

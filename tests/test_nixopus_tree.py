@@ -118,7 +118,7 @@ def test_broken_down_of_organizations_004_fails_with_file_and_line_and_changes_n
     assert "Unapplying organizations/004_create_organization... FAILED" in out
     assert "organizations/004_create_organization_down.sql line 1: cannot drop table organizations because other " \
            "objects depend on it (SQLSTATE 2BP01)" in err
-    assert "It was rolled back and stays recorded as applied;" in err
+    assert "It was rolled back and stays recorded as applied." in err
     assert {"organizations", "organization_users"} <= nixopus_db.tables()
     assert nixopus_db.records()[-1] == ("organizations", "004_create_organization")
 
@@ -213,7 +213,7 @@ def test_rbac_033_is_undone_when_a_later_migration_of_an_atomic_run_fails(nixopu
 
     assert rc == 1
     assert "Applying applications/034_add_labels_to_applications failed" in err
-    assert "with --atomic nothing of this run was applied" in err
+    assert "with --atomic so was everything else of this run: nothing of it was applied" in err
     assert {"roles", "permissions", "role_permissions"} <= nixopus_db.tables()  # rbac/033's DROPs were undone
     assert nixopus_db.records() == before
 
@@ -236,9 +236,11 @@ def test_rollback_step_by_step_stops_clearly_at_the_first_irreversible_migration
     out, err, rc = nixopus_db.run("sqlmigrate_down", dir=str(nixopus_dir))
 
     assert rc == 1
-    assert err.endswith("applications/040_add_draft_status is irreversible: it has no down file "
-                        "(applications/040_add_draft_status_down.sql). Nothing was rolled back. Roll back at most 0 "
-                        "step(s), add the down file, or remove its record without running SQL with --fake.")
+    assert err.endswith("Nothing can be rolled back: the most recently applied migration, "
+                        "applications/040_add_draft_status, is irreversible (it has no down file, "
+                        "applications/040_add_draft_status_down.sql). Nothing was rolled back. Add the down file (an "
+                        "empty one is an explicit no-op rollback), or remove its record without running SQL with "
+                        "--fake.")
     assert nixopus_db.records() == records and len(records) == 47
 
     out, err, rc = nixopus_db.run("sqlmigrate_up", dir=str(nixopus_dir))
