@@ -75,7 +75,7 @@ class Figures(dict):
             lines = text.splitlines()
             ours = [f"{line.strip()} | {lines[i + 1].strip() if i + 1 < len(lines) else ''}"
                     for i, line in enumerate(lines) if "/nixmig/" in line and line.strip().startswith("File")]
-            text = "\n".join(lines[:1] + ["nixmig frames:"] + ours + ["..."] + lines[-2:])
+            text = "\n".join(lines[:1] + ["innermost nixmig frames:"] + ours[-3:] + ["..."] + lines[-2:])
         if len(self["examples"]) < 25:
             self["examples"].append(f"[{counter}] trial {trial}: {text[:2000]}")
 

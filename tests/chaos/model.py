@@ -13,7 +13,9 @@ The invariant (issue 9), after the runner's backend is gone:
 4. UP progress row of k: exactly the effects of up statements 1..k present;
 5. DOWN progress row of k: the effects dropped by down statements 1..k gone, the rest present.
 An UP progress row only for an unrecorded migration, a DOWN one only for a recorded one,
-never both, and statements_done >= 1. In 2..5 the effect of statement k+1 (k = 0 without a
+never both, and statements_done >= 1 -- or 0 with statement 1 "in flight" (the row holds one
+statement hash more than statements_done: the engine marks a statement that can't run in a
+transaction as sent before sending it), and only such a statement may be in flight. In 2..5 the effect of statement k+1 (k = 0 without a
 progress row) may be in any state -- absent, present, or an INVALID index -- only when that
 statement can't run in a transaction (CREATE/DROP INDEX CONCURRENTLY): the engine can't write
 progress atomically with it.
@@ -196,9 +198,11 @@ def snapshot(conn) -> Snapshot:
                 "SELECT module, name, count(*) FROM migrations GROUP BY module, name").fetchall():
             snap.records[f"{module}/{name}" if module else name] = n
     if has[1]:
-        for module, name, direction, done, total in conn.execute(
-                "SELECT module, name, direction, statements_done, total FROM migrations_progress").fetchall():
-            snap.progress.append({"id": f"{module}/{name}", "direction": direction, "done": done, "total": total})
+        for module, name, direction, done, total, hashes in conn.execute(
+                "SELECT module, name, direction, statements_done, total, cardinality(statement_hashes) "
+                "FROM migrations_progress").fetchall():
+            snap.progress.append({"id": f"{module}/{name}", "direction": direction, "done": done, "total": total,
+                                  "in_flight": hashes > done})
     snap.objects = {name: valid for name, valid in conn.execute(CATALOG_SQL).fetchall()}
     return snap
 
@@ -237,8 +241,15 @@ def check(specs: list[Spec], snap: Snapshot, *, unknown: frozenset[str] = frozen
         if up and down:
             problems.append(f"{mid}: has both an up and a down progress row")
         for p in (up, down):
-            if p and p["done"] < 1:
-                problems.append(f"{mid}: {p['direction']} progress row with statements_done = {p['done']} (< 1)")
+            if p and p["done"] < 1 and not p.get("in_flight"):
+                problems.append(f"{mid}: {p['direction']} progress row with statements_done = {p['done']} (< 1) "
+                                "and no statement in flight")
+            if p and p.get("in_flight") and mid not in unknown:
+                stmts = spec.up if p["direction"] == "up" else spec.down
+                if p["done"] >= len(stmts) or not stmts[p["done"]].nontx:
+                    problems.append(f"{mid}: {p['direction']} progress row marks statement {p['done'] + 1} in "
+                                    "flight, but that statement can run in a transaction (it should commit with "
+                                    "its progress row)")
         if n and up:
             problems.append(f"{mid}: recorded as applied but has an up progress row ({up['done']}/{up['total']})")
         if not n and down:

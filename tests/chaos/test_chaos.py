@@ -90,6 +90,8 @@ def _after_fault(db, specs, fig, trial, label) -> bool:
         problems = check(specs, snap)
     for p in snap.progress:
         fig.landed(f"{label}: left a partly {'applied' if p['direction'] == 'up' else 'rolled back'} migration")
+        if p["in_flight"]:
+            fig.landed(f"{label}: left a CONCURRENTLY statement in flight")
     if any(valid is False for valid in snap.objects.values()):
         fig.landed(f"{label}: left an INVALID index")
     if problems:

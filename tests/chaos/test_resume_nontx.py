@@ -6,12 +6,21 @@ invariant tolerates that statement's effect being there (or gone) one statement 
 progress row. The resume must cope: re-running ``DROP INDEX CONCURRENTLY`` of an index that is
 already gone, or ``CREATE INDEX CONCURRENTLY`` of one that already exists (valid), must not wedge
 the migration. Each test builds that exact state by hand -- a real failure leaves the progress
-row, then the catalog is moved one statement ahead -- and runs the documented recovery.
+row, then the catalog is moved one statement ahead, and the row is either left as the failure
+wrote it or marked "in flight" as a killed runner leaves it -- and runs the documented recovery.
 """
 
 from __future__ import annotations
 
+import hashlib
+
+import pytest
+
 from .model import base_tree, check, final_problems, write_tree
+
+# How the engine marks a statement that can't run in a transaction as sent but not confirmed
+# ("in flight"): its progress row holds one statement hash more than statements_done.
+STATES = ["failed", "in flight"]
 
 
 def _setup(db, tmp_path):
@@ -24,7 +33,20 @@ def _progress(db, mid):
     return [p for p in db.snap().progress if p["id"] == mid]
 
 
-def test_down_resumes_when_the_drop_index_concurrently_ahead_of_its_progress_already_ran(chaos_db, tmp_path):
+def _mark_in_flight(db, module, name, direction, statement, first_statement):
+    """Turn the failed run's progress row into the row a kill leaves: statement k+1 sent, not confirmed."""
+    digest = lambda text: hashlib.sha256(text.strip().encode()).hexdigest()  # noqa: E731
+    first = db.conn.execute("SELECT statement_hashes[1] FROM migrations_progress WHERE module = %s AND name = %s",
+                            [module, name]).fetchone()[0]
+    if first != digest(first_statement):
+        pytest.skip("the engine no longer hashes statements as sha256 of the stripped text; update this test")
+    db.conn.execute("UPDATE migrations_progress SET statement_hashes = statement_hashes || %s::text, error = NULL "
+                    "WHERE module = %s AND name = %s AND direction = %s", [digest(statement), module, name,
+                                                                         direction])
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_down_resumes_when_the_drop_index_concurrently_ahead_of_its_progress_already_ran(chaos_db, tmp_path, state):
     db = chaos_db
     specs, root = _setup(db, tmp_path)
     rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
@@ -39,6 +61,9 @@ def test_down_resumes_when_the_drop_index_concurrently_ahead_of_its_progress_alr
     # never written: the index is gone, the progress row still says 2.
     db.conn.execute("DROP INDEX CONCURRENTLY i_09_2")
     down_file.write_text(good)
+    if state == "in flight":
+        _mark_in_flight(db, "search", "009_cic_both_ways", "down", "DROP INDEX CONCURRENTLY i_09_2",
+                        "DROP INDEX CONCURRENTLY i_09_3")
     assert check(specs, db.snap()) == []  # a state the invariant allows
 
     rc, out, err, tb = db.inprocess("sqlmigrate_down", "--steps", "1", "--dir", str(root))
@@ -52,7 +77,8 @@ def test_down_resumes_when_the_drop_index_concurrently_ahead_of_its_progress_alr
     assert final_problems(specs, db.snap()) == []
 
 
-def test_up_resumes_when_the_create_index_concurrently_ahead_of_its_progress_already_ran(chaos_db, tmp_path):
+@pytest.mark.parametrize("state", STATES)
+def test_up_resumes_when_the_create_index_concurrently_ahead_of_its_progress_already_ran(chaos_db, tmp_path, state):
     db = chaos_db
     specs, root = _setup(db, tmp_path)
     up_file = root / "teams" / "006_cic_up.sql"
@@ -65,6 +91,10 @@ def test_up_resumes_when_the_create_index_concurrently_ahead_of_its_progress_alr
     # never written: a valid index, the progress row still says 3.
     db.conn.execute("CREATE INDEX CONCURRENTLY i_06_4 ON t_06_1 (w)")
     up_file.write_text(good)
+    if state == "in flight":
+        _mark_in_flight(db, "teams", "006_cic", "up", "CREATE INDEX CONCURRENTLY i_06_4 ON t_06_1 (w)",
+                        "CREATE TABLE t_06_1 AS SELECT g AS id, g % 97 AS v, md5(g::text) AS w "
+                        "FROM generate_series(1, 1000) AS g")
     assert check(specs, db.snap()) == []  # a state the invariant allows
 
     rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
