@@ -200,6 +200,7 @@ def commands(kind: str, tool: str, server: Server, db: str, tree: Path) -> list[
     return {
         "nixmig": [py, manage, "sqlmigrate_status", "--dir", str(tree / "nixmig")],
         "version": [py, manage, "version"],
+        "bare": [py, manage, "version"],  # with NIXMIG_BENCH_BARE: the project without nixmig installed
         "dbmate": [dbmate, "--no-dump-schema", "--migrations-dir", str(tree / "dbmate"),
                    "--url", server.dbmate_url(db), "status"],
         "yoyo": [yoyo, "list", "--no-config-file", "--batch", "--database", server.yoyo_url(db), str(tree / "yoyo")],
@@ -249,6 +250,8 @@ class Bench:
     def run_one(self, kind: str, tool: str, n: int, tree: Path, db: str, *, record: bool = True,
                 rnd: int = 0) -> float:
         env = child_env(self.server, db, tree)
+        if tool == "bare":
+            env["NIXMIG_BENCH_BARE"] = "1"
         log = self.logs / f"{kind}-{tool}-{n}.log"
         # kind "noop": sqlmigrate_up on a database where everything is applied
         seconds, rss, rc, cpu = timed(commands("up" if kind == "noop" else kind, tool, self.server, db, tree),
@@ -492,14 +495,14 @@ class Quick:
             self.say(f"  N={n} up round {r + 1}/{rounds}: " + ", ".join(line))
         b.dbs.drop(UP_DB)
         # Status and the no-op up (everything applied), alternating with manage.py version.
-        kinds = [("status", "version"), ("status", "nixmig"), ("noop", "nixmig")]
+        kinds = [("status", "version"), ("status", "bare"), ("status", "nixmig"), ("noop", "nixmig")]
         kinds += [("status", t) for t in ("dbmate", "django", "yoyo") if t in up_tools]
         runs = args.quick_status_runs if small else max(3, args.quick_status_runs - 2)
         for r in range(runs):
             order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
             line = []
             for kind, tool in order:
-                db = f"nmb_st_{'nixmig' if tool == 'version' else tool}"
+                db = f"nmb_st_{'nixmig' if tool in ('version', 'bare') else tool}"
                 line.append(f"{kind}:{tool} {b.run_one(kind, tool, n, tree, db, rnd=r):.3f}")
             self.say(f"  N={n} status round {r + 1}/{runs}: " + ", ".join(line))
         self.out["n"][n] = {"admin": self.admin(n, tree) if n >= 10000 or len(args.n) == 1 else None}
@@ -586,13 +589,17 @@ class Quick:
         lines = [f"Machine: {m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres']} (data in {m['data_dir']}), "
                  f"Python {m['python']}, Django {m['django']}; load average at the end {m['load']}.", "",
                  "| N | manage.py version | sqlmigrate_status | no-op sqlmigrate_up | status / version | "
-                 "no-op up / version | (same, CPU time) |", "|---|---|---|---|---|---|---|"]
+                 "no-op up / version | (same, CPU time) | version without nixmig installed |",
+                 "|---|---|---|---|---|---|---|---|"]
         for n in self.args.n:
             v, st, no = s[("status", "version", n)], s[("status", "nixmig", n)], s[("noop", "nixmig", n)]
+            bare = s.get(("status", "bare", n))
             lines.append(f"| {n:,} | {_median(v) * 1000:.0f} ms | {_median(st) * 1000:.0f} ms | "
                          f"{_median(no) * 1000:.0f} ms | **{_median(st) / _median(v):.2f}x** | "
                          f"**{_median(no) / _median(v):.2f}x** | {_median(st, 'cpu') / _median(v, 'cpu'):.2f}x / "
-                         f"{_median(no, 'cpu') / _median(v, 'cpu'):.2f}x |")
+                         f"{_median(no, 'cpu') / _median(v, 'cpu'):.2f}x | "
+                         + (f"{_median(bare) * 1000:.0f} ms (status / it: {_median(st) / _median(bare):.2f}x)"
+                            if bare else "") + " |")
         lines += ["", "| N | tool | apply all N (median) | nixmig / tool (whole process) | "
                       "engine time (whole - version) | engine / psql |", "|---|---|---|---|---|---|"]
         for n in self.args.n:
@@ -658,7 +665,8 @@ def plot_quick(source: Path, path: Path) -> None:
     ns = sorted({n for (_, _, n) in med})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     ax = axes[0]
-    bars = [("status", "version", "manage.py version"), ("status", "nixmig", "sqlmigrate_status"),
+    bars = [("status", "bare", "manage.py version, nixmig not installed"),
+            ("status", "version", "manage.py version"), ("status", "nixmig", "sqlmigrate_status"),
             ("noop", "nixmig", "sqlmigrate_up, nothing pending")]
     width = 0.8 / len(bars)
     for i, (kind, tool, label) in enumerate(bars):
@@ -667,7 +675,7 @@ def plot_quick(source: Path, path: Path) -> None:
         ax.bar(xs, ys, width, label=label, color=("black" if tool == "version" else f"C{i}"))
         for x, y, n in zip(xs, ys, ns):
             base = med.get(("status", "version", n))
-            if tool != "version" and base:
+            if tool == "nixmig" and base:
                 ax.text(x, y, f"{y / 1000 / base:.2f}x", ha="center", va="bottom", fontsize=8)
     ax.set_xticks([j + width for j in range(len(ns))], [f"N={n:,}" for n in ns])
     ax.set_ylabel("wall time, ms (median)")

@@ -13,6 +13,8 @@ from project.settings import *  # noqa: F401,F403
 from project.settings import INSTALLED_APPS
 
 INSTALLED_APPS = [*INSTALLED_APPS, "bench.benchapp"]
+if os.environ.get("NIXMIG_BENCH_BARE"):  # the project without nixmig: Django's own start-up, for --quick
+    INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "nixmig"]
 
 _path = os.environ.get("NIXMIG_BENCH_DJANGO_PATH")
 if _path:
