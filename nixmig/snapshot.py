@@ -102,7 +102,14 @@ SELECT 'written', NULL, NULL, pg_stat_get_tuples_inserted(cat::regclass) + pg_st
        cat, NULL
 FROM unnest(ARRAY['""" + "', '".join(_SCANNED) + r"""']) AS cat
 UNION ALL
-SELECT 'since', NULL, NULL, pg_snapshot_xmin(pg_current_snapshot())::text::bigint %% 4294967296, NULL, NULL
+SELECT 'since', NULL, NULL,
+       -- Rows written later carry an xid from the next one to be assigned on, or from a transaction
+       -- of this database still running (other databases' transactions can't write our catalogs,
+       -- so the cluster-wide oldest running xid, held back by any long transaction, is not used).
+       least(pg_snapshot_xmax(pg_current_snapshot())::text::bigint %% 4294967296,
+             (SELECT min(a.backend_xid::text::bigint) FROM pg_stat_activity a
+              WHERE a.datid = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))),
+       NULL, NULL
 """
 
 # Query 1 of a full snapshot: every catalog row of our objects with the group it belongs to.
@@ -149,37 +156,37 @@ _CHANGES = _EXCLUDED + r"""
 )
 SELECT 'pg_class', c.oid, coalesce((SELECT x.indrelid FROM pg_index x WHERE x.indexrelid = c.oid), c.oid),
        NULL::bigint, NULL::text, NULL::text
-FROM pg_class c, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_class') AND age(c.xmin) <= since.age
+FROM pg_class c WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_class') AND age(c.xmin) <= (SELECT age FROM since)
 UNION ALL
 SELECT 'pg_attribute', NULL, coalesce((SELECT x.indrelid FROM pg_index x WHERE x.indexrelid = a.attrelid), a.attrelid),
        NULL, NULL, NULL
-FROM pg_attribute a, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_attribute') AND age(a.xmin) <= since.age
+FROM pg_attribute a WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_attribute') AND age(a.xmin) <= (SELECT age FROM since)
 UNION ALL
-SELECT 'pg_attrdef', d.oid, d.adrelid, NULL, NULL, NULL FROM pg_attrdef d, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_attrdef') AND age(d.xmin) <= since.age
+SELECT 'pg_attrdef', d.oid, d.adrelid, NULL, NULL, NULL FROM pg_attrdef d WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_attrdef') AND age(d.xmin) <= (SELECT age FROM since)
 UNION ALL
 SELECT 'pg_constraint', k.oid, coalesce(nullif(k.conrelid, 0), k.contypid), NULL, NULL, NULL
-FROM pg_constraint k, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_constraint') AND age(k.xmin) <= since.age
+FROM pg_constraint k WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_constraint') AND age(k.xmin) <= (SELECT age FROM since)
 UNION ALL
-SELECT 'pg_index', NULL, x.indrelid, NULL, NULL, NULL FROM pg_index x, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_index') AND age(x.xmin) <= since.age
+SELECT 'pg_index', NULL, x.indrelid, NULL, NULL, NULL FROM pg_index x WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_index') AND age(x.xmin) <= (SELECT age FROM since)
 UNION ALL
-SELECT 'pg_trigger', g.oid, g.tgrelid, NULL, NULL, NULL FROM pg_trigger g, since
-WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_trigger') AND age(g.xmin) <= since.age AND NOT g.tgisinternal
+SELECT 'pg_trigger', g.oid, g.tgrelid, NULL, NULL, NULL FROM pg_trigger g
+WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_trigger') AND age(g.xmin) <= (SELECT age FROM since) AND NOT g.tgisinternal
 UNION ALL
-SELECT 'pg_policy', po.oid, po.polrelid, NULL, NULL, NULL FROM pg_policy po, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_policy') AND age(po.xmin) <= since.age
+SELECT 'pg_policy', po.oid, po.polrelid, NULL, NULL, NULL FROM pg_policy po WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_policy') AND age(po.xmin) <= (SELECT age FROM since)
 UNION ALL
-SELECT 'pg_rewrite', rw.oid, rw.ev_class, NULL, NULL, NULL FROM pg_rewrite rw, since
-WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_rewrite') AND age(rw.xmin) <= since.age
+SELECT 'pg_rewrite', rw.oid, rw.ev_class, NULL, NULL, NULL FROM pg_rewrite rw
+WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_rewrite') AND age(rw.xmin) <= (SELECT age FROM since)
 UNION ALL
-SELECT 'pg_sequence', NULL, s.seqrelid, NULL, NULL, NULL FROM pg_sequence s, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_sequence') AND age(s.xmin) <= since.age
+SELECT 'pg_sequence', NULL, s.seqrelid, NULL, NULL, NULL FROM pg_sequence s WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_sequence') AND age(s.xmin) <= (SELECT age FROM since)
 UNION ALL
-SELECT 'pg_proc', p.oid, p.oid, NULL, NULL, NULL FROM pg_proc p, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_proc') AND age(p.xmin) <= since.age
+SELECT 'pg_proc', p.oid, p.oid, NULL, NULL, NULL FROM pg_proc p WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_proc') AND age(p.xmin) <= (SELECT age FROM since)
 UNION ALL
 SELECT 'pg_type', t.oid, CASE t.typtype WHEN 'c' THEN t.typrelid ELSE t.oid END, NULL, NULL, NULL
-FROM pg_type t, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_type') AND age(t.xmin) <= since.age AND t.typtype IN ('e', 'r', 'd', 'c')
+FROM pg_type t WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_type') AND age(t.xmin) <= (SELECT age FROM since) AND t.typtype IN ('e', 'r', 'd', 'c')
 UNION ALL
-SELECT 'pg_enum', NULL, e.enumtypid, NULL, NULL, NULL FROM pg_enum e, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_enum') AND age(e.xmin) <= since.age
+SELECT 'pg_enum', NULL, e.enumtypid, NULL, NULL, NULL FROM pg_enum e WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_enum') AND age(e.xmin) <= (SELECT age FROM since)
 UNION ALL
-SELECT 'pg_namespace', n.oid, n.oid, NULL, NULL, NULL FROM pg_namespace n, since WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_namespace') AND age(n.xmin) <= since.age
+SELECT 'pg_namespace', n.oid, n.oid, NULL, NULL, NULL FROM pg_namespace n WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_namespace') AND age(n.xmin) <= (SELECT age FROM since)
 """ + _WRITES
 
 # Query 2: the definitions of the groups asked for (all, or the changed ones and those that
@@ -451,7 +458,10 @@ def take(connection, *, exclude_tables: Iterable[str] | None = None, row_counts:
                 # shared statistics at its next idle point, at most once a second: make it the next one.
                 cursor.execute("SELECT pg_stat_force_next_flush()", prepare=False)
             if reuse and raw not in _GENERIC:
+                # and read statistics straight from shared memory, not by first copying every
+                # table's entry of the whole cluster (stats_fetch_consistency = cache)
                 cursor.execute("SET plan_cache_mode = force_generic_plan", prepare=False)
+                cursor.execute("SET stats_fetch_consistency = none", prepare=False)
                 _GENERIC.add(raw)
             return _take(cursor, excluded, version, row_counts, previous if reuse else None, started)
     finally:
@@ -509,9 +519,8 @@ def _take(cursor, excluded: tuple, version: int, row_counts: bool, previous: Sna
     if reuse:
         groups = {g: objects for g, objects in previous._groups.items() if g is not None and g not in reread}
     groups.update(fresh)  # a group read again and found empty is gone
-    for cat, oid, grp in new_rows:
-        if grp in groups:
-            members[cat][oid] = grp
+    for cat, oid, grp in new_rows:  # every new row, ours or not (a toast table): deletions are then counted exactly
+        members[cat][oid] = grp
     objects: dict[Key, str] = {}
     for group in groups.values():
         objects.update(group)
@@ -525,17 +534,52 @@ def _take(cursor, excluded: tuple, version: int, row_counts: bool, previous: Sna
 
 
 def _deleted_groups(cursor, members: dict, deleted: dict, before: dict, version: int) -> set:
-    """Return the groups that lost a row of a tracked catalog since the counters ``before``."""
-    probes = [cat for cat in _TRACKED if members[cat] and (version < 150000 or deleted.get(cat) != before.get(cat))]
-    if not probes:
-        return set()
+    """Return the groups that lost a row of a tracked catalog since the deleted-row counters ``before``.
+
+    The counters say how many rows each catalog lost; a down usually drops what its up just
+    created, so the newest known oids are probed first, and the others only when not all
+    deletions were found among them (or when the counters can't be trusted: before
+    PostgreSQL 15, or rows that were never known, such as an extension's).
+    """
+    wanted: dict[str, int | None] = {}
+    for cat in _TRACKED:
+        if not members[cat]:
+            continue
+        if version < 150000 or deleted.get(cat) is None or before.get(cat) is None:
+            wanted[cat] = None  # unknown: probe them all
+        elif deleted[cat] > before[cat]:
+            wanted[cat] = deleted[cat] - before[cat]
+    gone: set = set()
+    if not wanted:
+        return gone
+    newest = {cat: (sorted(members[cat], reverse=True)[:max(4 * n, 64)] if n else list(members[cat]))
+              for cat, n in wanted.items()}
+    found = _probe(cursor, newest)
+    rest = {}
+    for cat, n in wanted.items():
+        if n is not None and len(found.get(cat, ())) < n and len(newest[cat]) < len(members[cat]):
+            probed = set(newest[cat])
+            rest[cat] = [oid for oid in members[cat] if oid not in probed]
+    for cat, oids in _probe(cursor, rest).items():
+        found.setdefault(cat, []).extend(oids)
+    for cat, oids in found.items():
+        for oid in oids:
+            gone.add(members[cat].pop(oid))
+    return gone
+
+
+def _probe(cursor, oids: dict[str, list]) -> dict[str, list]:
+    """Return, per catalog, which of these oids no longer exist there (one query)."""
+    cats = [cat for cat, some in oids.items() if some]
+    if not cats:
+        return {}
     cursor.execute(" UNION ALL ".join(
         f"SELECT {i}, x FROM unnest(%s::oid[]) AS x WHERE NOT EXISTS (SELECT 1 FROM {cat} WHERE oid = x)"
-        for i, cat in enumerate(probes)), [list(members[cat]) for cat in probes], prepare=False)
-    gone = set()
+        for i, cat in enumerate(cats)), [oids[cat] for cat in cats], prepare=False)
+    out: dict[str, list] = {}
     for i, oid in cursor.fetchall():
-        gone.add(members[probes[i]].pop(oid))
-    return gone
+        out.setdefault(cats[i], []).append(oid)
+    return out
 
 
 def _count_rows(cursor, writes: dict, old: dict, groups: dict) -> dict:
