@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark (issue 12): how long creating a test database with the SQL schema takes.
 
-    python bench/testdb.py                    # N = 14, 520, 2000; 5 rounds
+    python bench/testdb.py                    # N = 14, 520, 2000; 3 rounds (about 4 minutes on 2 cores)
     python bench/testdb.py --n 14 2000 --runs 7
 
 For every N the synthetic tree of bench/generate.py (five statements per migration: a
@@ -52,7 +52,7 @@ RESULTS = ROOT / "bench" / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--n", type=int, nargs="+", default=[14, 520, 2000])
-    parser.add_argument("--runs", type=int, default=5, help="rounds of the repeated measurements (default 5)")
+    parser.add_argument("--runs", type=int, default=3, help="rounds of the repeated measurements (default 3)")
     args = parser.parse_args()
 
     import django

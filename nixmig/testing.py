@@ -371,6 +371,9 @@ def prepare_test_database(alias: str, django_migrate: Callable[[], None], *, pro
         return Outcome("django-only", seconds=time.perf_counter() - started)
 
     name = connection.settings_dict["NAME"]
+    # Stat the tree's files in a thread while the database is asked what it holds (it costs
+    # a few ms per thousand files; more where system calls are slow).
+    stamp = _Background(files_stamp, directory)
     if not is_fresh(connection):
         outcome = _update_kept(alias, connection, _tree(), django_migrate, emit)
         if outcome is not None:
@@ -389,7 +392,7 @@ def prepare_test_database(alias: str, django_migrate: Callable[[], None], *, pro
             result = api.migrate_up(database=alias, tree=_tree(), progress=emit)
             outcome = Outcome("applied", applied=len(result.done))
         else:
-            outcome = _from_template(alias, connection, directory, django_migrate, emit)
+            outcome = _from_template(alias, connection, directory, django_migrate, emit, stamp=stamp.result())
     except BaseException as exc:
         _close(connection)
         with _maintenance(connection) as db:  # nothing half-applied is left for the next run
@@ -423,12 +426,34 @@ def _update_kept(alias, connection, tree, django_migrate, emit) -> Outcome | Non
     return Outcome("updated", applied=len(result.done))
 
 
-def _from_template(alias, connection, directory, django_migrate, emit, *, attempt: int = 0) -> Outcome:
+class _Background(threading.Thread):
+    """Run ``function(*args)`` in a thread; ``result()`` waits for it (and raises what it raised)."""
+
+    def __init__(self, function, *args):
+        super().__init__(name="nixmig-stamp", daemon=True)
+        self.function, self.args = function, args
+        self.value = self.error = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.value = self.function(*self.args)
+        except BaseException as exc:  # handed to the caller by result()
+            self.error = exc
+
+    def result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _from_template(alias, connection, directory, django_migrate, emit, *, stamp: str,
+                   attempt: int = 0) -> Outcome:
     name = connection.settings_dict["NAME"]
     prefix = template_prefix(name)
     lock_key = f"nixmig:test-template:{prefix}"
     django_part = django_key(connection)
-    stamp = files_stamp(directory)
     _close(connection)
     with _maintenance(connection) as db:
         db.lock(lock_key, wait=float(conf.get("LOCK_WAIT")), emit=emit)
@@ -469,7 +494,7 @@ def _from_template(alias, connection, directory, django_migrate, emit, *, attemp
                     raise
                 # another run with a different tree dropped it as stale just now: start again
                 db.create(name, suffix=connection.creation.sql_table_creation_suffix())
-                return _from_template(alias, connection, directory, django_migrate, emit, attempt=1)
+                return _from_template(alias, connection, directory, django_migrate, emit, stamp=stamp, attempt=1)
     expected = entry.fields.get("snapshot")
     if spare is None and expected not in (None, "-"):
         if snapshot_digest(connection) != expected:  # someone changed the template since it was built
@@ -486,7 +511,7 @@ def _from_template(alias, connection, directory, django_migrate, emit, *, attemp
                     db.unlock(lock_key)
                 db.drop(name, force=True)
                 db.create(name, suffix=connection.creation.sql_table_creation_suffix())
-            return _from_template(alias, connection, directory, django_migrate, emit, attempt=1)
+            return _from_template(alias, connection, directory, django_migrate, emit, stamp=stamp, attempt=1)
     _make_spares(connection, template, key, expected, lock_key)
     emit("template_spare" if spare else "template_cloned", template=template)
     return Outcome("spare" if spare else "cloned", template=template)
