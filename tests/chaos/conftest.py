@@ -102,6 +102,7 @@ class ChaosDB:
         self.alias = alias
         self.workdir = workdir
         self.conn = None
+        self.windows: dict[str, float] = {}  # seconds of an undisturbed run, measured once per cluster
         self._forkserver: Forkserver | None = None
         self.env = dict(os.environ, DATABASE_URL=cluster.url(self.name), PYTHONUNBUFFERED="1",
                         DJANGO_SETTINGS_MODULE="project.settings")
@@ -140,32 +141,47 @@ class ChaosDB:
             self.conn.close()
 
 
-@pytest.fixture
-def chaos_db(pg_cluster, tmp_path, django_db_blocker, chaos_summary):  # noqa: F811
-    """A fresh database on the private cluster, reachable in-process (alias = its name) and by runners."""
+@pytest.fixture(scope="session")
+def chaos_session_db(pg_cluster, tmp_path_factory):  # noqa: F811
+    """One database per private cluster (and one fork server for it), shared by the chaos tests."""
     from django.db import connections
 
     name = f"chaos_{uuid.uuid4().hex[:10]}"
     pg_cluster.create_database(name)
+    base = connections["default"].settings_dict
+    settings = dict(base, **pg_cluster.django_settings(name), OPTIONS={})
+    settings["TEST"] = dict(base.get("TEST") or {}, NAME=name)
+    connections.settings[name] = settings
+    db = ChaosDB(pg_cluster, tmp_path_factory.mktemp(f"chaos-pg{pg_cluster.version}"), name)
+    try:
+        yield db
+    finally:
+        db.close()
+        connections[name].close()
+        del connections[name]
+        del connections.settings[name]
+        try:
+            with pg_cluster.connect() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except Exception:  # noqa: BLE001 -- the cluster is thrown away at the end anyway
+            pass
+
+
+@pytest.fixture
+def chaos_db(chaos_session_db, tmp_path, django_db_blocker):
+    """The cluster's chaos database, emptied, reachable in-process (alias = its name) and by runners."""
+    from django.db import connections
+
+    db = chaos_session_db
+    db.workdir = tmp_path
     with django_db_blocker.unblock():
-        base = connections["default"].settings_dict
-        settings = dict(base, **pg_cluster.django_settings(name), OPTIONS={})
-        settings["TEST"] = dict(base.get("TEST") or {}, NAME=name)
-        connections.settings[name] = settings
-        db = ChaosDB(pg_cluster, tmp_path, name)
-        db.connect()
+        db.connect()  # a fresh checker connection: an earlier test may have restarted the server
+        db.backends_gone()
+        db.reset()
         try:
             yield db
         finally:
-            db.close()
-            connections[name].close()
-            del connections[name]
-            del connections.settings[name]
-            try:
-                with pg_cluster.connect() as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            except Exception:  # noqa: BLE001 -- the cluster is thrown away at the end anyway
-                pass
+            connections[db.alias].close()
 
 
 @pytest.fixture

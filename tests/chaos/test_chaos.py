@@ -50,6 +50,15 @@ def _calibrate(db, specs, tree, argv) -> float:
     return time.monotonic() - found[1]
 
 
+def _windows(db, tree) -> tuple[float, float]:
+    """Return the seconds an undisturbed 'up' and 'down --steps 3' take (measured once per cluster)."""
+    if not db.windows:
+        db.windows["up"] = _calibrate(db, None, tree, ["sqlmigrate_up", "--dir", tree])
+        db.windows["down"] = _calibrate(db, None, tree, ["sqlmigrate_down", "--steps", "3", "--dir", tree])
+        db.reset()
+    return db.windows["up"], db.windows["down"]
+
+
 def _kill_at_random(db, runner, window, rng, fig, trial, label):
     """Kill -9 ``runner`` at a random instant after it took the lock; record where the kill landed."""
     with fig.phase("runner start-up"):
@@ -111,8 +120,7 @@ def test_kill_up_and_down(chaos_db, figures, tmp_path):
     specs, tree = _tree(tmp_path)
     up, down = ["sqlmigrate_up", "--dir", tree], ["sqlmigrate_down", "--steps", "3", "--dir", tree]
     with fig.phase("calibration"):
-        up_window = _calibrate(db, specs, tree, up)
-        down_window = _calibrate(db, specs, tree, down)
+        up_window, down_window = _windows(db, tree)
     fig["window_s"] = {"up": round(up_window, 2), "down_steps_3": round(down_window, 2)}
     for trial in range(trials(30)):
         rng = rng_for("kill", fig["version"], trial)
@@ -156,7 +164,7 @@ def test_terminate_backend(chaos_db, figures, tmp_path):
     db, fig = chaos_db, figures
     specs, tree = _tree(tmp_path)
     up = ["sqlmigrate_up", "--dir", tree]
-    window = _calibrate(db, specs, tree, up)
+    window = _windows(db, tree)[0]
     for trial in range(trials(10)):
         rng = rng_for("terminate", fig["version"], trial)
         db.reset()
@@ -195,7 +203,7 @@ def test_immediate_restart(chaos_db, figures, tmp_path):
     db, fig = chaos_db, figures
     specs, tree = _tree(tmp_path)
     up = ["sqlmigrate_up", "--dir", tree]
-    window = _calibrate(db, specs, tree, up)
+    window = _windows(db, tree)[0]
     for trial in range(trials(3)):
         rng = rng_for("restart", fig["version"], trial)
         db.reset()
