@@ -507,3 +507,39 @@ def test_rollout_engine_reports_every_target_in_order():
     assert [r.status for r in result.results] == ["done", "failed", "done", "done", "skipped"]
     assert result.results[1].error["message"] == "b is broken"
     assert result.summary().startswith("5 target(s): 3 done, 0 up to date, 1 failed, 1 skipped in ")
+
+
+# -- lint and verify take the same target options ---------------------------------------------
+
+
+def test_lint_goes_over_the_pending_migrations_of_each_schema(scratch_db, tenant_tree):
+    make_schemas(scratch_db, 2)
+    run(scratch_db, "sqlmigrate_up", dir=str(tenant_tree), database=[scratch_db.alias], schemas=["tenant_0001"])
+    tenant_tree.pair("orgs/004_index_orgs", "CREATE INDEX orgs_owner ON orgs (owner);\n", "DROP INDEX orgs_owner;\n")
+    out, err, rc = run(scratch_db, "sqlmigrate_lint", dir=str(tenant_tree), database=[scratch_db.alias],
+                       schemas_query=TENANTS)
+    assert rc == 1
+    found = {label: text for _, _, label, text in lines(out)}
+    assert found["tenant_0001"].startswith("FAILED")  # only 004 is pending there: an index on an existing table
+    assert found["tenant_0002"] == "no findings"  # there 004 indexes a table the same plan creates
+    assert f"Target {scratch_db.alias}:tenant_0001: Lint found 1 error(s)." in err
+    assert "Summary: 2 target(s): 0 with findings, 1 up to date, 1 failed, 0 skipped" in out
+
+
+def test_verify_checks_each_database_target_and_refuses_schema_targets(scratch_db, tree, server_dbs, tmp_path):
+    for i, table in enumerate(("users", "orgs", "tokens"), 1):
+        tree.table_pair(f"app/00{i}_create_{table}", table)
+    make_schemas(scratch_db, 1)
+    out, err, rc = run(scratch_db, "sqlmigrate_verify", dir=str(tree), database=[scratch_db.alias],
+                       schemas=["tenant_0001"])
+    assert rc == 2
+    assert err.startswith(f"sqlmigrate_verify checks whole databases, and {scratch_db.alias}:tenant_0001 is a schema "
+                          "target.")
+    urls = server_dbs(2)
+    targets = tmp_path / "targets.txt"
+    targets.write_text("\n".join(urls) + "\n")
+    out, err, rc = run(scratch_db, "sqlmigrate_verify", dir=str(tree), targets_file=str(targets), json=True)
+    assert rc == 0, err
+    data = json.loads(out)
+    assert sorted(data) == sorted(urls)
+    assert all(d["ok"] and d["counts"]["exact"] == 3 for d in data.values())

@@ -4,7 +4,9 @@ import os
 from django.core.management.base import CommandError
 
 from nixmig import api, lint
-from nixmig.management.base import NixmigCommand
+from nixmig.exceptions import LintError
+from nixmig.management.base import NixmigCommand, add_target_arguments
+from nixmig.rollout import CONTINUE, DONE, UP_TO_DATE, Outcome
 
 
 class Command(NixmigCommand):
@@ -15,9 +17,8 @@ class Command(NixmigCommand):
         parser.add_argument("ids", nargs="*", metavar="ID", help="Lint these migrations (e.g. auth/003_add_index).")
         parser.add_argument("--dir", dest="directory", metavar="PATH",
                             help="Migrations directory (default: NIXMIG['MIGRATIONS_DIR'] or BASE_DIR/migrations_sql).")
-        parser.add_argument("--database", metavar="ALIAS",
-                            help="Lint what sqlmigrate_up would run on this database (default: 'default'); with "
-                                 "--all or IDs, read the server version and table sizes from it.")
+        add_target_arguments(parser, rollout=False)  # the pending migrations of each target; with --all or
+        # IDs, the first --database gives the server version and table sizes
         parser.add_argument("--all", action="store_true", dest="everything",
                             help="Lint every migration of the tree, without a database.")
         parser.add_argument("--format", choices=("text", "json", "github"), default="text",
@@ -28,6 +29,10 @@ class Command(NixmigCommand):
         parser.add_argument("--rules", action="store_true", help="List the rules with their levels and exit.")
 
     def run(self, *, ids, directory, database, everything, format, pg_version, rules, **options):
+        if isinstance(database, (list, tuple)):  # --database is repeatable (target options)
+            targets, database = database, database[0] if len(database) == 1 else None
+        else:
+            targets = [database] if database else None
         if rules:
             self.list_rules()
             return
@@ -45,20 +50,33 @@ class Command(NixmigCommand):
         else:
             tree = api.load_tree(directory)
             tree.raise_for_errors()
-            alias = database or "default"
-            status = api.status(tree=tree, database=alias, create_table=False)
-            report = (lint.lint_entries(status.pending, connection=api.connection_for(alias), pg_version=pg_version,
-                                        settings=settings) if status.pending else lint.Report([], 0, pg_version))
-            scope = f"{len(status.pending)} pending migration(s) of database {alias!r}"
+
+            def pending(target, writer, progress):
+                alias = target.alias
+                status = api.status(tree=tree, database=alias, schema=target.schema, create_table=False)
+                report = (lint.lint_entries(status.pending, connection=api.connection_for(alias),
+                                            pg_version=pg_version, settings=settings)
+                          if status.pending else lint.Report([], 0, pg_version))
+                where = f"database {alias!r}" if not target.schema and not target.url else target.key
+                self.write_report(report, format, f"{len(status.pending)} pending migration(s) of {where}", writer)
+                self.fail_on_errors(report)
+                text = report.summary() if report.findings else "no findings"
+                return Outcome(DONE if report.findings else UP_TO_DATE, [], text, text, report)
+
+            self.for_each_target(dict(options, database=targets), pending, done_label="with findings",
+                                 on_error=CONTINUE)
+            return
         self.write_report(report, format, scope)
+        self.fail_on_errors(report)
+
+    def fail_on_errors(self, report: lint.Report) -> None:
         errors = report.errors
         if errors:
-            raise CommandError(f"Lint found {len(errors)} error(s). Rewrite each statement as its fix says, or "
-                               "suppress a finding next to its statement with '-- nixmig:allow rule-id: reason'.",
-                               returncode=1)
+            raise LintError(f"Lint found {len(errors)} error(s). Rewrite each statement as its fix says, or "
+                            "suppress a finding next to its statement with '-- nixmig:allow rule-id: reason'.")
 
-    def write_report(self, report: lint.Report, fmt: str, scope: str) -> None:
-        out = self.stdout
+    def write_report(self, report: lint.Report, fmt: str, scope: str, writer=None) -> None:
+        out = (writer or self).stdout
         if fmt == "json":
             out.write(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
             return

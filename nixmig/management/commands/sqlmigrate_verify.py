@@ -14,6 +14,8 @@ class Command(NixmigCommand):
     help = ("Prove that every down file reverses its up file, in a scratch database (up, down, up again, "
             "comparing schema snapshots); with --drift, compare the live database with its applied migrations. "
             "Exit 0 when all is exact, 1 when a round trip is not exact or drift is found, 2 when it can't run.")
+    multi_database = True  # the target options: each database target is verified in turn
+    rollout_options = False
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -28,10 +30,44 @@ class Command(NixmigCommand):
                             help="Keep the scratch database at the end and print its name.")
 
     def run(self, *, directory, database, json, start, to, drift, keep, **options):
-        as_json = json
-        self.progress_out = self.stderr if as_json else self.stdout
         if drift and (start or to):
             raise CommandError("--drift compares the whole applied set; leave out --from and --to.", returncode=2)
+        try:
+            selection = self.select_targets(dict(options, database=database))
+        except NixmigError as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        try:
+            schemas = [t.key for t in selection.targets if t.schema]
+            if schemas:
+                raise CommandError(
+                    f"sqlmigrate_verify checks whole databases, and {', '.join(schemas[:3])}"
+                    f"{' ...' if len(schemas) > 3 else ''} is a schema target. Its round trips don't depend on the "
+                    "schema: verify the tree once with --database (or a database URL in --targets-file).",
+                    returncode=2)
+            if len(selection.targets) == 1:
+                return self.verify_one(selection.targets[0].alias, directory, json, start, to, drift, keep)
+            failed, reports = [], {}
+            for target in selection.targets:
+                if not json and self.verbosity >= 1:
+                    self.stdout.write(self.style.MIGRATE_LABEL(f"Database {target.key}:"))
+                try:
+                    self.verify_one(target.alias, directory, json, start, to, drift, keep, reports, target.key)
+                except CommandError as exc:
+                    failed.append((target.key, exc))
+                    if not json:
+                        self.stderr.write(self.style.ERROR(f"Database {target.key}: {exc}"))
+            if json:
+                self.stdout.write(_dumps(reports))
+            if failed:
+                raise CommandError(f"{len(failed)} of {len(selection.targets)} database(s) are not exact or could "
+                                   f"not be verified: {', '.join(k for k, _ in failed)}.",
+                                   returncode=max(exc.returncode for _, exc in failed))
+        finally:
+            selection.close()
+
+    def verify_one(self, database, directory, as_json, start, to, drift, keep, reports=None, key=None):
+        """Verify one database; with ``reports``, keep its JSON there instead of printing it."""
+        self.progress_out = self.stderr if as_json else self.stdout
         try:
             if drift:
                 report = verify.drift(directory=directory, database=database, keep=keep, progress=self.event)
@@ -42,7 +78,9 @@ class Command(NixmigCommand):
             raise CommandError(str(exc), returncode=2) from None
         except KeyboardInterrupt:
             raise CommandError("Interrupted; the scratch database was dropped (unless --keep).", returncode=2) from None
-        if as_json:
+        if as_json and reports is not None:
+            reports[key] = report.as_dict()
+        elif as_json:
             self.stdout.write(_dumps(report.as_dict()))
         else:
             self.render(report)
