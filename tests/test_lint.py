@@ -619,3 +619,12 @@ def test_fast_path_still_reports_no_transaction_rules():
         "create-without-if-not-exists", "create-without-if-not-exists"]
     assert rules("CREATE TABLE t (id int);\nCREATE INDEX CONCURRENTLY t_idx ON t (id);") == [
         "concurrently-in-transaction"]
+
+
+def test_lint_all_with_a_database_sizes_the_tables(big_and_small, tree):
+    tree.pair("app/002_index", "CREATE INDEX small_v_idx ON small (v);\n", None)
+    out, err, rc = lint_db(big_and_small, "--all", dir=str(tree))
+    assert rc == 0, out + err
+    assert "app/002_index_up.sql:1:1: info [create-index-not-concurrently]" in out and "tables sized" in out
+    out, err, rc = call("--all", dir=str(tree))  # without a database: the table may be big
+    assert rc == 1 and "error [create-index-not-concurrently]" in out
