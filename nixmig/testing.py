@@ -286,12 +286,12 @@ class Maintenance:
         self.cursor.execute(
             "SELECT datname, shobj_description(oid, 'pg_database'), datallowconn FROM pg_database "
             "WHERE left(datname, length(%s)) = %s", [prefix, prefix])
-        shape = re.compile(re.escape(prefix) + f"([0-9a-f]{{{HASH_LENGTH}}})(?:_([sw])[0-9a-f]{{{SPARE_ID}}})?")
+        shape = re.compile(re.escape(prefix) + f"([0-9a-f]{{{HASH_LENGTH}}})(?:_([swx])[0-9a-f]{{{SPARE_ID}}})?")
         found = {}
         for name, comment, allowconn in self.cursor.fetchall():
             match = shape.fullmatch(name)
             if match:
-                kind = {"s": "spare", "w": "work", None: "template"}[match.group(2)]
+                kind = {"s": "spare", "w": "work", "x": "trash", None: "template"}[match.group(2)]
                 found[name] = Entry(name, match.group(1), kind, _fields(comment), allowconn)
         return found
 
@@ -478,8 +478,12 @@ def _from_template(alias, connection, directory, django_migrate, emit, *, stamp:
                 db.set_fields(template, {**entry.fields, "files": stamp})
             spare = next((e.name for e in sorted(family.values(), key=lambda e: e.name)
                           if e.kind == "spare" and e.key == key[:HASH_LENGTH]), None)
+            # The empty test database Django made is renamed away and dropped in the background
+            # (DROP DATABASE waits for a checkpoint on some servers: a second on PostgreSQL 15 here).
+            trash = f"{template}_x{uuid.uuid4().hex[:SPARE_ID]}"
+            if not _set_aside(db, name, trash):
+                trash = None
             if spare is not None:  # a copy made and checked in the background: renaming it costs nothing
-                db.drop(name, force=True)
                 db.rename(spare, name)
                 db.allow_connections(name, True)
         finally:
@@ -487,12 +491,13 @@ def _from_template(alias, connection, directory, django_migrate, emit, *, stamp:
         if spare is None:
             # No spare: copy the template now (outside the lock, so xdist workers copy side by side).
             try:
-                db.drop(name, force=True)
                 db.create(name, template)
             except DatabaseError:
                 if attempt:
                     raise
                 # another run with a different tree dropped it as stale just now: start again
+                if trash is not None:
+                    db.drop(trash, force=True)
                 db.create(name, suffix=connection.creation.sql_table_creation_suffix())
                 return _from_template(alias, connection, directory, django_migrate, emit, stamp=stamp, attempt=1)
     expected = entry.fields.get("snapshot")
@@ -510,9 +515,11 @@ def _from_template(alias, connection, directory, django_migrate, emit, *, stamp:
                 finally:
                     db.unlock(lock_key)
                 db.drop(name, force=True)
+                if trash is not None:
+                    db.drop(trash, force=True)
                 db.create(name, suffix=connection.creation.sql_table_creation_suffix())
             return _from_template(alias, connection, directory, django_migrate, emit, stamp=stamp, attempt=1)
-    _make_spares(connection, template, key, expected, lock_key)
+    _make_spares(connection, template, key, expected, lock_key, trash=trash)
     emit("template_spare" if spare else "template_cloned", template=template)
     return Outcome("spare" if spare else "cloned", template=template)
 
@@ -541,10 +548,29 @@ _spare_threads: list[threading.Thread] = []
 spare_seconds: list[float] = []  # how long each background copy took (for the benchmark)
 
 
-def _make_spares(connection, template: str, key: str, digest: str | None, lock_key: str) -> None:
-    """Start copying the template into NIXMIG['TEST_SPARES'] spare databases for the next test database."""
+def _set_aside(db: Maintenance, name: str, trash: str) -> bool:
+    """Rename database ``name`` to ``trash`` (or drop it when it can't be renamed); return True if renamed."""
+    try:
+        db.rename(name, trash)
+        return True
+    except DatabaseError:
+        db.drop(name, force=True)
+        return False
+
+
+def _make_spares(connection, template: str, key: str, digest: str | None, lock_key: str, *,
+                 trash: str | None = None) -> None:
+    """Start copying the template into NIXMIG['TEST_SPARES'] spare databases for the next test database.
+
+    ``trash`` (an empty database set aside) is dropped by a background thread too.
+    """
     count = int(conf.get("TEST_SPARES") or 0)
     settings_dict = dict(connection.settings_dict)
+    if trash is not None:
+        thread = threading.Thread(target=_discard, args=(type(connection), settings_dict, trash),
+                                  name="nixmig-test-discard", daemon=False)
+        thread.start()
+        _spare_threads.append(thread)
     for _ in range(count):
         thread = threading.Thread(target=_spare, args=(type(connection), settings_dict, template, key, digest),
                                   name="nixmig-test-spare", daemon=False)
@@ -556,6 +582,18 @@ def wait_for_spares(timeout: float | None = None) -> None:
     """Wait until the spare copies started by this process are made (benchmarks, tests)."""
     while _spare_threads:
         _spare_threads.pop().join(timeout)
+
+
+def _discard(wrapper_class, settings_dict: dict, name: str) -> None:
+    """Drop database ``name`` (best effort: a later build drops what is left of the family)."""
+    maintenance = wrapper_class(dict(settings_dict), alias="nixmig_spare")
+    try:
+        with _maintenance(maintenance) as db:
+            db.drop(name, force=True)
+    except Exception:
+        pass
+    finally:
+        maintenance.close()
 
 
 def _spare(wrapper_class, settings_dict: dict, template: str, key: str, digest: str | None) -> None:

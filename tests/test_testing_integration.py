@@ -45,7 +45,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 NIXMIG = {"MIGRATIONS_DIR": BASE_DIR / "migrations_sql",
-          "TEST_REBUILD_CHANGED": os.environ.get("SHOP_REBUILD") == "1"}
+          "TEST_REBUILD_CHANGED": os.environ.get("SHOP_REBUILD") == "1",
+          "TEST_SPARES": int(os.environ.get("SHOP_SPARES", "0"))}  # the tests that need spares ask for them
 '''
 
 MODELS = '''
@@ -262,22 +263,25 @@ def project(tmp_path_factory, django_db_blocker):
 
 def test_manage_py_test_builds_the_template_once_then_takes_copies(project, tmp_path):
     shop = project.copy(tmp_path / "shop")
-    first = ok(shop.manage("a", "test", "--noinput"))
+    first = ok(shop.manage("a", "test", "--noinput", SHOP_SPARES="1"))
     template = testing.template_prefix(PREFIX + "a")
     assert f"Building the SQL-schema template {template}" in first
     assert "Ran 5 tests" in first and "\nOK" in first
     [built] = templates("a")
     assert not family("a")[built]  # nobody can connect to the template
-    second = ok(shop.manage("a", "test", "--noinput"))
+    second = ok(shop.manage("a", "test", "--noinput"))  # no spare made by this run
     assert "Building" not in second
     assert f"Took a ready copy of the SQL-schema template {built}" in second
+    third = ok(shop.manage("a", "test", "--noinput", SHOP_SPARES="1"))  # makes a spare again
+    assert f"Copied the SQL-schema template {built}" in third  # the spare was used up
     assert "Ran 5 tests" in second
 
     # a new SQL migration: a new template; the stale one and its spare copies are dropped
     shop.sql("catalog/002_add_sku", "ALTER TABLE products ADD COLUMN sku text;\n")
-    third = ok(shop.manage("a", "test", "--noinput"))
-    assert f"Dropped the stale template {built}" in third
-    assert "Building the SQL-schema template" in third and "Ran 5 tests" in third
+    fourth = ok(shop.manage("a", "test", "--noinput"))
+    assert f"Dropped the stale template {built}." in fourth
+    assert f"Dropped the stale template {built}_s" in fourth  # the spare made by the third run
+    assert "Building the SQL-schema template" in fourth and "Ran 5 tests" in fourth
     [rebuilt] = templates("a")
     assert rebuilt != built
     assert all(name.startswith(rebuilt) for name in family("a"))
@@ -340,7 +344,7 @@ def test_pytest_django(project):
 
 
 def test_pytest_xdist_workers_share_one_template(project):
-    out = ok(project.pytest("h", "-n", "2", "--dist", "each", "-v", "-rA"))
+    out = ok(project.pytest("h", "-n", "2", "--dist", "each", "-v", "-rA", SHOP_SPARES="1"))
     assert "6 passed" in out  # every test on each of the two workers
     assert out.count("Building the SQL-schema template") == 1, out
     assert out.count("Copied the SQL-schema template") + out.count("Took a ready copy") == 1, out
@@ -375,9 +379,7 @@ def test_a_failing_sql_migration_stops_the_run_with_nixmigs_message(project, tmp
 def test_a_template_changed_after_it_was_built_is_rebuilt(project):
     ok(project.manage("j", "test", "--noinput"))
     [template] = templates("j")
-    for name in family("j"):
-        if name != template:
-            server(f'DROP DATABASE "{name}"')  # no spare: the next run copies the template itself
+    assert list(family("j")) == [template]  # no spare: the next run copies the template itself
     server(f'ALTER DATABASE "{template}" WITH ALLOW_CONNECTIONS true')
     server("CREATE TABLE sneaked_in (id int)", database=template)
     server(f'ALTER DATABASE "{template}" WITH ALLOW_CONNECTIONS false')
