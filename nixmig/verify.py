@@ -40,8 +40,6 @@ FAILED = "failed"  # the up failed on a clean replay: nothing after it can be ve
 NOT_RUN = "not run"  # after a failed up
 RESULTS = (EXACT, WARNING, NOT_EXACT, IRREVERSIBLE, FAILED, NOT_RUN)
 
-KIND_WORDS = {"materialized view": "materialized view"}
-
 
 class ScratchDatabaseError(NixmigError):
     """The scratch database can't be created."""

@@ -375,3 +375,12 @@ def test_admin_shows_the_stored_result_per_record_and_marks_edits_stale(admin_cl
     html = admin_client.get("/admin/nixmig/migrationrecord/").content.decode()
     assert '<td class="field-verify_result">exact</td>' in html
     assert '<td class="field-verify_result">not exact (stale)</td>' in html
+
+
+def test_verify_database_url_puts_the_scratch_database_on_that_server(scratch_db, tree, settings):
+    tree.table_pair("a/001_t1", "t1")
+    settings.NIXMIG = {**settings.NIXMIG, "VERIFY_DATABASE_URL": scratch_db.url}
+    report, err, rc = verify_json(scratch_db, tree)
+    assert rc == 0, err
+    assert [m["result"] for m in report["migrations"]] == ["exact"]
+    assert not [name for name in scratch_databases(scratch_db) if name.endswith("_server")]
