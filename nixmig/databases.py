@@ -1,17 +1,15 @@
-"""Which databases nixmig works on, and running one job on several of them.
+"""Which databases nixmig works on.
 
 Each database has its own tracking table rows and its own migration lock, so runs on
-different databases are independent and may go concurrently (one thread and one
-connection per database). Database routers decide, through ``allow_migrate`` for the
+different databases are independent and may go concurrently (``nixmig.rollout`` runs
+one job on many targets). Database routers decide, through ``allow_migrate`` for the
 app label ``nixmig``, which databases take SQL migrations at all.
 """
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
@@ -26,20 +24,6 @@ class Selection:
 
     aliases: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass
-class Outcome:
-    """What a job did on one database: its result, or the error that stopped it."""
-
-    database: str
-    result: Any = None
-    error: NixmigError | None = None
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def allows(alias: str) -> bool:
@@ -79,42 +63,3 @@ def select(aliases: Iterable[str] | str | None = None, *, all_databases: bool = 
         else:
             chosen.append(alias)
     return Selection(tuple(chosen), tuple(skipped))
-
-
-def _one(job: Callable[[str], Any], alias: str, close: bool) -> Outcome:
-    started = time.perf_counter()
-    outcome = Outcome(alias)
-    try:
-        outcome.result = job(alias)
-    except NixmigError as exc:
-        outcome.error = exc
-    finally:
-        outcome.seconds = time.perf_counter() - started
-        if close:  # a worker thread's connection would otherwise stay open until the process ends
-            connections[alias].close()
-    return outcome
-
-
-def run_each(aliases: Iterable[str], job: Callable[[str], Any], *, parallel: int = 1,
-             on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Run ``job(alias)`` for every database, ``parallel`` at a time; return outcomes in the given order.
-
-    A NixmigError stops only its own database. ``on_done`` is called as each database
-    finishes (from the calling thread), so a report can be written as results come in.
-    """
-    aliases = list(aliases)
-    done = on_done or (lambda outcome: None)
-    if parallel <= 1 or len(aliases) <= 1:
-        outcomes = []
-        for alias in aliases:
-            outcomes.append(_one(job, alias, close=False))
-            done(outcomes[-1])
-        return outcomes
-    with ThreadPoolExecutor(max_workers=min(parallel, len(aliases)), thread_name_prefix="nixmig") as pool:
-        futures = {pool.submit(_one, job, alias, True): alias for alias in aliases}
-        by_alias = {}
-        for future in as_completed(futures):
-            outcome = future.result()
-            by_alias[outcome.database] = outcome
-            done(outcome)
-    return [by_alias[a] for a in aliases]

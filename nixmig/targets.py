@@ -192,6 +192,7 @@ def schemas_from(alias: str, query: str) -> list[str]:
     """Return the schema names that ``query`` returns on database ``alias`` (its first column)."""
     from . import api
 
+    was_open = connections[alias].connection is not None
     connection = api.connection_for(alias)
     try:
         with connection.cursor() as cursor:
@@ -200,6 +201,8 @@ def schemas_from(alias: str, query: str) -> list[str]:
                 raise TargetError(f"--schemas-from: the query returned no rows on database {alias!r}; it must be a "
                                   "SELECT of one column of schema names, e.g. 'SELECT schema_name FROM tenants'.")
             rows = cursor.fetchall()
+        if not was_open and not connection.in_atomic_block:
+            connection.close()  # the rollout's workers hold at most --parallel connections; this one is done
     except DatabaseError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TargetError(f"--schemas-from: the query failed on database {alias!r} ({first}); nothing was run. It "
