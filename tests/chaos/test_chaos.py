@@ -208,16 +208,19 @@ def test_immediate_restart(chaos_db, figures, tmp_path):
         rng = rng_for("restart", fig["version"], trial)
         db.reset()
         fig.add("trials")
-        runner = db.spawn(up, f"restart-{trial}", "manage")
-        found = runner_backend(db.conn, runner)
+        with fig.phase("runner start-up"):
+            runner = db.spawn(up, f"restart-{trial}", "manage")
+            found = runner_backend(db.conn, runner)
         time.sleep(rng.uniform(0.1, 0.9) * window)
         still_running = runner.poll() is None
         db.conn.close()
-        db.cluster.restart_immediate()
-        db.cluster.wait_ready()
+        with fig.phase("restart"):
+            db.cluster.restart_immediate()
+            db.cluster.wait_ready()
         db.connect()
         fig.landed("restarted while running" if found and still_running else "finished before the restart")
-        rc = runner.wait(HANG)
+        with fig.phase("runner exit"):
+            rc = runner.wait(HANG)
         if rc is None:
             runner.kill()
             fig.problem("hangs", trial, f"runner did not end within {HANG} s after the restart")
