@@ -175,3 +175,28 @@ def test_connection_lost_just_before_a_no_transaction_file_is_one_error_paragrap
     rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
     assert (rc, tb) == (0, None), err
     assert final_problems(specs, db.snap()) == []
+
+
+def test_connection_lost_while_waiting_for_the_lock_is_one_error_paragraph(chaos_db, tmp_path):
+    """pg_terminate_backend of a runner that polls for the migration lock another session holds."""
+    import time
+
+    from .runners import runner_backend
+
+    db = chaos_db
+    specs, root = _setup(db, tmp_path)
+    key = db.conn.execute("SELECT hashtextextended('nixmig:migrations:' || current_database(), 0)").fetchone()[0]
+    assert db.conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]
+    try:
+        runner = db.spawn(["sqlmigrate_up", "--dir", str(root), "--lock-wait", "60"], "lock-wait")
+        backend, _ = runner_backend(db.conn, runner)
+        deadline = time.monotonic() + 30
+        while "Waiting for the migration lock" not in runner.stderr and time.monotonic() < deadline:
+            time.sleep(0.02)
+        db.conn.execute("SELECT pg_terminate_backend(%s)", [backend])
+        rc = runner.wait(60)
+    finally:
+        db.conn.execute("SELECT pg_advisory_unlock(%s)", [key])
+    assert "Traceback" not in runner.stderr, runner.stderr
+    assert rc == 1 and runner.stderr.count("CommandError:") == 1, runner.stderr
+    assert db.snap().records == {} and check(specs, db.snap()) == []
