@@ -1,13 +1,16 @@
-"""Deterministic replays of what the kill trials found: a runner killed after a statement that
-can't run in a transaction finished, but before its progress was written.
+"""Deterministic replays of what the random trials found, each a state built by hand.
 
-The engine can't write progress atomically with ``CREATE/DROP INDEX CONCURRENTLY``, so the
-invariant tolerates that statement's effect being there (or gone) one statement ahead of the
-progress row. The resume must cope: re-running ``DROP INDEX CONCURRENTLY`` of an index that is
-already gone, or ``CREATE INDEX CONCURRENTLY`` of one that already exists (valid), must not wedge
-the migration. Each test builds that exact state by hand -- a real failure leaves the progress
-row, then the catalog is moved one statement ahead, and the row is either left as the failure
-wrote it or marked "in flight" as a killed runner leaves it -- and runs the documented recovery.
+1. A runner killed after a statement that can't run in a transaction finished, but before its
+   progress was written. The engine can't write progress atomically with ``CREATE/DROP INDEX
+   CONCURRENTLY``, so the invariant tolerates that statement's effect being there (or gone) one
+   statement ahead of the progress row. The resume must cope: re-running ``DROP INDEX
+   CONCURRENTLY`` of an index that is already gone, or ``CREATE INDEX CONCURRENTLY`` of one that
+   already exists (valid), must not wedge the migration. A real failure leaves the progress row,
+   then the catalog is moved one statement ahead, and the row is either left as the failure wrote
+   it or marked "in flight" as a killed runner leaves it; then the documented recovery runs.
+2. The runner's connection lost at an instant of the terminate trials: inside a file, just before
+   a no-transaction file, while polling for the lock. Each must end in one error paragraph, exit 1,
+   no traceback, and a state the invariant allows.
 """
 
 from __future__ import annotations
