@@ -73,6 +73,10 @@ def _kill_at_random(db, runner, window, rng, fig, trial, label):
         return
     runner.kill()
     row = db.conn.execute("SELECT state, query FROM pg_stat_activity WHERE pid = %s", [backend]).fetchone()
+    number = landed_in(row[1]) if row and row[0] == "active" else None
+    if number:  # which migration's statement was running: the kills should spread over the whole tree
+        where = fig.setdefault("killed_in_migration", {})
+        where[f"{label} {number}"] = where.get(f"{label} {number}", 0) + 1
     if row and row[0] == "active" and "CONCURRENTLY" in (row[1] or "").upper():
         fig.landed(f"{label}: during CREATE/DROP INDEX CONCURRENTLY")
     elif row and row[0] == "active" and landed_in(row[1]):
