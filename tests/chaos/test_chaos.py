@@ -132,6 +132,7 @@ def test_kill_up_and_down(chaos_db, figures, tmp_path):
         with fig.phase("reset"):
             db.reset()
         fig.add("trials")
+        fig["up_trials"] = fig.get("up_trials", 0) + 1
         with fig.phase("spawn"):
             runner = db.spawn(up, f"up-{trial}", how)
         _kill_at_random(db, runner, up_window * 1.05, rng, fig, trial, "up")
@@ -141,6 +142,7 @@ def test_kill_up_and_down(chaos_db, figures, tmp_path):
         if final_problems(specs, db.snap()):
             continue  # already counted; the down half needs a fully applied database
         fig.add("trials")
+        fig["down_trials"] = fig.get("down_trials", 0) + 1
         with fig.phase("spawn"):
             runner = db.spawn(down, f"down-{trial}", how)
         _kill_at_random(db, runner, down_window * 1.05, rng, fig, trial, "down")
