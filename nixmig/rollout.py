@@ -163,7 +163,7 @@ def run(targets: list[Target], job: Callable[[Target, Callback], Outcome], *, pa
         first = canaries(targets, canary) if canary or any(t.canary for t in targets) else []
         if first:
             emit("phase", name="canary", count=len(first))
-            state.phase(first, parallel)
+            state.phase(first, parallel, canary=True)
             failed = [results[i] for i in first if results[i].status in (FAILED, INTERRUPTED)]
             if failed and not state.interrupted.is_set():
                 state.stop("canary", f"{len(failed)} of {len(first)} canary target(s) failed")
@@ -202,6 +202,7 @@ class _State:
         self.total = total
         self.finished = 0
         self.stopped: str | None = None
+        self.canary_phase = False
         self.interrupted = threading.Event()  # running targets stop before their next migration
         self.no_more = threading.Event()  # no new target starts
         self.lock = threading.Lock()
@@ -212,10 +213,11 @@ class _State:
             self.stopped = reason
             self.emit("stopping", reason=reason, why=why)
 
-    def phase(self, indexes: list[int], parallel: int) -> None:
+    def phase(self, indexes: list[int], parallel: int, canary: bool = False) -> None:
         """Run the targets at ``indexes`` on up to ``parallel`` worker threads; wait for them."""
         if not indexes or self.no_more.is_set():
             return
+        self.canary_phase = canary
         todo: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in indexes:
             todo.put(i)
@@ -233,8 +235,9 @@ class _State:
                     continue
                 self.finished += 1
                 result = self.results[item]
-                if result.status == FAILED and self.on_error == STOP:
-                    self.stop("error", f"{result.target.key} failed")
+                if result.status == FAILED and (self.on_error == STOP or canary):
+                    self.stop("canary" if canary else "error",
+                              f"canary target {result.target.key} failed" if canary else f"{result.target.key} failed")
                 self.emit("target_done", result=result, finished=self.finished, total=self.total)
             except queue.Empty:
                 continue
@@ -291,7 +294,7 @@ class _State:
         except Exception as exc:  # noqa: BLE001 - one target's failure never stops the others' report
             result.status, result.error = FAILED, error_of(exc)
             result.applied = list(getattr(exc, "applied", ()) or done)
-            if self.on_error == STOP:
+            if self.on_error == STOP or result.target.canary or self.canary_phase:
                 self.no_more.set()  # before the next target is taken; the main thread says why
         finally:
             result.seconds = time.perf_counter() - started

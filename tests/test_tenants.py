@@ -544,3 +544,17 @@ def test_verify_checks_each_database_target_and_refuses_schema_targets(scratch_d
     data = json.loads(out)
     assert sorted(data) == sorted(urls)
     assert all(d["ok"] and d["counts"]["exact"] == 3 for d in data.values())
+
+
+def test_a_failing_canary_stops_the_rollout_whatever_on_error_says():
+    def job(target, progress):
+        if target.key == "b":
+            raise NixmigError("b is broken")
+        return rollout.Outcome(rollout.DONE, [], "ok", "ok")
+
+    for on_error in ("stop", "continue"):
+        result = rollout.run([Target(k) for k in "abcde"], job, canary=3, on_error=on_error)
+        assert result.stopped == "canary"
+        assert [r.status for r in result.results] == ["done", "failed", "not_started", "not_started",
+                                                      "not_started"]
+        assert result.results[2].reason == "a canary target failed"
