@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
 
+import psycopg
 from django.db import DatabaseError, connections
 
 from . import api, conf, snapshot
@@ -466,12 +467,32 @@ def verify(*, directory=None, database: str = "default", tree: Tree | None = Non
             emit("verify_result", index=index, total=len(checked), result=result)
             stopped = result.result == FAILED
         report.kept = keep
+    except (DatabaseError, psycopg.Error) as exc:
+        raise _stopped(exc, run) from None
     finally:
-        run.scratch.close(keep)
+        _close(run, keep)
         report.seconds = time.perf_counter() - started
     if store and report.results:
         report.stored = _store(database, report.results, emit)
     return report
+
+
+def _stopped(exc: Exception, run: _Run) -> NixmigError:
+    """A database error outside a migration (connection lost, a catalog read failed), as one paragraph."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return NixmigError(f"sqlmigrate_verify stopped: a query outside the migrations failed ({first}); the scratch "
+                       f"database {run.scratch.name} is dropped. Check that the server is up and run it again.")
+
+
+def _close(run: _Run, keep: bool) -> None:
+    """Drop (or keep) the scratch database; a failure to drop it is a warning naming it, not a traceback."""
+    name = run.scratch.name
+    try:
+        run.scratch.close(keep)
+    except DatabaseError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        run.emit("warning", message=f"could not drop the scratch database {name} ({first}); drop it by hand: "
+                                    f'DROP DATABASE "{name}"')
 
 
 def _index(tree: Tree, migration_id: str, option: str) -> int:
@@ -570,8 +591,10 @@ def drift(*, directory=None, database: str = "default", tree: Tree | None = None
         for d in snapshot.diff(expected, actual):
             {"added": result.only_live, "removed": result.only_tree, "changed": result.different}[d.change].append(d)
         report.kept = keep
+    except (DatabaseError, psycopg.Error) as exc:
+        raise _stopped(exc, run) from None
     finally:
-        run.scratch.close(keep)
+        _close(run, keep)
         report.seconds = time.perf_counter() - started
     report.drift = result
     return report
