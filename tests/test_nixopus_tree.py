@@ -243,7 +243,8 @@ def test_rollback_step_by_step_stops_clearly_at_the_first_irreversible_migration
                         "--fake.")
     assert nixopus_db.records() == records and len(records) == 47
 
-    out, err, rc = nixopus_db.run("sqlmigrate_up", dir=str(nixopus_dir))
+    # Re-applying drops applications.domain, a column of a table that exists now: lint refuses it
+    out, err, rc = nixopus_db.run("sqlmigrate_up", dir=str(nixopus_dir), no_lint=True)
 
     assert rc == 0, err
     assert re.findall(r"Applying (\S+)\.\.\. OK", out) == REVERSIBLE_TOP[::-1]
