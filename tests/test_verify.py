@@ -384,3 +384,25 @@ def test_verify_database_url_puts_the_scratch_database_on_that_server(scratch_db
     assert rc == 0, err
     assert [m["result"] for m in report["migrations"]] == ["exact"]
     assert not [name for name in scratch_databases(scratch_db) if name.endswith("_server")]
+
+
+def test_sigterm_drops_the_scratch_database_and_exits_2(scratch_db, tree):
+    import signal
+    import time
+
+    tree.table_pair("a/001_t1", "t1")
+    tree.pair("a/002_slow", "SELECT pg_sleep(20);\n", "SELECT 1;\n")
+    proc = scratch_db.popen("sqlmigrate_verify", "--dir", str(tree))
+    pattern = f"nixmig\\_verify\\_{proc.pid}\\_%%"
+    deadline = time.monotonic() + 30
+    while not scratch_db.sql("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'BEGIN;%%pg_sleep%%'"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    assert scratch_db.sql("SELECT datname FROM pg_database WHERE datname LIKE %s", [pattern])
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 10  # the running pg_sleep(20) was cancelled, not waited for
+    assert proc.returncode == 2, err
+    assert "Interrupted; the scratch database was dropped" in err
+    assert scratch_db.sql("SELECT datname FROM pg_database WHERE datname LIKE %s", [pattern]) == []

@@ -1,4 +1,6 @@
 import json
+import signal
+import threading
 
 from django.core.management.base import CommandError
 
@@ -68,6 +70,7 @@ class Command(NixmigCommand):
     def verify_one(self, database, directory, as_json, start, to, drift, keep, reports=None, key=None):
         """Verify one database; with ``reports``, keep its JSON there instead of printing it."""
         self.progress_out = self.stderr if as_json else self.stdout
+        previous = _terminate_as_interrupt()
         try:
             if drift:
                 report = verify.drift(directory=directory, database=database, keep=keep, progress=self.event)
@@ -78,6 +81,9 @@ class Command(NixmigCommand):
             raise CommandError(str(exc), returncode=2) from None
         except KeyboardInterrupt:
             raise CommandError("Interrupted; the scratch database was dropped (unless --keep).", returncode=2) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         if as_json and reports is not None:
             reports[key] = report.as_dict()
         elif as_json:
@@ -156,6 +162,17 @@ class Command(NixmigCommand):
                 out.write(f"  {d.kind} {d.display_name}")
                 out.write(f"    tree: {d.before}")
                 out.write(f"    live: {d.after}")
+
+
+def _terminate_as_interrupt():
+    """Treat SIGTERM (a cancelled CI job) like Ctrl-C, so the scratch database is dropped; return the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _dumps(data) -> str:
