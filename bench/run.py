@@ -471,8 +471,10 @@ class Quick:
         b.make_template()
         for n in self.args.n:
             self.one_n(n)
-        self.parallel()
-        self.big_file()
+        if not self.args.no_parallel:
+            self.parallel()
+        if not self.args.no_big_file:
+            self.big_file()
         b.dbs.drop(TEMPLATE_DB)
         self.out["machine"] = machine_info(b.server)
         self.out["machine"]["data_dir"] = str(b.server.own_dir or b.server.host)
@@ -734,6 +736,8 @@ def main(argv=None) -> None:
                         help="--quick: status / no-op / version runs at N=520 (two fewer, at least 3, above).")
     parser.add_argument("--parallel-runs", type=int, default=2, help="--quick: runs of each --parallel setting.")
     parser.add_argument("--admin-runs", type=int, default=10, help="--quick: requests per admin page.")
+    parser.add_argument("--no-parallel", action="store_true", help="--quick: skip the --parallel runs.")
+    parser.add_argument("--no-big-file", action="store_true", help="--quick: skip the 20 MB file.")
     parser.add_argument("--plot-quick", nargs="?", const=str(RESULTS / "quick.json"), default=None, metavar="JSON",
                         help="Draw docs/benchmarks-quick.png from a --quick run's quick.json (and run nothing else).")
     args = parser.parse_args(argv)
