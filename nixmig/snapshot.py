@@ -2,7 +2,9 @@
 
 Public API (used by ``sqlmigrate_verify`` and by test-database templates)::
 
-    snap = take(connection)                  # one catalog query (two with row_counts=True)
+    snap = take(connection)                  # two catalog queries, read-only (about 50 ms at 520 tables)
+    snap = take(connection, row_counts=True) # also an exact row count per table
+    snap = take(connection, previous=snap)   # incremental: re-reads only what changed since ``snap``
     diff(before, after) -> list[Difference]  # added / removed / changed objects, both definitions
     digest(snap) -> str                      # sha256 of a canonical JSON form: equal schemas, equal digests
 
