@@ -744,7 +744,8 @@ def main(argv=None) -> None:
     if args.plot_quick:
         plot_quick(Path(args.plot_quick), ROOT / "docs" / "benchmarks-quick.png")
         return
-    if args.quick and "--n" not in " ".join(sys.argv if argv is None else argv):
+    given = sys.argv[1:] if argv is None else argv
+    if args.quick and not any(a == "--n" or a.startswith("--n=") for a in given):
         args.n = ",".join(str(n) for n in QUICK_NS)
     args.n = [int(x) for x in args.n.split(",") if x.strip()]
     args.tools = {t.strip() for t in args.tools.split(",")} | {"nixmig"}
