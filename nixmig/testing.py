@@ -7,12 +7,15 @@ call; if so it hands the work to :func:`prepare_test_database`, which
 
 * on a fresh test database: builds, once per tree, a template database
   ``<test name>_nixmig_<hash>`` (Django's migrations, then every SQL migration, then
-  ``CREATE DATABASE <template> TEMPLATE <test database>``) and gives every later test
-  database ``CREATE DATABASE <test> TEMPLATE <template>``, whose cost hardly grows with
-  the number of migrations. The hash covers every up file's checksum, the Django
-  migration files and the models synced without migrations, so any change builds a new
-  template; templates of other hashes are dropped. An advisory lock on the maintenance
-  database makes concurrent runs (pytest-xdist workers) build a template once.
+  ``CREATE DATABASE <template> TEMPLATE <test database>``). Later test databases are a
+  spare copy of the template that the previous run made in a background thread while its
+  tests ran (taken with a rename, whatever the number of migrations), or, when none is
+  ready, ``CREATE DATABASE <test> TEMPLATE <template>``. The hash covers every up file's
+  checksum, the Django migration files and the models synced without migrations, so any
+  change builds a new template; templates of other hashes (and their copies) are dropped.
+  An advisory lock on the maintenance database makes concurrent runs (pytest-xdist
+  workers) build a template once. Nobody can connect to a template; its catalog snapshot
+  (``nixmig.snapshot``) is recorded when it is built and every copy is checked against it.
 * on a kept database (``--keepdb`` / ``--reuse-db``): runs Django's migrations and then the
   pending SQL migrations, as ``migrate`` + ``sqlmigrate_up`` would.
 
@@ -85,7 +88,7 @@ test_database_creation.__test__ = False  # type: ignore[attr-defined]
 class Outcome:
     """What ``prepare_test_database`` did to one test database."""
 
-    action: str  # "cloned", "built", "updated", "applied", "django-only"
+    action: str  # "spare", "cloned", "built", "updated", "applied", "django-only"
     template: str | None = None
     applied: int = 0
     seconds: float = 0.0
@@ -352,8 +355,8 @@ def _maintenance(connection) -> Iterator[Maintenance]:
 
 # --- the public entry point ----------------------------------------------------------------------
 
-def prepare_test_database(alias: str, django_migrate: Callable[[], None], *, progress: Callback | None = None,
-                          keepdb: bool = False) -> Outcome:
+def prepare_test_database(alias: str, django_migrate: Callable[[], None], *,
+                          progress: Callback | None = None) -> Outcome:
     """Give the (just created or kept) test database of ``alias`` Django's migrations and the SQL tree.
 
     ``django_migrate`` runs Django's own ``migrate`` on it. Raises NixmigError with the
@@ -369,6 +372,8 @@ def prepare_test_database(alias: str, django_migrate: Callable[[], None], *, pro
     if not directory.is_dir() and not conf.get("MIGRATIONS_DIR"):
         django_migrate()  # a project without SQL migrations
         return Outcome("django-only", seconds=time.perf_counter() - started)
+    if not directory.is_dir():
+        _tree()  # NIXMIG['MIGRATIONS_DIR'] names a missing folder: the tree's own error
 
     name = connection.settings_dict["NAME"]
     # Stat the tree's files in a thread while the database is asked what it holds (it costs

@@ -97,7 +97,7 @@ class Command(DjangoMigrate):
                                         creating["verbosity"])
         try:
             testing.prepare_test_database(database, lambda: super(Command, self).handle(*args, **options),
-                                          progress=renderer, keepdb=creating["keepdb"])
+                                          progress=renderer)
         except NixmigError as exc:
             renderer.fail_line()
             name = self.connection_name(database)
