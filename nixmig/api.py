@@ -7,6 +7,7 @@ Twins of the Nixopus Go migrator's API: ``load_tree`` (LoadMigrations), ``migrat
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,29 @@ class RunResult:
     @property
     def ids(self) -> list[str]:
         return [e.id for e in self.done]
+
+
+def _database_errors(function):
+    """Turn a database error that escapes nixmig's own handling (a connection cut while waiting for the
+    lock, or during a catalog query) into one paragraph that says what it means for the records."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except DatabaseError as exc:
+            from .pgerrors import connection_lost, describe
+
+            text, sqlstate = describe(exc)
+            database = kwargs.get("database", "default")
+            what = ("The connection to database {db!r} was lost" if connection_lost(exc, sqlstate) else
+                    "A query nixmig sent to database {db!r} failed").format(db=database)
+            raise DatabaseUnavailable(
+                f"{what}: {text.rstrip('.')}. Each migration and its record are one transaction (a no-transaction "
+                "file keeps its progress), so the tracking table still says exactly what ran; sqlmigrate_status "
+                "shows it. Run the command again once the database answers.") from None
+
+    return wrapper
 
 
 def load_tree(directory: str | Path | None = None) -> Tree:
@@ -109,6 +133,7 @@ def _resolve(tree: Tree, state, recorder: Recorder) -> Status:
                    problems=tuple(replace(p, message=old.get(p.message, p.message)) for p in current.problems))
 
 
+@_database_errors
 def status(*, directory: str | Path | None = None, database: str = "default", tree: Tree | None = None,
            create_table: bool = True, schema: str | None = None) -> Status:
     """Return every migration with its state, and the problems found.
@@ -171,6 +196,7 @@ def _try_create(connection, recorder: Recorder) -> None:
         pass  # a read-only database or standby: status stays read-only
 
 
+@_database_errors
 def migrate_up(*, directory: str | Path | None = None, database: str = "default", to: str | None = None,
                fake: bool = False, atomic: bool = False, allow_changed: bool = False,
                allow_out_of_order: bool = False, lock_wait: float | None = None,
@@ -188,6 +214,7 @@ def migrate_up(*, directory: str | Path | None = None, database: str = "default"
                 schema=schema, create_schema=create_schema)
 
 
+@_database_errors
 def migrate_down(*, directory: str | Path | None = None, database: str = "default", steps: int | None = 1,
                  to: str | None = None, everything: bool = False, fake: bool = False,
                  lock_wait: float | None = None, progress: Callback | None = None,
@@ -198,6 +225,7 @@ def migrate_down(*, directory: str | Path | None = None, database: str = "defaul
                 tree=tree, schema=schema)
 
 
+@_database_errors
 def plan(direction: str = "up", *, directory: str | Path | None = None, database: str = "default",
          schema: str | None = None, **options) -> list[Entry]:
     """Return what ``migrate_up`` / ``migrate_down`` would run with these options, changing nothing."""
@@ -212,6 +240,7 @@ def plan(direction: str = "up", *, directory: str | Path | None = None, database
     return entries
 
 
+@_database_errors
 def preview(direction: str = "up", *, directory: str | Path | None = None, database: str = "default",
             fake: bool = False, atomic: bool = False, schema: str | None = None,
             **options) -> list[tuple[Entry | None, list[str]]]:
@@ -340,6 +369,7 @@ def _run(direction, directory, database, progress, lock_wait, fake, make_plan, a
     return result
 
 
+@_database_errors
 def applied_migrations(database: str = "default", schema: str | None = None) -> list[AppliedRecord]:
     """Return the tracking table's rows in application order (GetAppliedMigrations)."""
     connection = connection_for(database)
@@ -361,6 +391,7 @@ def reset_migrations(**options) -> RunResult:
     return migrate_down(everything=True, steps=None, fake=True, **options)
 
 
+@_database_errors
 def repair(ids: list[str] | None = None, *, directory: str | Path | None = None, database: str = "default",
            lock_wait: float | None = None) -> list[str]:
     """Record the current checksum of edited applied files (all changed ones, or ``ids``)."""
@@ -383,6 +414,7 @@ def repair(ids: list[str] | None = None, *, directory: str | Path | None = None,
     return wanted
 
 
+@_database_errors
 def forget_progress(ids: list[str], *, database: str = "default",
                     lock_wait: float | None = None) -> list[str]:
     """Forget the progress of partly applied / partly rolled-back migrations, after settling them by hand.

@@ -8,7 +8,7 @@ import threading
 from typing import Callable
 
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
-from django.db import DEFAULT_DB_ALIAS
+from django.db import DEFAULT_DB_ALIAS, DatabaseError
 
 from .. import rollout as rollouts
 from .. import targets as target_sources
@@ -155,6 +155,14 @@ class NixmigCommand(BaseCommand):
             if renderer is not None:
                 renderer.fail_line()
             raise CommandError(str(exc)) from None
+        except DatabaseError as exc:  # a safety net: the API turns these into NixmigErrors already
+            renderer = getattr(self, "renderer", None)
+            if renderer is not None:
+                renderer.fail_line()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CommandError(f"The database failed: {first}. The tracking table says exactly what ran "
+                               "(sqlmigrate_status shows it); run the command again once the database "
+                               "answers.") from None
         except KeyboardInterrupt:
             raise CommandError("Interrupted. A transactional migration that was running was rolled back with its "
                                "record; a no-transaction file keeps the statements that finished as progress "
