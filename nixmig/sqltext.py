@@ -369,9 +369,12 @@ def examine(sql_file: SqlFile) -> tuple[Prepared | None, list[str]]:
     Each reason is one paragraph naming the file and line and what to do. ``sqlmigrate_status``
     reports them for pending migrations, so nothing is found only when it runs.
     """
+    try:  # a down file is read here for the first time (load_tree doesn't read down files)
+        directives = sql_file.directives
+    except TreeError as exc:  # a NUL byte, not UTF-8, a bad directive: one more reason to refuse it
+        return None, [str(exc)]
     analysis = analysis_of(sql_file)
     rel = sql_file.relpath
-    directives = sql_file.directives
     if analysis.unscannable_line is not None:
         # Sent as it is, the open quote would swallow nixmig's INSERT and COMMIT and the server
         # would report an error at a place that is not in the file.
