@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator
 
-from .exceptions import LintError, NixmigError
+from .exceptions import DatabaseUnavailable, LintError, NixmigError
 from .tree import SqlFile, Tree, line_of
 
 ERROR, WARNING, INFO, OFF = "error", "warning", "info", "off"
@@ -1218,21 +1218,30 @@ def database_facts(connection) -> Callable[[list[Finding]], dict]:
     """Return a ``facts`` function that sizes the tables of findings with one query on ``connection``."""
 
     def facts(findings: list[Finding]) -> dict:
+        from django.db import DatabaseError
+
         names = sorted({f.lookup for f in findings if f.lookup})
         out = {}
-        with connection.cursor() as cursor:
-            cursor.execute(_FACTS_SQL, [names])
-            for name, rows, checks, columns in cursor.fetchall():
-                checked = set()
-                for c in checks:
-                    m = _CHECK_NOT_NULL.match(c)
-                    if m:
-                        checked.add(m.group(2).replace('""', '"'))
-                cols = {}
-                for c in columns:
-                    col, _, typ = c.partition(" ")
-                    cols[col] = typ
-                out[name] = TableFacts(float(rows) if rows is not None else None, frozenset(checked), cols)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(_FACTS_SQL, [names])
+                found = cursor.fetchall()
+        except DatabaseError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DatabaseUnavailable(
+                f"Lint could not read the sizes of the tables its findings name ({first}); nothing was run. "
+                "Check the connection and run again, or pass --no-lint.") from None
+        for name, rows, checks, columns in found:
+            checked = set()
+            for c in checks:
+                m = _CHECK_NOT_NULL.match(c)
+                if m:
+                    checked.add(m.group(2).replace('""', '"'))
+            cols = {}
+            for c in columns:
+                col, _, typ = c.partition(" ")
+                cols[col] = typ
+            out[name] = TableFacts(float(rows) if rows is not None else None, frozenset(checked), cols)
         return out
 
     return facts

@@ -628,3 +628,24 @@ def test_lint_all_with_a_database_sizes_the_tables(big_and_small, tree):
     assert "app/002_index_up.sql:1:1: info [create-index-not-concurrently]" in out and "tables sized" in out
     out, err, rc = call("--all", dir=str(tree))  # without a database: the table may be big
     assert rc == 1 and "error [create-index-not-concurrently]" in out
+
+
+def test_a_connection_lost_while_sizing_tables_is_one_clear_error(big_and_small):
+    from nixmig.exceptions import DatabaseUnavailable
+
+    connection = big_and_small.connection
+    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    other = big_and_small.connection.__class__(dict(big_and_small.settings), alias="lint_killer")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+    facts = lint.database_facts(connection)
+    findings = run("CREATE INDEX big_v_idx ON big (v);")
+    with pytest.raises(DatabaseUnavailable, match="Lint could not read the sizes .* --no-lint"):
+        facts(findings)
+    connection.close()
