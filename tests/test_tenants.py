@@ -102,11 +102,11 @@ def test_200_schemas_in_one_database_each_get_their_own_tables_records_and_one_l
     main_pid = scratch_db.value("SELECT pg_backend_pid()")
     peak, stop = [0], threading.Event()
 
-    def sample():  # client connections the rollout opens, beside this test's own and the sampler's
+    def sample():  # connections migrating a target (named by the lock), beside this test's own and the sampler's
         while not stop.is_set():
             n = scratch_db.value("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                 "AND backend_type = 'client backend' AND pid NOT IN (pg_backend_pid(), %s)",
-                                 [main_pid])
+                                 "AND backend_type = 'client backend' AND pid NOT IN (pg_backend_pid(), %s) "
+                                 "AND application_name LIKE 'nixmig sqlmigrate_up %%'", [main_pid])
             peak[0] = max(peak[0], n)
             time.sleep(0.005)
         connections[scratch_db.alias].close()
