@@ -270,10 +270,10 @@ def _prepare(tree: Tree, entries: list[Entry], direction: str, fake: bool) -> di
 
     Raises one TreeError listing every file the run would refuse, not just the first.
     """
+    if fake or not entries:
+        return {}  # before the import: a no-op up never loads the parser (pglast)
     from .sqltext import examine  # imported here: status never needs the parser
 
-    if fake:
-        return {}
     prepared, refused = {}, []
     for e in entries:
         sql_file = e.migration.up if direction == "up" else e.migration.down
