@@ -63,3 +63,32 @@ def select(aliases: Iterable[str] | str | None = None, *, all_databases: bool = 
         else:
             chosen.append(alias)
     return Selection(tuple(chosen), tuple(skipped))
+
+
+# -- temporary aliases (URL targets, verify's scratch database, test helpers) ----------------------
+
+_DEFAULTS = {"ATOMIC_REQUESTS": False, "AUTOCOMMIT": True, "CONN_MAX_AGE": 0, "CONN_HEALTH_CHECKS": False,
+             "OPTIONS": {}, "TIME_ZONE": None, "TEST": {}, "USER": "", "PASSWORD": "", "HOST": "", "PORT": ""}
+
+
+def complete(settings: dict) -> dict:
+    """Fill in the keys Django expects of a DATABASES entry that dj-database-url leaves out."""
+    return {**_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+
+
+def register(alias: str, settings: dict) -> str:
+    """Add a temporary alias to django.db.connections (unless it is there already); return it."""
+    if alias not in connections.settings:
+        connections.settings[alias] = settings
+    return alias
+
+
+def forget(alias: str) -> None:
+    """Close this thread's connection of a temporary alias, and unregister the alias."""
+    if alias in connections.settings:
+        connections[alias].close()
+        try:
+            del connections[alias]
+        except AttributeError:  # no connection was made in this thread
+            pass
+        del connections.settings[alias]

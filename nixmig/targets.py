@@ -80,7 +80,7 @@ class Selection:
     def close(self) -> None:
         """Close and unregister the temporary aliases of URL targets."""
         for alias in self.temporary:
-            forget_alias(alias)
+            databases.forget(alias)
         self.temporary = []
 
 
@@ -152,23 +152,8 @@ def register_url(url: str, where: str) -> str:
         raise TargetError(f"{where}: the database URL {without_password(url)!r} names no database; end it with "
                           "/<database name>.")
     alias = "nixmig_target_" + hashlib.sha256(url.encode()).hexdigest()[:12]
-    if alias not in connections.settings:
-        connections.settings[alias] = {
-            "ATOMIC_REQUESTS": False, "AUTOCOMMIT": True, "CONN_MAX_AGE": 0, "CONN_HEALTH_CHECKS": False,
-            "OPTIONS": {}, "TIME_ZONE": None, "TEST": {}, "USER": "", "PASSWORD": "", "HOST": "", "PORT": "",
-            **settings}
-    return alias
+    return databases.register(alias, databases.complete(settings))
 
-
-def forget_alias(alias: str) -> None:
-    """Close (in this thread) and unregister a temporary alias."""
-    if alias in connections.settings:
-        connections[alias].close()
-        try:
-            del connections[alias]
-        except AttributeError:
-            pass
-        del connections.settings[alias]
 
 
 def _from_specs(specs: Iterable[TargetSpec], source: str, temporary: list[str]) -> list[Target]:
@@ -258,7 +243,7 @@ def select(*, database: Iterable[str] | str | None = None, all_databases: bool =
                        temporary)
     except BaseException:
         for alias in temporary:
-            forget_alias(alias)
+            databases.forget(alias)
         raise
 
 
@@ -307,5 +292,5 @@ def from_keys(keys: Iterable[str], source: str) -> Selection:
         return Selection(_from_specs([replace(s, line=0) for s in specs], source, temporary), [], temporary)
     except BaseException:
         for alias in temporary:
-            forget_alias(alias)
+            databases.forget(alias)
         raise

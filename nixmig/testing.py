@@ -664,12 +664,10 @@ def empty_database(using: str = "default", *, prefix: str = "nixmig_empty_") -> 
         db.cursor.execute(f"CREATE DATABASE {db.q(name)} TEMPLATE template0")
     settings = dict(base.settings_dict, NAME=name)
     settings["TEST"] = dict(base.settings_dict.get("TEST") or {}, NAME=name)
-    connections.settings[name] = settings
+    databases.register(name, settings)
     try:
         yield EmptyDatabase(name, name, settings)
     finally:
-        connections[name].close()
-        del connections[name]
-        del connections.settings[name]
+        databases.forget(name)
         with _maintenance(base) as db:
             db.drop(name, force=True)

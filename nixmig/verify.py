@@ -27,7 +27,7 @@ from typing import Callable
 import psycopg
 from django.db import DatabaseError, connections
 
-from . import api, conf, snapshot
+from . import api, conf, databases, snapshot
 from .exceptions import MigrationFailed, NixmigError
 from .tree import Migration, Tree
 
@@ -182,7 +182,7 @@ class ScratchDatabase:
 
             settings = dj_database_url.parse(str(url))
             self.server_alias = f"{self.name}_server"
-            connections.settings[self.server_alias] = _complete(settings)
+            databases.register(self.server_alias, databases.complete(settings))
             self.admin_alias = self.server_alias
         admin = api.connection_for(self.admin_alias)
         base = admin.settings_dict
@@ -201,7 +201,7 @@ class ScratchDatabase:
         self.created = True
         settings = dict(base, NAME=self.name)
         settings["TEST"] = dict(base.get("TEST") or {}, NAME=self.name)
-        connections.settings[self.alias] = settings
+        databases.register(self.alias, settings)
 
     @property
     def connection(self):
@@ -215,13 +215,7 @@ class ScratchDatabase:
         self.create()
 
     def drop(self) -> None:
-        if self.alias in connections.settings:
-            connections[self.alias].close()
-            try:
-                del connections[self.alias]
-            except AttributeError:
-                pass
-            del connections.settings[self.alias]
+        databases.forget(self.alias)
         if self.created:
             with connections[self.admin_alias].cursor() as cursor:
                 cursor.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
@@ -229,24 +223,13 @@ class ScratchDatabase:
 
     def forget(self) -> None:
         """Unregister the alias but keep the database (--keep)."""
-        if self.alias in connections.settings:
-            connections[self.alias].close()
-            try:
-                del connections[self.alias]
-            except AttributeError:
-                pass
-            del connections.settings[self.alias]
+        databases.forget(self.alias)
         self.created = False
         self._forget_server()
 
     def _forget_server(self) -> None:
-        if self.server_alias and self.server_alias in connections.settings:
-            connections[self.server_alias].close()
-            try:
-                del connections[self.server_alias]
-            except AttributeError:
-                pass
-            del connections.settings[self.server_alias]
+        if self.server_alias:
+            databases.forget(self.server_alias)
 
     def close(self, keep: bool) -> None:
         if keep:
@@ -271,14 +254,6 @@ def _setting(key: str):
     from django.conf import settings
 
     return getattr(settings, "NIXMIG", {}).get(key)
-
-
-def _complete(settings: dict) -> dict:
-    """Fill in the keys Django expects of a DATABASES entry that dj-database-url leaves out."""
-    out = {"ATOMIC_REQUESTS": False, "AUTOCOMMIT": True, "CONN_MAX_AGE": 0, "CONN_HEALTH_CHECKS": False,
-           "OPTIONS": {}, "TIME_ZONE": None, "TEST": {}, "USER": "", "PASSWORD": "", "HOST": "", "PORT": ""}
-    out.update({k: v for k, v in settings.items() if v is not None})
-    return out
 
 
 # -- describing differences ----------------------------------------------------------------
