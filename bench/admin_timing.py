@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("tree", help="The migrations directory the records were made from.")
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args(argv)
@@ -44,15 +46,18 @@ def main(argv=None) -> None:
     from nixmig.models import MigrationRecord
 
     setup_test_environment()
-    user, _ = User.objects.get_or_create(username="nixmig-bench-admin",
-                                         defaults={"is_staff": True, "is_superuser": True})
+    user, _ = User.objects.get_or_create(
+        username="nixmig-bench-admin", defaults={"is_staff": True, "is_superuser": True}
+    )
     try:
         client = Client()
         client.force_login(user)
         records = MigrationRecord.objects.count()
         some = MigrationRecord.objects.order_by("id").values_list("pk", flat=True)[records // 2]
-        pages = {"changelist": "/admin/nixmig/migrationrecord/",
-                 "detail": f"/admin/nixmig/migrationrecord/{some}/change/"}
+        pages = {
+            "changelist": "/admin/nixmig/migrationrecord/",
+            "detail": f"/admin/nixmig/migrationrecord/{some}/change/",
+        }
         out = {"records": records}
         for label, url in pages.items():
             response = client.get(url)  # untimed: imports, template compilation
@@ -64,8 +69,13 @@ def main(argv=None) -> None:
                     response = client.get(url)
                 times.append(time.perf_counter() - started)
                 assert response.status_code == 200
-            out[label] = {"median_ms": statistics.median(times) * 1000, "min_ms": min(times) * 1000,
-                          "max_ms": max(times) * 1000, "runs": len(times), "queries": len(queries)}
+            out[label] = {
+                "median_ms": statistics.median(times) * 1000,
+                "min_ms": min(times) * 1000,
+                "max_ms": max(times) * 1000,
+                "runs": len(times),
+                "queries": len(queries),
+            }
         print(json.dumps(out))
     finally:
         user.delete()

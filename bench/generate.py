@@ -22,8 +22,21 @@ import shutil
 import sys
 from pathlib import Path
 
-MODULES = ["auth", "users", "organizations", "rbac", "applications", "containers", "domains",
-           "integrations", "notifications", "feature-flags", "audit", "dashboard", "terminal"]
+MODULES = [
+    "auth",
+    "users",
+    "organizations",
+    "rbac",
+    "applications",
+    "containers",
+    "domains",
+    "integrations",
+    "notifications",
+    "feature-flags",
+    "audit",
+    "dashboard",
+    "terminal",
+]
 FORMATS = ("nixmig", "dbmate", "yoyo", "django", "psql")
 PSQL_TABLE = "psql_migrations"
 
@@ -81,8 +94,10 @@ def generate(n: int, root: Path, *, force: bool = False) -> Path:
     django_pkg = dirs["django"] / "bench_django_migrations"
     django_pkg.mkdir()
     (django_pkg / "__init__.py").write_text("")
-    psql = [f"CREATE TABLE {PSQL_TABLE} (id BIGSERIAL PRIMARY KEY, module VARCHAR, name VARCHAR NOT NULL, "
-            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now());\n"]
+    psql = [
+        f"CREATE TABLE {PSQL_TABLE} (id BIGSERIAL PRIMARY KEY, module VARCHAR, name VARCHAR NOT NULL, "
+        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now());\n"
+    ]
     previous = None
     for i in range(1, n + 1):
         module, name, up, down = migration(i)
@@ -101,11 +116,13 @@ def generate(n: int, root: Path, *, force: bool = False) -> Path:
             "from django.db import migrations\n\n\n"
             "class Migration(migrations.Migration):\n"
             f"    dependencies = {deps}\n"
-            f"    operations = [migrations.RunSQL({up!r}, {down!r})]\n")
+            f"    operations = [migrations.RunSQL({up!r}, {down!r})]\n"
+        )
         previous = flat
 
-        psql.append(f"BEGIN;\n{up}\nINSERT INTO {PSQL_TABLE} (module, name) VALUES ('{module}', '{name}');\n"
-                    "COMMIT;\n")
+        psql.append(
+            f"BEGIN;\n{up}\nINSERT INTO {PSQL_TABLE} (module, name) VALUES ('{module}', '{name}');\nCOMMIT;\n"
+        )
     (dirs["psql"] / "up.sql").write_text("".join(psql))
     # Byte-compile the Django migrations now, as a project's deploy would have them: without
     # .pyc files Django's first runs would pay for compiling thousands of modules.

@@ -44,7 +44,9 @@ def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float, int]:
     """Run ``cmd``; return (wall seconds, CPU seconds of the child, exit code)."""
     with open(log, "wb") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
     return seconds, usage.ru_utime + usage.ru_stime, os.waitstatus_to_exitcode(status)
@@ -57,8 +59,10 @@ def median_ms(values: list[float]) -> float:
 def bench_up(server: Server, tree: Path, n: int, runs: int, logs: Path) -> dict[str, list[float]]:
     admin = server.connect()
     py, manage = sys.executable, str(ROOT / "manage.py")
-    cmds = {"lint": [py, manage, "sqlmigrate_up", "--dir", str(tree)],
-            "no-lint": [py, manage, "sqlmigrate_up", "--no-lint", "--dir", str(tree)]}
+    cmds = {
+        "lint": [py, manage, "sqlmigrate_up", "--dir", str(tree)],
+        "no-lint": [py, manage, "sqlmigrate_up", "--no-lint", "--dir", str(tree)],
+    }
     env = child_env(server, DB, tree.parent)
     times: dict[str, list[float]] = {k: [] for k in [*cmds, *(c + " cpu" for c in cmds)]}
     for r in range(runs):
@@ -81,13 +85,15 @@ def bench_up(server: Server, tree: Path, n: int, runs: int, logs: Path) -> dict[
 
 def bench_startup(server: Server, tree: Path, runs: int, logs: Path) -> dict[str, list[float]]:
     py, manage = sys.executable, str(ROOT / "manage.py")
-    cmds = {"lint --all": [py, manage, "sqlmigrate_lint", "--all", "--dir", str(tree)],
-            "version": [py, manage, "version"],
-            "lint --rules": [py, manage, "sqlmigrate_lint", "--rules"]}  # the command without tree or parser
+    cmds = {
+        "lint --all": [py, manage, "sqlmigrate_lint", "--all", "--dir", str(tree)],
+        "version": [py, manage, "version"],
+        "lint --rules": [py, manage, "sqlmigrate_lint", "--rules"],
+    }  # the command without tree or parser
     env = child_env(server, "postgres", tree.parent)
     times: dict[str, list[float]] = {k: [] for k in [*cmds, *(c + " cpu" for c in cmds)]}
     for r in range(runs + 1):
-        order = list(cmds)[r % len(cmds):] + list(cmds)[:r % len(cmds)]  # rotate who goes first
+        order = list(cmds)[r % len(cmds) :] + list(cmds)[: r % len(cmds)]  # rotate who goes first
         for name in order:
             seconds, cpu, rc = timed(cmds[name], env, logs / f"{name.replace(' ', '').replace('-', '')}.log")
             if rc != 0:
@@ -123,7 +129,9 @@ def bench_in_process(tree: Path, runs: int) -> dict[str, list[float]]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=520, help="generated migrations (default 520)")
     parser.add_argument("--up-runs", type=int, default=5, help="up runs per mode (default 5)")
     parser.add_argument("--runs", type=int, default=11, help="start-up runs per command (default 11)")
@@ -156,8 +164,10 @@ def report_startup(startup, args) -> None:
         print(f"  {name:<40} {median_ms(values):8.1f} ms")
     for kind in ("", " cpu"):
         ratio = statistics.median(startup["lint --all" + kind]) / statistics.median(startup["version" + kind])
-        print(f"  sqlmigrate_lint --all / manage.py version{' (CPU)' if kind else ' (wall)'} = {ratio:.2f}x "
-              "(goal <= 1.20x)")
+        print(
+            f"  sqlmigrate_lint --all / manage.py version{' (CPU)' if kind else ' (wall)'} = {ratio:.2f}x "
+            "(goal <= 1.20x)"
+        )
 
 
 def report_up(up, args) -> None:
@@ -166,8 +176,10 @@ def report_up(up, args) -> None:
         print(f"  {name:<40} {median_ms(values):8.1f} ms")
     for kind in ("", " cpu"):
         ratio = statistics.median(up["lint" + kind]) / statistics.median(up["no-lint" + kind])
-        print(f"  with lint / --no-lint{' (CPU)' if kind else ' (wall)'} = {ratio:.3f} "
-              f"({(ratio - 1) * 100:+.1f} %, goal <= +10 %)")
+        print(
+            f"  with lint / --no-lint{' (CPU)' if kind else ' (wall)'} = {ratio:.3f} "
+            f"({(ratio - 1) * 100:+.1f} %, goal <= +10 %)"
+        )
 
 
 if __name__ == "__main__":

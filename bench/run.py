@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit, parse_qs
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,10 +47,20 @@ RESULTS = ROOT / "bench" / "results"
 UP_TOOLS = ["nixmig", "psql", "dbmate", "yoyo", "django"]
 STATUS_TOOLS = ["nixmig", "version", "dbmate", "yoyo", "django"]
 LABELS = {
-    "up": {"nixmig": "sqlmigrate_up", "psql": "psql -f (floor)", "dbmate": "dbmate migrate",
-           "yoyo": "yoyo apply", "django": "manage.py migrate (RunSQL)"},
-    "status": {"nixmig": "sqlmigrate_status", "version": "manage.py version (floor)", "dbmate": "dbmate status",
-               "yoyo": "yoyo list", "django": "manage.py showmigrations"},
+    "up": {
+        "nixmig": "sqlmigrate_up",
+        "psql": "psql -f (floor)",
+        "dbmate": "dbmate migrate",
+        "yoyo": "yoyo apply",
+        "django": "manage.py migrate (RunSQL)",
+    },
+    "status": {
+        "nixmig": "sqlmigrate_status",
+        "version": "manage.py version (floor)",
+        "dbmate": "dbmate status",
+        "yoyo": "yoyo list",
+        "django": "manage.py showmigrations",
+    },
 }
 TRACKING = {  # tool -> query counting its records
     "nixmig": "SELECT count(*) FROM migrations",
@@ -66,6 +76,7 @@ UP_DB = "nmb_up"
 
 
 # -- the server ----------------------------------------------------------------------------
+
 
 class Server:
     """Where the benchmark databases live, and how each tool spells a connection to one."""
@@ -113,8 +124,14 @@ class Server:
     def connect(self, dbname: str = "postgres"):
         import psycopg
 
-        return psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password or None,
-                               dbname=dbname, autocommit=True)
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password or None,
+            dbname=dbname,
+            autocommit=True,
+        )
 
     def django_url(self, db: str) -> str:
         host = quote(self.host, safe="") if self.socket else self.host
@@ -130,7 +147,9 @@ class Server:
     def yoyo_url(self, db: str) -> str:
         pw = f":{quote(self.password, safe='')}" if self.password else ""
         if self.socket:
-            return f"postgresql+psycopg://{quote(self.user)}{pw}@/{db}?host={quote(self.host)}&port={self.port}"
+            return (
+                f"postgresql+psycopg://{quote(self.user)}{pw}@/{db}?host={quote(self.host)}&port={self.port}"
+            )
         return f"postgresql+psycopg://{quote(self.user)}{pw}@{self.host}:{self.port}/{db}"
 
     def stop(self) -> None:
@@ -163,21 +182,30 @@ class Databases:
     def counts(self, name: str, tool: str) -> tuple[int, int]:
         """Return (tables created by the migrations, records in the tool's tracking table)."""
         with self.server.connect(name) as conn:
-            tables = conn.execute("SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname LIKE 'bench\\_%'"
-                                  ).fetchone()[0]
+            tables = conn.execute(
+                "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname LIKE 'bench\\_%'"
+            ).fetchone()[0]
             records = conn.execute(TRACKING[tool]).fetchone()[0]
         return tables, records
 
 
 # -- processes -----------------------------------------------------------------------------
 
+
 def child_env(server: Server, db: str, tree: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "DJANGO_SETTINGS_MODULE")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "DJANGO_SETTINGS_MODULE")
+    }
     # A user's Python writes .pyc files; without them every run would re-compile Django
     # migration files and the project's modules, which is not what anyone measures.
-    env.update(DJANGO_SETTINGS_MODULE="bench.settings", DATABASE_URL=server.django_url(db),
-               NIXMIG_BENCH_DJANGO_PATH=str(tree / "django"), PGPASSWORD=server.password,
-               PYTHONWARNINGS="ignore", DJANGO_DEBUG="0")  # as deployed: no per-query debug log
+    env.update(
+        DJANGO_SETTINGS_MODULE="bench.settings",
+        DATABASE_URL=server.django_url(db),
+        NIXMIG_BENCH_DJANGO_PATH=str(tree / "django"),
+        PGPASSWORD=server.password,
+        PYTHONWARNINGS="ignore",
+        DJANGO_DEBUG="0",
+    )  # as deployed: no per-query debug log
     return env
 
 
@@ -189,21 +217,65 @@ def commands(kind: str, tool: str, server: Server, db: str, tree: Path) -> list[
     if kind == "up":
         return {
             "nixmig": [py, manage, "sqlmigrate_up", "--dir", str(tree / "nixmig")],
-            "psql": [server.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", server.host, "-p", str(server.port),
-                     "-U", server.user, "-d", db, "-f", str(tree / "psql" / "up.sql")],
-            "dbmate": [dbmate, "--no-dump-schema", "--migrations-dir", str(tree / "dbmate"),
-                       "--url", server.dbmate_url(db), "migrate"],
-            "yoyo": [yoyo, "apply", "--no-config-file", "--batch", "--database", server.yoyo_url(db),
-                     str(tree / "yoyo")],
+            "psql": [
+                server.psql,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                server.host,
+                "-p",
+                str(server.port),
+                "-U",
+                server.user,
+                "-d",
+                db,
+                "-f",
+                str(tree / "psql" / "up.sql"),
+            ],
+            "dbmate": [
+                dbmate,
+                "--no-dump-schema",
+                "--migrations-dir",
+                str(tree / "dbmate"),
+                "--url",
+                server.dbmate_url(db),
+                "migrate",
+            ],
+            "yoyo": [
+                yoyo,
+                "apply",
+                "--no-config-file",
+                "--batch",
+                "--database",
+                server.yoyo_url(db),
+                str(tree / "yoyo"),
+            ],
             "django": [py, manage, "migrate", "benchapp"],
         }[tool]
     return {
         "nixmig": [py, manage, "sqlmigrate_status", "--dir", str(tree / "nixmig")],
         "version": [py, manage, "version"],
         "bare": [py, manage, "version"],  # with NIXMIG_BENCH_BARE: the project without nixmig installed
-        "dbmate": [dbmate, "--no-dump-schema", "--migrations-dir", str(tree / "dbmate"),
-                   "--url", server.dbmate_url(db), "status"],
-        "yoyo": [yoyo, "list", "--no-config-file", "--batch", "--database", server.yoyo_url(db), str(tree / "yoyo")],
+        "dbmate": [
+            dbmate,
+            "--no-dump-schema",
+            "--migrations-dir",
+            str(tree / "dbmate"),
+            "--url",
+            server.dbmate_url(db),
+            "status",
+        ],
+        "yoyo": [
+            yoyo,
+            "list",
+            "--no-config-file",
+            "--batch",
+            "--database",
+            server.yoyo_url(db),
+            str(tree / "yoyo"),
+        ],
         "django": [py, manage, "showmigrations", "benchapp"],
     }[tool]
 
@@ -212,8 +284,9 @@ def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, int, int, float]
     """Run ``cmd`` to completion; return (wall seconds, peak RSS in KiB, exit code, CPU seconds of the child)."""
     with open(log, "wb") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -221,6 +294,7 @@ def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, int, int, float]
 
 
 # -- the benchmark -------------------------------------------------------------------------
+
 
 class Bench:
     def __init__(self, args):
@@ -242,32 +316,58 @@ class Bench:
         self.dbs.admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}" TEMPLATE template0')
         env = child_env(self.server, TEMPLATE_DB, RESULTS / "none")
         env.pop("NIXMIG_BENCH_DJANGO_PATH")
-        proc = subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v", "0"], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "migrate", "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             sys.exit(f"could not prepare the template database:\n{proc.stdout}{proc.stderr}")
 
-    def run_one(self, kind: str, tool: str, n: int, tree: Path, db: str, *, record: bool = True,
-                rnd: int = 0) -> float:
+    def run_one(
+        self, kind: str, tool: str, n: int, tree: Path, db: str, *, record: bool = True, rnd: int = 0
+    ) -> float:
         env = child_env(self.server, db, tree)
         if tool == "bare":
             env["NIXMIG_BENCH_BARE"] = "1"
         log = self.logs / f"{kind}-{tool}-{n}.log"
         # kind "noop": sqlmigrate_up on a database where everything is applied
-        seconds, rss, rc, cpu = timed(commands("up" if kind == "noop" else kind, tool, self.server, db, tree),
-                                      env, log)
+        seconds, rss, rc, cpu = timed(
+            commands("up" if kind == "noop" else kind, tool, self.server, db, tree), env, log
+        )
         if rc != 0:
-            sys.exit(f"{kind} {tool} N={n} failed with exit code {rc}; see {log}:\n"
-                     + log.read_text(errors="replace")[-3000:])
+            sys.exit(
+                f"{kind} {tool} N={n} failed with exit code {rc}; see {log}:\n"
+                + log.read_text(errors="replace")[-3000:]
+            )
         if kind == "up":
             tables, records = self.dbs.counts(db, tool)
             if (tables, records) != (n, n):
-                sys.exit(f"{tool} N={n}: expected {n} tables and {n} records, found {tables} and {records}; see {log}")
+                sys.exit(
+                    f"{tool} N={n}: expected {n} tables and {n} records, found {tables} and {records}; see {log}"
+                )
         if record:
-            self.samples.setdefault((kind, tool, n), []).append({"seconds": seconds, "rss_kib": rss, "cpu": cpu})
-            self.raw.write(json.dumps({"kind": kind, "tool": tool, "n": n, "round": rnd, "seconds": seconds,
-                                       "cpu": cpu, "rss_kib": rss, "load": os.getloadavg()[0],
-                                       "at": time.time()}) + "\n")
+            self.samples.setdefault((kind, tool, n), []).append(
+                {"seconds": seconds, "rss_kib": rss, "cpu": cpu}
+            )
+            self.raw.write(
+                json.dumps(
+                    {
+                        "kind": kind,
+                        "tool": tool,
+                        "n": n,
+                        "round": rnd,
+                        "seconds": seconds,
+                        "cpu": cpu,
+                        "rss_kib": rss,
+                        "load": os.getloadavg()[0],
+                        "at": time.time(),
+                    }
+                )
+                + "\n"
+            )
             self.raw.flush()
         return seconds
 
@@ -284,12 +384,16 @@ class Bench:
             return
         need = 7 * MIB_PER_1000 * n / 1000 + 1500
         try:
-            avail = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemAvailable"))) / 1024
+            avail = (
+                int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemAvailable"))) / 1024
+            )
         except (OSError, StopIteration, ValueError):
             return
         if avail < need * 1.5:
-            sys.exit(f"N={n} needs about {need:.0f} MiB of tmpfs and {avail:.0f} MiB are available: "
-                     "pass --data-dir with a folder on disk.")
+            sys.exit(
+                f"N={n} needs about {need:.0f} MiB of tmpfs and {avail:.0f} MiB are available: "
+                "pass --data-dir with a folder on disk."
+            )
 
     def bench_n(self, n: int) -> None:
         self.check_memory(n)
@@ -303,7 +407,7 @@ class Bench:
         warm = n <= 2000 and not self.args.no_warmup
         runs = self.runs_for(n, self.args.runs)
         for r in range(-1 if warm else 0, runs):
-            order = up_tools[r % len(up_tools):] + up_tools[:r % len(up_tools)]
+            order = up_tools[r % len(up_tools) :] + up_tools[: r % len(up_tools)]
             line = []
             for tool in order:
                 db = f"nmb_st_{tool}" if r == (-1 if warm else 0) else UP_DB
@@ -311,9 +415,13 @@ class Bench:
                 line.append(f"{tool} {self.run_one('up', tool, n, tree, db, record=r >= 0, rnd=r):.2f}")
             self.say(f"  N={n} up {'warm-up' if r < 0 else f'round {r + 1}/{runs}'}: " + ", ".join(line))
         self.dbs.drop(UP_DB)
-        runs = self.args.status_runs if n <= 2000 else max(1, min(self.args.status_runs, self.args.status_runs_large))
+        runs = (
+            self.args.status_runs
+            if n <= 2000
+            else max(1, min(self.args.status_runs, self.args.status_runs_large))
+        )
         for r in range(runs):
-            order = st_tools[r % len(st_tools):] + st_tools[:r % len(st_tools)]
+            order = st_tools[r % len(st_tools) :] + st_tools[: r % len(st_tools)]
             line = []
             for tool in order:
                 db = f"nmb_st_{'nixmig' if tool == 'version' else tool}"
@@ -331,9 +439,27 @@ class Bench:
         env = child_env(self.server, db, tree)
         for kind, cmd in (("up", "sqlmigrate_up"), ("status", "sqlmigrate_status")):
             out = RESULTS / f"profile-{kind}-{n}.txt"
-            subprocess.run([sys.executable, "-m", "pyinstrument", "-i", "0.0002", "-r", "text", "-o", str(out),
-                            str(ROOT / "manage.py"), cmd, "--dir", str(tree / "nixmig")], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pyinstrument",
+                    "-i",
+                    "0.0002",
+                    "-r",
+                    "text",
+                    "-o",
+                    str(out),
+                    str(ROOT / "manage.py"),
+                    cmd,
+                    "--dir",
+                    str(tree / "nixmig"),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                check=True,
+            )
             self.say(f"  profile of {cmd} at N={n}: {out}")
         self.dbs.drop(db)
 
@@ -342,13 +468,23 @@ class Bench:
     def summary(self) -> dict:
         out = {"machine": machine_info(self.server), "results": []}
         out["machine"]["data_dir"] = str(self.server.own_dir or self.server.host)
-        for (kind, tool, n), samples in sorted(self.samples.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        for (kind, tool, n), samples in sorted(
+            self.samples.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])
+        ):
             secs = [s["seconds"] for s in samples]
-            out["results"].append({
-                "kind": kind, "tool": tool, "n": n, "runs": len(secs), "median": statistics.median(secs),
-                "min": min(secs), "max": max(secs), "per_migration_ms": statistics.median(secs) / n * 1000,
-                "peak_rss_mib": max(s["rss_kib"] for s in samples) / 1024,
-            })
+            out["results"].append(
+                {
+                    "kind": kind,
+                    "tool": tool,
+                    "n": n,
+                    "runs": len(secs),
+                    "median": statistics.median(secs),
+                    "min": min(secs),
+                    "max": max(secs),
+                    "per_migration_ms": statistics.median(secs) / n * 1000,
+                    "peak_rss_mib": max(s["rss_kib"] for s in samples) / 1024,
+                }
+            )
         return out
 
     def report(self) -> str:
@@ -357,8 +493,11 @@ class Bench:
         med = {(r["kind"], r["tool"], r["n"]): r for r in summary["results"]}
         ns = sorted({r["n"] for r in summary["results"]})
         m = summary["machine"]
-        lines = [f"Machine: {m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres']} (data in {m['data_dir']}), "
-                 f"Python {m['python']}, Django {m['django']}; load average at the end {m['load']}.", ""]
+        lines = [
+            f"Machine: {m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres']} (data in {m['data_dir']}), "
+            f"Python {m['python']}, Django {m['django']}; load average at the end {m['load']}.",
+            "",
+        ]
         for kind in ("up", "status"):
             tools = UP_TOOLS if kind == "up" else STATUS_TOOLS
             tools = [t for t in tools if any((kind, t, n) in med for n in ns)]
@@ -379,10 +518,14 @@ class Bench:
                         cell += f" ({base['median'] / r['median']:.2f}x)"
                     cells.append(cell)
                 lines.append(f"| {LABELS[kind][tool]} | " + " | ".join(cells) + " |")
-            runs = ", ".join(f"N={n:,}: {med[(kind, 'nixmig', n)]['runs']}" for n in ns if (kind, "nixmig", n) in med)
+            runs = ", ".join(
+                f"N={n:,}: {med[(kind, 'nixmig', n)]['runs']}" for n in ns if (kind, "nixmig", n) in med
+            )
             lines.append("")
-            lines.append(f"Medians of whole-process wall time; (x) = nixmig / that tool (below 1 = nixmig faster). "
-                         f"Runs per tool: {runs}.")
+            lines.append(
+                f"Medians of whole-process wall time; (x) = nixmig / that tool (below 1 = nixmig faster). "
+                f"Runs per tool: {runs}."
+            )
             lines.append("")
         lines.append("### nixmig per migration and memory")
         lines.append("")
@@ -391,8 +534,11 @@ class Bench:
         for n in ns:
             up, st = med.get(("up", "nixmig", n)), med.get(("status", "nixmig", n))
             if up:
-                lines.append(f"| {n:,} | {up['per_migration_ms']:.2f} ms | {up['peak_rss_mib']:.0f} MiB | "
-                             + (f"{st['median'] * 1000:.0f} ms" if st else "") + " |")
+                lines.append(
+                    f"| {n:,} | {up['per_migration_ms']:.2f} ms | {up['peak_rss_mib']:.0f} MiB | "
+                    + (f"{st['median'] * 1000:.0f} ms" if st else "")
+                    + " |"
+                )
         text = "\n".join(lines) + "\n"
         (RESULTS / "results.md").write_text(text)
         return text
@@ -415,7 +561,9 @@ class Bench:
                 style = dict(linewidth=2.5, color="C3") if tool == "nixmig" else dict(linewidth=1.3)
                 if tool in ("psql", "version"):
                     style.update(linestyle="--", color="black")
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=LABELS[kind][tool], **style)
+                ax.plot(
+                    [p[0] for p in pts], [p[1] for p in pts], marker="o", label=LABELS[kind][tool], **style
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("migrations (N)")
@@ -424,7 +572,9 @@ class Bench:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         m = summary["machine"]
-        fig.suptitle(f"nixmig vs peers: whole-process wall time, PostgreSQL {m['postgres']}, {m['cores']} cores")
+        fig.suptitle(
+            f"nixmig vs peers: whole-process wall time, PostgreSQL {m['postgres']}, {m['cores']} cores"
+        )
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
@@ -442,8 +592,14 @@ def machine_info(server: Server) -> dict:
                 break
     except OSError:
         pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "django": django.__version__,
-            "postgres": server.version(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "django": django.__version__,
+        "postgres": server.version(),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
 
 
 # -- --quick: the figures of issue 13 at N=520 and 10,000 in a few minutes -----------------------
@@ -484,11 +640,13 @@ class Quick:
         b, args = self.bench, self.args
         tree = generate(n, RESULTS / "trees" / str(n))
         small = n <= 520
-        up_tools = [t for t in (UP_TOOLS if small else ["nixmig", "psql", "dbmate", "django"]) if t in args.tools]
+        up_tools = [
+            t for t in (UP_TOOLS if small else ["nixmig", "psql", "dbmate", "django"]) if t in args.tools
+        ]
         rounds = args.quick_up_runs if small else 1
         # Round 0 applies each tool's tree onto a database of its own (kept for the status runs).
         for r in range(rounds):
-            order = up_tools[r % len(up_tools):] + up_tools[:r % len(up_tools)]
+            order = up_tools[r % len(up_tools) :] + up_tools[: r % len(up_tools)]
             line = []
             for tool in order:
                 db = f"nmb_st_{tool}" if r == 0 else UP_DB
@@ -501,7 +659,7 @@ class Quick:
         kinds += [("status", t) for t in ("dbmate", "django", "yoyo") if t in up_tools]
         runs = args.quick_status_runs if small else max(3, args.quick_status_runs - 2)
         for r in range(runs):
-            order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
+            order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
             line = []
             for kind, tool in order:
                 db = f"nmb_st_{'nixmig' if tool in ('version', 'bare') else tool}"
@@ -514,16 +672,28 @@ class Quick:
     def admin(self, n: int, tree: Path) -> dict | None:
         """The admin's changelist and detail page on the database nixmig migrated (N records, N files)."""
         env = child_env(self.bench.server, "nmb_st_nixmig", tree)
-        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "admin_timing.py"), str(tree / "nixmig"),
-                               "--runs", str(self.args.admin_runs)], cwd=ROOT, env=env, capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "admin_timing.py"),
+                str(tree / "nixmig"),
+                "--runs",
+                str(self.args.admin_runs),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             self.say(f"  admin timing failed:\n{proc.stdout}{proc.stderr[-2000:]}")
             return None
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-        self.say(f"  N={n} admin: changelist {result['changelist']['median_ms']:.0f} ms "
-                 f"({result['changelist']['queries']} queries), detail {result['detail']['median_ms']:.0f} ms "
-                 f"({result['detail']['queries']} queries), median of {self.args.admin_runs}")
+        self.say(
+            f"  N={n} admin: changelist {result['changelist']['median_ms']:.0f} ms "
+            f"({result['changelist']['queries']} queries), detail {result['detail']['median_ms']:.0f} ms "
+            f"({result['detail']['queries']} queries), median of {self.args.admin_runs}"
+        )
         return result
 
     def parallel(self) -> None:
@@ -536,11 +706,20 @@ class Quick:
         env["NIXMIG_BENCH_DATABASES"] = ",".join(f"{a}=nmb_{a}" for a in aliases)
         samples: dict[int, list[dict]] = {1: [], 8: []}
         for r in range(args.parallel_runs):
-            for p in ((1, 8) if r % 2 == 0 else (8, 1)):
+            for p in (1, 8) if r % 2 == 0 else (8, 1):
                 for a in aliases:
                     b.dbs.reset(f"nmb_{a}")
-                cmd = [sys.executable, str(ROOT / "manage.py"), "sqlmigrate_up", "--dir", str(tree / "nixmig"),
-                       "-v", "0", "--parallel", str(p)] + [x for a in aliases for x in ("--database", a)]
+                cmd = [
+                    sys.executable,
+                    str(ROOT / "manage.py"),
+                    "sqlmigrate_up",
+                    "--dir",
+                    str(tree / "nixmig"),
+                    "-v",
+                    "0",
+                    "--parallel",
+                    str(p),
+                ] + [x for a in aliases for x in ("--database", a)]
                 log = b.logs / f"parallel-{p}.log"
                 seconds, rss, rc, cpu = timed(cmd, env, log)
                 if rc:
@@ -548,14 +727,23 @@ class Quick:
                 for a in aliases:
                     tables, records = b.dbs.counts(f"nmb_{a}", "nixmig")
                     if (tables, records) != (n, n):
-                        sys.exit(f"--parallel {p}: database nmb_{a} has {tables} tables and {records} records")
+                        sys.exit(
+                            f"--parallel {p}: database nmb_{a} has {tables} tables and {records} records"
+                        )
                 samples[p].append({"seconds": seconds, "cpu": cpu, "rss_kib": rss})
-                self.say(f"  parallel round {r + 1}/{args.parallel_runs}: --parallel {p} {seconds:.2f} s "
-                         f"(client CPU {cpu:.2f} s)")
+                self.say(
+                    f"  parallel round {r + 1}/{args.parallel_runs}: --parallel {p} {seconds:.2f} s "
+                    f"(client CPU {cpu:.2f} s)"
+                )
         for a in aliases:
             b.dbs.drop(f"nmb_{a}")
-        self.out["parallel"] = {"databases": PARALLEL_DBS, "n": n, "samples": samples,
-                                "median_1": _median(samples[1]), "median_8": _median(samples[8])}
+        self.out["parallel"] = {
+            "databases": PARALLEL_DBS,
+            "n": n,
+            "samples": samples,
+            "median_1": _median(samples[1]),
+            "median_8": _median(samples[8]),
+        }
 
     def big_file(self) -> None:
         """One 20 MB up file of 137,000 small statements: peak memory of sqlmigrate_up."""
@@ -565,45 +753,70 @@ class Quick:
         if not up.exists():
             up.parent.mkdir(parents=True, exist_ok=True)
             pad = "x" * 100
-            up.write_text("CREATE TABLE bench_tiny (id int PRIMARY KEY, note text);\n" + "".join(
-                f"INSERT INTO bench_tiny (id, note) VALUES ({i}, '{pad}');\n" for i in range(137000)))
+            up.write_text(
+                "CREATE TABLE bench_tiny (id int PRIMARY KEY, note text);\n"
+                + "".join(
+                    f"INSERT INTO bench_tiny (id, note) VALUES ({i}, '{pad}');\n" for i in range(137000)
+                )
+            )
             (root / "data" / "001_tiny_down.sql").write_text("DROP TABLE bench_tiny;\n")
         db = "nmb_big"
         b.dbs.reset(db)
         env = child_env(b.server, db, root)
         log = b.logs / "big-file.log"
-        seconds, rss, rc, cpu = timed([sys.executable, str(ROOT / "manage.py"), "sqlmigrate_up", "--dir", str(root)],
-                                      env, log)
+        seconds, rss, rc, cpu = timed(
+            [sys.executable, str(ROOT / "manage.py"), "sqlmigrate_up", "--dir", str(root)], env, log
+        )
         if rc:
             sys.exit(f"the 20 MB file failed; see {log}:\n" + log.read_text(errors="replace")[-3000:])
         with b.server.connect(db) as conn:
             rows = conn.execute("SELECT count(*) FROM bench_tiny").fetchone()[0]
         b.dbs.drop(db)
-        self.out["big_file"] = {"bytes": up.stat().st_size, "statements": 137001, "rows": rows, "seconds": seconds,
-                                "peak_rss_mib": rss / 1024}
-        self.say(f"  20 MB file ({up.stat().st_size / 1e6:.1f} MB, 137,001 statements): {seconds:.1f} s, "
-                 f"peak RSS {rss / 1024:.0f} MiB")
+        self.out["big_file"] = {
+            "bytes": up.stat().st_size,
+            "statements": 137001,
+            "rows": rows,
+            "seconds": seconds,
+            "peak_rss_mib": rss / 1024,
+        }
+        self.say(
+            f"  20 MB file ({up.stat().st_size / 1e6:.1f} MB, 137,001 statements): {seconds:.1f} s, "
+            f"peak RSS {rss / 1024:.0f} MiB"
+        )
 
     def report(self) -> str:
         """The quick tables: ratios to manage.py version, engine time against psql, admin, parallel, memory."""
         s = self.bench.samples
         m = self.out["machine"]
-        lines = [f"Machine: {m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres']} (data in {m['data_dir']}), "
-                 f"Python {m['python']}, Django {m['django']}; load average at the end {m['load']}.", "",
-                 "| N | manage.py version | sqlmigrate_status | no-op sqlmigrate_up | status / version | "
-                 "no-op up / version | (same, CPU time) | version without nixmig installed |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = [
+            f"Machine: {m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres']} (data in {m['data_dir']}), "
+            f"Python {m['python']}, Django {m['django']}; load average at the end {m['load']}.",
+            "",
+            "| N | manage.py version | sqlmigrate_status | no-op sqlmigrate_up | status / version | "
+            "no-op up / version | (same, CPU time) | version without nixmig installed |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for n in self.args.n:
             v, st, no = s[("status", "version", n)], s[("status", "nixmig", n)], s[("noop", "nixmig", n)]
             bare = s.get(("status", "bare", n))
-            lines.append(f"| {n:,} | {_median(v) * 1000:.0f} ms | {_median(st) * 1000:.0f} ms | "
-                         f"{_median(no) * 1000:.0f} ms | **{_median(st) / _median(v):.2f}x** | "
-                         f"**{_median(no) / _median(v):.2f}x** | {_median(st, 'cpu') / _median(v, 'cpu'):.2f}x / "
-                         f"{_median(no, 'cpu') / _median(v, 'cpu'):.2f}x | "
-                         + (f"{_median(bare) * 1000:.0f} ms (status / it: {_median(st) / _median(bare):.2f}x)"
-                            if bare else "") + " |")
-        lines += ["", "| N | tool | apply all N (median) | nixmig / tool (whole process) | "
-                      "engine time (whole - version) | engine / psql |", "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {n:,} | {_median(v) * 1000:.0f} ms | {_median(st) * 1000:.0f} ms | "
+                f"{_median(no) * 1000:.0f} ms | **{_median(st) / _median(v):.2f}x** | "
+                f"**{_median(no) / _median(v):.2f}x** | {_median(st, 'cpu') / _median(v, 'cpu'):.2f}x / "
+                f"{_median(no, 'cpu') / _median(v, 'cpu'):.2f}x | "
+                + (
+                    f"{_median(bare) * 1000:.0f} ms (status / it: {_median(st) / _median(bare):.2f}x)"
+                    if bare
+                    else ""
+                )
+                + " |"
+            )
+        lines += [
+            "",
+            "| N | tool | apply all N (median) | nixmig / tool (whole process) | "
+            "engine time (whole - version) | engine / psql |",
+            "|---|---|---|---|---|---|",
+        ]
         for n in self.args.n:
             version = _median(s[("status", "version", n)])
             nix = _median(s[("up", "nixmig", n)])
@@ -616,9 +829,13 @@ class Quick:
                 if tool == "nixmig":
                     engine = nix - version
                     vs = f"**{engine / _median(psql):.2f}x**" if psql else ""
-                    lines.append(f"| {n:,} | sqlmigrate_up | {t:.2f} s ({runs} runs) | | {engine:.2f} s | {vs} |")
+                    lines.append(
+                        f"| {n:,} | sqlmigrate_up | {t:.2f} s ({runs} runs) | | {engine:.2f} s | {vs} |"
+                    )
                 else:
-                    lines.append(f"| {n:,} | {LABELS['up'][tool]} | {t:.2f} s ({runs} runs) | {nix / t:.2f}x | | |")
+                    lines.append(
+                        f"| {n:,} | {LABELS['up'][tool]} | {t:.2f} s ({runs} runs) | {nix / t:.2f}x | | |"
+                    )
         lines += ["", "| N | status of another tool (median) | nixmig status / tool |", "|---|---|---|"]
         for n in self.args.n:
             nix = _median(s[("status", "nixmig", n)])
@@ -629,29 +846,53 @@ class Quick:
         for n in self.args.n:
             adm = self.out["n"].get(n, {}).get("admin")
             if adm:
-                lines += ["", f"Admin at N={n:,} ({adm['records']:,} records, {n:,} migrations on disk), server time "
-                          f"with the test client, median of {adm['changelist']['runs']}: changelist "
-                          f"**{adm['changelist']['median_ms']:.0f} ms** ({adm['changelist']['queries']} queries), "
-                          f"detail **{adm['detail']['median_ms']:.0f} ms** ({adm['detail']['queries']} queries)."]
+                lines += [
+                    "",
+                    f"Admin at N={n:,} ({adm['records']:,} records, {n:,} migrations on disk), server time "
+                    f"with the test client, median of {adm['changelist']['runs']}: changelist "
+                    f"**{adm['changelist']['median_ms']:.0f} ms** ({adm['changelist']['queries']} queries), "
+                    f"detail **{adm['detail']['median_ms']:.0f} ms** ({adm['detail']['queries']} queries).",
+                ]
         par = self.out["parallel"]
         if par:
-            lines += ["", f"`sqlmigrate_up --parallel 8` over {par['databases']} databases, {par['n']} migrations "
-                          f"each: **{par['median_1'] / par['median_8']:.2f}x** faster than `--parallel 1` "
-                          f"({par['median_8']:.2f} s against {par['median_1']:.2f} s, medians of "
-                          f"{len(par['samples'][8])})."]
+            lines += [
+                "",
+                f"`sqlmigrate_up --parallel 8` over {par['databases']} databases, {par['n']} migrations "
+                f"each: **{par['median_1'] / par['median_8']:.2f}x** faster than `--parallel 1` "
+                f"({par['median_8']:.2f} s against {par['median_1']:.2f} s, medians of "
+                f"{len(par['samples'][8])}).",
+            ]
         up10 = s.get(("up", "nixmig", max(self.args.n)))
         big = self.out["big_file"]
-        lines += ["", "Peak RSS of sqlmigrate_up: "
-                  + (f"{max(x['rss_kib'] for x in up10) / 1024:.0f} MiB applying {max(self.args.n):,} migrations; "
-                     if up10 else "")
-                  + (f"{big['peak_rss_mib']:.0f} MiB for one {big['bytes'] / 1e6:.1f} MB file of {big['statements']:,} "
-                     f"statements ({big['seconds']:.1f} s)." if big else "")]
+        lines += [
+            "",
+            "Peak RSS of sqlmigrate_up: "
+            + (
+                f"{max(x['rss_kib'] for x in up10) / 1024:.0f} MiB applying {max(self.args.n):,} migrations; "
+                if up10
+                else ""
+            )
+            + (
+                f"{big['peak_rss_mib']:.0f} MiB for one {big['bytes'] / 1e6:.1f} MB file of {big['statements']:,} "
+                f"statements ({big['seconds']:.1f} s)."
+                if big
+                else ""
+            ),
+        ]
         text = "\n".join(lines) + "\n"
         (RESULTS / "quick.md").write_text(text)
-        (RESULTS / "quick.json").write_text(json.dumps({
-            "machine": self.out["machine"], "parallel": par, "big_file": big,
-            "admin": {n: v.get("admin") for n, v in self.out["n"].items()},
-            "samples": [{"kind": k, "tool": t, "n": n, "runs": v} for (k, t, n), v in s.items()]}, indent=1))
+        (RESULTS / "quick.json").write_text(
+            json.dumps(
+                {
+                    "machine": self.out["machine"],
+                    "parallel": par,
+                    "big_file": big,
+                    "admin": {n: v.get("admin") for n, v in self.out["n"].items()},
+                    "samples": [{"kind": k, "tool": t, "n": n, "runs": v} for (k, t, n), v in s.items()],
+                },
+                indent=1,
+            )
+        )
         return text
 
 
@@ -663,13 +904,19 @@ def plot_quick(source: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     data = json.loads(Path(source).read_text())
-    med = {(s["kind"], s["tool"], s["n"]): statistics.median(r["seconds"] for r in s["runs"]) for s in data["samples"]}
+    med = {
+        (s["kind"], s["tool"], s["n"]): statistics.median(r["seconds"] for r in s["runs"])
+        for s in data["samples"]
+    }
     ns = sorted({n for (_, _, n) in med})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     ax = axes[0]
-    bars = [("status", "bare", "manage.py version, nixmig not installed"),
-            ("status", "version", "manage.py version"), ("status", "nixmig", "sqlmigrate_status"),
-            ("noop", "nixmig", "sqlmigrate_up, nothing pending")]
+    bars = [
+        ("status", "bare", "manage.py version, nixmig not installed"),
+        ("status", "version", "manage.py version"),
+        ("status", "nixmig", "sqlmigrate_status"),
+        ("noop", "nixmig", "sqlmigrate_up, nothing pending"),
+    ]
     width = 0.8 / len(bars)
     for i, (kind, tool, label) in enumerate(bars):
         xs = [j + i * width for j in range(len(ns))]
@@ -699,7 +946,9 @@ def plot_quick(source: Path, path: Path) -> None:
     ax.set_title("apply all N migrations")
     ax.legend(fontsize=7)
     m = data["machine"]
-    fig.suptitle(f"bench/run.py --quick: PostgreSQL {m['postgres']}, {m['cores']} cores, load average {m['load']}")
+    fig.suptitle(
+        f"bench/run.py --quick: PostgreSQL {m['postgres']}, {m['cores']} cores, load average {m['load']}"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -707,7 +956,9 @@ def plot_quick(source: Path, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", default="100,520,2000,10000", help="Tree sizes, comma-separated.")
     parser.add_argument("--runs", type=int, default=5, help="Up runs per tool for N <= 520 (default 5).")
     parser.add_argument("--runs-2000", type=int, default=3, help="Up runs per tool for 520 < N <= 2000.")
@@ -715,31 +966,61 @@ def main(argv=None) -> None:
     parser.add_argument("--status-runs", type=int, default=7, help="Status runs per tool (default 7).")
     parser.add_argument("--status-runs-large", type=int, default=3, help="Status runs per tool for N > 2000.")
     parser.add_argument("--tools", default=",".join(UP_TOOLS), help="Tools to compare (nixmig is always in).")
-    parser.add_argument("--plot", nargs="?", const=str(ROOT / "docs" / "benchmarks.png"), default=None,
-                        help="Draw the PNG (default path docs/benchmarks.png).")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                        help="Data directory of the benchmark's own embedded PostgreSQL (default: %(default)s; "
-                             "on tmpfs, because on this VM's ext4 disk creating and dropping thousands of "
-                             "relation files made the same SQL 1x to 3x slower from run to run, for every tool).")
-    parser.add_argument("--project-server", action="store_true",
-                        help="Use the project's embedded server (.data/pg) instead of one of the benchmark's own; "
-                             "ignored when DATABASE_URL is set.")
-    parser.add_argument("--keep-server", action="store_true", help="Leave the benchmark's own server running.")
+    parser.add_argument(
+        "--plot",
+        nargs="?",
+        const=str(ROOT / "docs" / "benchmarks.png"),
+        default=None,
+        help="Draw the PNG (default path docs/benchmarks.png).",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help="Data directory of the benchmark's own embedded PostgreSQL (default: %(default)s; "
+        "on tmpfs, because on this VM's ext4 disk creating and dropping thousands of "
+        "relation files made the same SQL 1x to 3x slower from run to run, for every tool).",
+    )
+    parser.add_argument(
+        "--project-server",
+        action="store_true",
+        help="Use the project's embedded server (.data/pg) instead of one of the benchmark's own; "
+        "ignored when DATABASE_URL is set.",
+    )
+    parser.add_argument(
+        "--keep-server", action="store_true", help="Leave the benchmark's own server running."
+    )
     parser.add_argument("--no-warmup", action="store_true", help="Time the first run too, at every N.")
-    parser.add_argument("--profile", action="store_true", help="Profile nixmig with pyinstrument at N=520 (or the first N).")
-    parser.add_argument("--quick", action="store_true",
-                        help="Issue 13's figures at N=520 and 10,000 in about five minutes: status and a no-op up "
-                             "against manage.py version, engine time against psql, the admin, --parallel 8 over 16 "
-                             "databases and the memory of a 20 MB file (results in bench/results/quick.md).")
+    parser.add_argument(
+        "--profile", action="store_true", help="Profile nixmig with pyinstrument at N=520 (or the first N)."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Issue 13's figures at N=520 and 10,000 in about five minutes: status and a no-op up "
+        "against manage.py version, engine time against psql, the admin, --parallel 8 over 16 "
+        "databases and the memory of a 20 MB file (results in bench/results/quick.md).",
+    )
     parser.add_argument("--quick-up-runs", type=int, default=3, help="--quick: apply runs per tool at N=520.")
-    parser.add_argument("--quick-status-runs", type=int, default=7,
-                        help="--quick: status / no-op / version runs at N=520 (two fewer, at least 3, above).")
-    parser.add_argument("--parallel-runs", type=int, default=2, help="--quick: runs of each --parallel setting.")
+    parser.add_argument(
+        "--quick-status-runs",
+        type=int,
+        default=7,
+        help="--quick: status / no-op / version runs at N=520 (two fewer, at least 3, above).",
+    )
+    parser.add_argument(
+        "--parallel-runs", type=int, default=2, help="--quick: runs of each --parallel setting."
+    )
     parser.add_argument("--admin-runs", type=int, default=10, help="--quick: requests per admin page.")
     parser.add_argument("--no-parallel", action="store_true", help="--quick: skip the --parallel runs.")
     parser.add_argument("--no-big-file", action="store_true", help="--quick: skip the 20 MB file.")
-    parser.add_argument("--plot-quick", nargs="?", const=str(RESULTS / "quick.json"), default=None, metavar="JSON",
-                        help="Draw docs/benchmarks-quick.png from a --quick run's quick.json (and run nothing else).")
+    parser.add_argument(
+        "--plot-quick",
+        nargs="?",
+        const=str(RESULTS / "quick.json"),
+        default=None,
+        metavar="JSON",
+        help="Draw docs/benchmarks-quick.png from a --quick run's quick.json (and run nothing else).",
+    )
     args = parser.parse_args(argv)
     if args.plot_quick:
         plot_quick(Path(args.plot_quick), ROOT / "docs" / "benchmarks-quick.png")
@@ -751,7 +1032,9 @@ def main(argv=None) -> None:
     args.tools = {t.strip() for t in args.tools.split(",")} | {"nixmig"}
     bench = Bench(args)
     started = time.time()
-    bench.say(f"benchmark on {os.cpu_count()} cores, PostgreSQL {bench.server.version()} at {bench.server.host}")
+    bench.say(
+        f"benchmark on {os.cpu_count()} cores, PostgreSQL {bench.server.version()} at {bench.server.host}"
+    )
     if args.quick:
         quick = Quick(bench, args)
         quick.run()

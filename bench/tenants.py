@@ -70,35 +70,55 @@ def fresh(settings: dict, tenants: int) -> None:
     """A new database with ``tenants`` empty schemas and the uuid-ossp extension in public."""
     sql(settings, "postgres", f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
     sql(settings, "postgres", f'CREATE DATABASE "{DB}" TEMPLATE template0')
-    sql(settings, DB, 'CREATE EXTENSION IF NOT EXISTS "uuid-ossp" SCHEMA public; '
-        + " ".join(f"CREATE SCHEMA t_{i:04d};" for i in range(1, tenants + 1)))
+    sql(
+        settings,
+        DB,
+        'CREATE EXTENSION IF NOT EXISTS "uuid-ossp" SCHEMA public; '
+        + " ".join(f"CREATE SCHEMA t_{i:04d};" for i in range(1, tenants + 1)),
+    )
 
 
 def tables_per_schema(settings: dict) -> dict[int, int]:
     """Return {number of tables: number of schemas with that many} over the t_ schemas (tracking tables left out)."""
-    rows = sql(settings, DB, "SELECT n, count(*) FROM (SELECT n.nspname, count(c.relname) AS n FROM pg_namespace n "
-               "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind = 'r' AND c.relname NOT IN "
-               "('migrations', 'migrations_progress', 'django_migrations') WHERE n.nspname LIKE 't\\_%' "
-               "GROUP BY 1) s GROUP BY n", fetch=True)
+    rows = sql(
+        settings,
+        DB,
+        "SELECT n, count(*) FROM (SELECT n.nspname, count(c.relname) AS n FROM pg_namespace n "
+        "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind = 'r' AND c.relname NOT IN "
+        "('migrations', 'migrations_progress', 'django_migrations') WHERE n.nspname LIKE 't\\_%' "
+        "GROUP BY 1) s GROUP BY n",
+        fetch=True,
+    )
     return dict(rows)
 
 
 def manage(settings: dict, *args: str, env: dict | None = None) -> tuple[float, str]:
-    environ = dict(os.environ, DATABASE_URL=url(settings, DB).replace("postgresql://", "postgres://", 1),
-                   PYTHONUNBUFFERED="1", **(env or {}))
+    environ = dict(
+        os.environ,
+        DATABASE_URL=url(settings, DB).replace("postgresql://", "postgres://", 1),
+        PYTHONUNBUFFERED="1",
+        **(env or {}),
+    )
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], cwd=ROOT, env=environ,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
-                         f"{proc.stderr[-3000:]}")
+        raise SystemExit(
+            f"{' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
     return seconds, proc.stdout
 
 
 def write_django_migrations(folder: Path) -> None:
     """One RunSQL migration per SQL file of the sample tree, in nixmig's order."""
     import django  # noqa: F401 - server() set it up
+
     from nixmig.tree import load_tree
 
     pkg = folder / "bench_tenant_sql_migrations"
@@ -112,32 +132,53 @@ def write_django_migrations(folder: Path) -> None:
         deps = f"[('tenantsql', {previous!r})]" if previous else "[]"
         (pkg / f"{name}.py").write_text(
             "from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n"
-            f"    dependencies = {deps}\n    operations = [migrations.RunSQL({up!r}, {down!r})]\n")
+            f"    dependencies = {deps}\n    operations = [migrations.RunSQL({up!r}, {down!r})]\n"
+        )
         previous = name
 
 
 def run_nixmig(settings: dict, tenants: int, parallel: int) -> dict:
     fresh(settings, tenants)
-    up, out = manage(settings, "sqlmigrate_up", "--dir", str(TREE), "--schemas-from", SCHEMAS,
-                     "--parallel", str(parallel))
+    up, out = manage(
+        settings, "sqlmigrate_up", "--dir", str(TREE), "--schemas-from", SCHEMAS, "--parallel", str(parallel)
+    )
     engine = float(re.search(r"^Summary: .* in (\d+\.\d) s\.$", out, flags=re.M).group(1))
     check(settings, tenants, "nixmig")
-    status, out = manage(settings, "sqlmigrate_status", "--dir", str(TREE), "--schemas-from", SCHEMAS,
-                         "--parallel", str(parallel), "--check")
+    status, out = manage(
+        settings,
+        "sqlmigrate_status",
+        "--dir",
+        str(TREE),
+        "--schemas-from",
+        SCHEMAS,
+        "--parallel",
+        str(parallel),
+        "--check",
+    )
     assert f"{tenants} up to date" in out, out[-500:]
     return {"up": up, "engine": engine, "status": status}
 
 
-def run_django_tenants(settings: dict, tenants: int, parallel: int, folder: Path, status: bool = True) -> dict:
+def run_django_tenants(
+    settings: dict, tenants: int, parallel: int, folder: Path, status: bool = True
+) -> dict:
     fresh(settings, tenants)
-    env = {"DJANGO_SETTINGS_MODULE": "bench.tenants_settings", "NIXMIG_BENCH_TENANTS_PATH": str(folder),
-           "NIXMIG_BENCH_PROCESSES": str(parallel)}
+    env = {
+        "DJANGO_SETTINGS_MODULE": "bench.tenants_settings",
+        "NIXMIG_BENCH_TENANTS_PATH": str(folder),
+        "NIXMIG_BENCH_PROCESSES": str(parallel),
+    }
     manage(settings, "migrate_schemas", "--shared", "--noinput", "-v", "0", env=env)
-    sql(settings, DB, "INSERT INTO tenantsapp_client (schema_name, name) SELECT format('t_%s', "
-        f"lpad(i::text, 4, '0')), 'tenant ' || i FROM generate_series(1, {tenants}) i")
+    sql(
+        settings,
+        DB,
+        "INSERT INTO tenantsapp_client (schema_name, name) SELECT format('t_%s', "
+        f"lpad(i::text, 4, '0')), 'tenant ' || i FROM generate_series(1, {tenants}) i",
+    )
     executor = "multiprocessing" if parallel > 1 else "standard"
-    up, _ = manage(settings, "migrate_schemas", "--tenant", f"--executor={executor}", "--noinput", "-v", "0",
-                   env=env)
+    up, _ = manage(
+        settings, "migrate_schemas", "--tenant", f"--executor={executor}", "--noinput", "-v", "0", env=env
+    )
     check(settings, tenants, "django-tenants")
     if not status:
         return {"up": up, "status": None}
@@ -149,7 +190,9 @@ def run_django_tenants(settings: dict, tenants: int, parallel: int, folder: Path
 def check(settings: dict, tenants: int, tool: str) -> None:
     counts = tables_per_schema(settings)
     if set(counts) != {EXPECTED_TABLES[0]} or counts[EXPECTED_TABLES[0]] != tenants:
-        raise SystemExit(f"{tool}: tables per schema {counts}, expected {EXPECTED_TABLES[0]} in each of {tenants}")
+        raise SystemExit(
+            f"{tool}: tables per schema {counts}, expected {EXPECTED_TABLES[0]} in each of {tenants}"
+        )
 
 
 EXPECTED_TABLES = [0]
@@ -161,9 +204,12 @@ def main() -> None:
     parser.add_argument("--parallel", default="1,4,8")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--tools", default="nixmig,django-tenants")
-    parser.add_argument("--skip-django-tenants-status", action="store_true",
-                        help="Don't time all_tenants_command showmigrations (sequential whatever --parallel says: "
-                             "one measurement of it is enough, and at 1,000 schemas it takes minutes).")
+    parser.add_argument(
+        "--skip-django-tenants-status",
+        action="store_true",
+        help="Don't time all_tenants_command showmigrations (sequential whatever --parallel says: "
+        "one measurement of it is enough, and at 1,000 schemas it takes minutes).",
+    )
     args = parser.parse_args()
     settings = server()
     tools = args.tools.split(",")
@@ -180,9 +226,11 @@ def main() -> None:
     from nixmig import api
 
     version = sql(settings, DB, "SHOW server_version", fetch=True)[0][0]
-    print(f"{args.tenants} schemas x {len(api.load_tree(TREE).migrations)} migrations "
-          f"({EXPECTED_TABLES[0]} tables per schema), PostgreSQL {version}, {os.cpu_count()} CPUs, "
-          f"{args.rounds} round(s), tools alternating")
+    print(
+        f"{args.tenants} schemas x {len(api.load_tree(TREE).migrations)} migrations "
+        f"({EXPECTED_TABLES[0]} tables per schema), PostgreSQL {version}, {os.cpu_count()} CPUs, "
+        f"{args.rounds} round(s), tools alternating"
+    )
     folder = Path(tempfile.mkdtemp(prefix="nixmig_bench_tenants_"))
     write_django_migrations(folder)
     results: dict[tuple[str, int], list[dict]] = {}
@@ -193,20 +241,27 @@ def main() -> None:
                 if tool == "nixmig":
                     res = run_nixmig(settings, args.tenants, parallel)
                 else:
-                    res = run_django_tenants(settings, args.tenants, parallel, folder,
-                                             status=not args.skip_django_tenants_status)
+                    res = run_django_tenants(
+                        settings, args.tenants, parallel, folder, status=not args.skip_django_tenants_status
+                    )
                 results.setdefault((tool, parallel), []).append(res)
                 status = f"{res['status']:.1f} s" if res["status"] is not None else "not timed"
-                print(f"  round {r + 1} {tool:<15} --parallel {parallel}: up {res['up']:.1f} s "
-                      f"({args.tenants / res['up']:.1f} targets/s), status {status}", flush=True)
+                print(
+                    f"  round {r + 1} {tool:<15} --parallel {parallel}: up {res['up']:.1f} s "
+                    f"({args.tenants / res['up']:.1f} targets/s), status {status}",
+                    flush=True,
+                )
     sql(settings, "postgres", f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
     print("\nMedians (wall time of the command, process start included):")
     print(f"  {'tool':<15} {'parallel':>8} {'up s':>8} {'targets/s':>10} {'status s':>9} {'status t/s':>10}")
     for (tool, parallel), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         up = statistics.median(x["up"] for x in runs)
         timed = [x["status"] for x in runs if x["status"] is not None]
-        st = f"{statistics.median(timed):>9.1f} {args.tenants / statistics.median(timed):>10.1f}" if timed else \
-            f"{'-':>9} {'-':>10}"
+        st = (
+            f"{statistics.median(timed):>9.1f} {args.tenants / statistics.median(timed):>10.1f}"
+            if timed
+            else f"{'-':>9} {'-':>10}"
+        )
         print(f"  {tool:<15} {parallel:>8} {up:>8.1f} {args.tenants / up:>10.1f} {st}")
     if "django-tenants" in tools and "nixmig" in tools:
         print("\nnixmig vs django-tenants, same run (throughput ratio, >1: nixmig faster):")
@@ -214,8 +269,11 @@ def main() -> None:
             n, d = results[("nixmig", parallel)], results[("django-tenants", parallel)]
             up = statistics.median(x["up"] for x in d) / statistics.median(x["up"] for x in n)
             timed = [x["status"] for x in d if x["status"] is not None]
-            st = (f", status x{statistics.median(timed) / statistics.median(x['status'] for x in n):.2f}"
-                  if timed else "")
+            st = (
+                f", status x{statistics.median(timed) / statistics.median(x['status'] for x in n):.2f}"
+                if timed
+                else ""
+            )
             print(f"  --parallel {parallel}: up x{up:.2f}{st}")
 
 

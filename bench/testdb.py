@@ -69,8 +69,13 @@ def main() -> None:
     base_nixmig = dict(settings.NIXMIG)
 
     def configure(n: int, *, template: bool = True, spares: int = 1) -> None:
-        settings.NIXMIG = {**base_nixmig, "MIGRATIONS_DIR": str(trees[n]), "TEST_APPLY": True,
-                           "TEST_TEMPLATE": template, "TEST_SPARES": spares}
+        settings.NIXMIG = {
+            **base_nixmig,
+            "MIGRATIONS_DIR": str(trees[n]),
+            "TEST_APPLY": True,
+            "TEST_TEMPLATE": template,
+            "TEST_SPARES": spares,
+        }
         server.setdefault("TEST", {})["NAME"] = f"bench_testdb_{n}"
 
     def create_test_db(n: int, *, template: bool = True, spares: int = 1) -> float:
@@ -84,8 +89,10 @@ def main() -> None:
         connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
         seconds = time.perf_counter() - started
         with connection.cursor() as cursor:  # the schema really is there: N tables + N records
-            cursor.execute("SELECT (SELECT count(*) FROM pg_tables WHERE tablename LIKE 'bench_%%'), "
-                           "(SELECT count(*) FROM migrations)")
+            cursor.execute(
+                "SELECT (SELECT count(*) FROM pg_tables WHERE tablename LIKE 'bench_%%'), "
+                "(SELECT count(*) FROM migrations)"
+            )
             tables, records = cursor.fetchone()
         assert (tables, records) == (n, n), (n, tables, records)
         connection.creation.destroy_test_db(old_name, verbosity=0)
@@ -104,9 +111,11 @@ def main() -> None:
         testing.wait_for_spares()
         with connection._nodb_cursor() as cursor:
             prefix = testing.template_prefix(f"bench_testdb_{n}")
-            cursor.execute("SELECT datname FROM pg_database WHERE left(datname, length(%s)) = %s", [prefix, prefix])
+            cursor.execute(
+                "SELECT datname FROM pg_database WHERE left(datname, length(%s)) = %s", [prefix, prefix]
+            )
             for (name,) in cursor.fetchall():
-                if not spares_only or name[len(prefix) + testing.HASH_LENGTH:]:
+                if not spares_only or name[len(prefix) + testing.HASH_LENGTH :]:
                     cursor.execute(f'DROP DATABASE "{name}"')
 
     def sqlmigrate_up(n: int) -> float:
@@ -137,13 +146,15 @@ def main() -> None:
         times["first"][n].append(create_test_db(n))
         print(f"N={n}: first run (template built) {times['first'][n][0]:.3f} s", flush=True)
 
-    jobs = [("second", create_test_db),
-            ("second, copy", lambda n: create_test_db(n, spares=0)),
-            ("background", background),
-            ("no template", lambda n: create_test_db(n, template=False)),
-            ("sqlmigrate_up", sqlmigrate_up)]
+    jobs = [
+        ("second", create_test_db),
+        ("second, copy", lambda n: create_test_db(n, spares=0)),
+        ("background", background),
+        ("no template", lambda n: create_test_db(n, template=False)),
+        ("sqlmigrate_up", sqlmigrate_up),
+    ]
     for round_ in range(args.runs):
-        order = jobs[round_ % len(jobs):] + jobs[:round_ % len(jobs)]
+        order = jobs[round_ % len(jobs) :] + jobs[: round_ % len(jobs)]
         for n in args.n:
             for label, job in order:
                 times[label][n].append(job(n))
@@ -155,19 +166,28 @@ def main() -> None:
     medians = {label: {n: statistics.median(v) for n, v in by_n.items()} for label, by_n in times.items()}
     smallest = min(args.n)
     version = connection.cursor().connection.info.server_version
-    print(f"\nTest-database creation, PostgreSQL {version // 10000}.{version % 10000 // 100 if version < 100000 else version % 10000}"
-          f", medians of {args.runs} rounds (first: one run), seconds; {os.cpu_count()} cores, {platform.python_version()}")
-    header = (f"{'N':>6}  {'first':>8}  {'second':>8}  {'second, copy':>12}  {'background':>10}  "
-              f"{'no template':>11}  {'sqlmigrate_up':>13}  {'second/up':>9}  {'second/second@' + str(smallest):>16}")
+    print(
+        f"\nTest-database creation, PostgreSQL {version // 10000}.{version % 10000 // 100 if version < 100000 else version % 10000}"
+        f", medians of {args.runs} rounds (first: one run), seconds; {os.cpu_count()} cores, {platform.python_version()}"
+    )
+    header = (
+        f"{'N':>6}  {'first':>8}  {'second':>8}  {'second, copy':>12}  {'background':>10}  "
+        f"{'no template':>11}  {'sqlmigrate_up':>13}  {'second/up':>9}  {'second/second@' + str(smallest):>16}"
+    )
     print(header)
     for n in args.n:
         m = {label: medians[label][n] for label in medians}
-        print(f"{n:>6}  {m['first']:>8.3f}  {m['second']:>8.3f}  {m['second, copy']:>12.3f}  {m['background']:>10.3f}  "
-              f"{m['no template']:>11.3f}  {m['sqlmigrate_up']:>13.3f}  {m['second'] / m['sqlmigrate_up']:>9.3f}  "
-              f"{m['second'] / medians['second'][smallest]:>16.2f}")
+        print(
+            f"{n:>6}  {m['first']:>8.3f}  {m['second']:>8.3f}  {m['second, copy']:>12.3f}  {m['background']:>10.3f}  "
+            f"{m['no template']:>11.3f}  {m['sqlmigrate_up']:>13.3f}  {m['second'] / m['sqlmigrate_up']:>9.3f}  "
+            f"{m['second'] / medians['second'][smallest]:>16.2f}"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "testdb.json").write_text(json.dumps({"server_version": version, "runs": args.runs,
-                                                      "times": times, "medians": medians}, indent=1))
+    (RESULTS / "testdb.json").write_text(
+        json.dumps(
+            {"server_version": version, "runs": args.runs, "times": times, "medians": medians}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -48,15 +48,22 @@ def env_for(database: str) -> dict:
 
 def run(args: list[str], database: str) -> tuple[float, subprocess.CompletedProcess]:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], cwd=ROOT, env=env_for(database),
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env=env_for(database),
+        capture_output=True,
+        text=True,
+    )
     return time.perf_counter() - started, done
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=520, help="migrations in the generated tree (default 520)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of (up, verify), alternating (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of (up, verify), alternating (default 3)"
+    )
     options = parser.parse_args()
 
     import django
@@ -87,7 +94,9 @@ def main() -> None:
                 if tool == "up":
                     seconds, done = run(["sqlmigrate_up", "--dir", str(tree), "-v", "0"], database)
                 else:
-                    seconds, done = run(["sqlmigrate_verify", "--dir", str(tree), "--json", "-v", "0"], database)
+                    seconds, done = run(
+                        ["sqlmigrate_verify", "--dir", str(tree), "--json", "-v", "0"], database
+                    )
                 if done.returncode != 0:
                     sys.exit(f"{tool} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
                 if tool == "verify":
@@ -104,14 +113,20 @@ def main() -> None:
     snapshots = reports[0]["snapshots"]["count"]
     inside = statistics.median(r["seconds"] for r in reports)
     print()
-    print(f"N = {options.n} migrations, {options.rounds} rounds, medians of whole processes "
-          f"(Django start-up included in both):")
+    print(
+        f"N = {options.n} migrations, {options.rounds} rounds, medians of whole processes "
+        f"(Django start-up included in both):"
+    )
     print(f"  sqlmigrate_up (apply once)      {up:7.2f} s")
     print(f"  sqlmigrate_verify (up/down/up)  {verify:7.2f} s   ratio verify / up = {verify / up:.2f}x")
-    print(f"  verify's own run time           {inside:7.2f} s, of which snapshots {snapshot_s:.2f} s "
-          f"({snapshots} snapshots)")
-    print(f"  snapshot time per migration     {1000 * snapshot_s / options.n:7.1f} ms "
-          f"({1000 * snapshot_s / snapshots:.1f} ms per snapshot)")
+    print(
+        f"  verify's own run time           {inside:7.2f} s, of which snapshots {snapshot_s:.2f} s "
+        f"({snapshots} snapshots)"
+    )
+    print(
+        f"  snapshot time per migration     {1000 * snapshot_s / options.n:7.1f} ms "
+        f"({1000 * snapshot_s / snapshots:.1f} ms per snapshot)"
+    )
 
 
 if __name__ == "__main__":

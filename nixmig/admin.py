@@ -10,13 +10,17 @@ from django.contrib import admin
 from django.db import DatabaseError, connections
 from django.http import HttpRequest
 
-from . import api, conf, lint
+from . import (
+    api,
+    conf,
+    lint,
+    verify,  # noqa: E402 - sqlmigrate_verify's stored results, one column
+)
 from .exceptions import NixmigError
 from .highlight import highlight_sql
 from .models import MigrationRecord
 from .recorder import NIXMIG_COLUMNS, Recorder
 from .tree import Migration, Tree, load_migration
-from . import verify  # noqa: E402 - sqlmigrate_verify's stored results, one column
 
 PENDING_SHOWN = 100
 
@@ -31,11 +35,13 @@ def _cached(request: HttpRequest, key: str, compute):
 
 def _load(request: HttpRequest) -> tuple[Tree | None, str | None]:
     """Return the migration tree read once per request, or None and why it can't be read."""
+
     def load():
         try:
             return api.load_tree(), None
         except NixmigError as exc:
             return None, str(exc)
+
     return _cached(request, "tree", load)
 
 
@@ -115,17 +121,22 @@ class MigrationRecordAdmin(admin.ModelAdmin):
 
     def _table_usable(self, request) -> bool:
         """True when the tracking table exists with nixmig's columns (the model can read it)."""
+
         def probe():
             connection = connections[self.database()]
             recorder = Recorder(connection)
             try:
                 with connection.cursor() as cursor:
-                    cursor.execute("SELECT array(SELECT attname::text FROM pg_attribute WHERE attrelid = "
-                                   "to_regclass(%s) AND attnum > 0 AND NOT attisdropped)", [recorder.qtable])
+                    cursor.execute(
+                        "SELECT array(SELECT attname::text FROM pg_attribute WHERE attrelid = "
+                        "to_regclass(%s) AND attnum > 0 AND NOT attisdropped)",
+                        [recorder.qtable],
+                    )
                     columns = set(cursor.fetchone()[0])
             except DatabaseError:
                 return False
             return {"id", "name", "applied_at", *NIXMIG_COLUMNS} <= columns
+
         return _cached(request, "table_usable", probe)
 
     def get_queryset(self, request):
@@ -167,8 +178,11 @@ class MigrationRecordAdmin(admin.ModelAdmin):
                 found = lint.pending_summary(status, alias)
             except (NixmigError, DatabaseError) as exc:
                 found = {"migrations": {}, "failed": str(exc).strip()}
-            context.update(lint=found, lint_text=lint.counts_text(found),
-                           lint_rows=[(mid, lint.counts_text(c)) for mid, c in found["migrations"].items()])
+            context.update(
+                lint=found,
+                lint_text=lint.counts_text(found),
+                lint_rows=[(mid, lint.counts_text(c)) for mid, c in found["migrations"].items()],
+            )
         return context
 
     # -- detail ------------------------------------------------------------------------
@@ -184,34 +198,56 @@ class MigrationRecordAdmin(admin.ModelAdmin):
         """The record's up and down files from disk, highlighted, each with a notice when it is off."""
         if record.module is not None:  # read its two files only: the page's time does not grow with the tree
             directory = conf.migrations_dir()
-            migration = load_migration(directory, record.module, record.name,
-                                       allow_empty=bool(conf.get("ALLOW_EMPTY")))
+            migration = load_migration(
+                directory, record.module, record.name, allow_empty=bool(conf.get("ALLOW_EMPTY"))
+            )
             where = str(directory)
         else:  # a Go migrator row names no module: find its unique bare name in the tree
             tree = _tree(request)
             migration = _find(tree, record)
             where = str(tree.directory) if tree is not None else "the migrations directory (it can't be read)"
         if migration is None:
-            return [{"label": "Up SQL", "level": "error",
-                     "notice": f"The files of {record.migration_id} are missing from {where}."}]
+            return [
+                {
+                    "label": "Up SQL",
+                    "level": "error",
+                    "notice": f"The files of {record.migration_id} are missing from {where}.",
+                }
+            ]
         up = {"label": "Up SQL", "path": migration.up.relpath, "html": highlight_sql(migration.up.text)}
         if not record.checksum:
-            up.update(level="info", notice="No checksum was recorded for this row (the Go migrator wrote it), "
-                                           "so edits since it was applied can't be detected.")
+            up.update(
+                level="info",
+                notice="No checksum was recorded for this row (the Go migrator wrote it), "
+                "so edits since it was applied can't be detected.",
+            )
         elif record.checksum != migration.checksum:
-            up.update(level="warning",
-                      notice=f"The file was changed after it was applied: its checksum is {migration.checksum}, "
-                             f"the recorded one {record.checksum}. The database ran the earlier text. Undo the "
-                             "edit, or accept it with 'python manage.py sqlmigrate_repair'.")
+            up.update(
+                level="warning",
+                notice=f"The file was changed after it was applied: its checksum is {migration.checksum}, "
+                f"the recorded one {record.checksum}. The database ran the earlier text. Undo the "
+                "edit, or accept it with 'python manage.py sqlmigrate_repair'.",
+            )
         if migration.down is None:
-            down = {"label": "Down SQL", "level": "info",
-                    "notice": f"There is no down file ({migration.name}_down.sql): this migration is irreversible."}
+            down = {
+                "label": "Down SQL",
+                "level": "info",
+                "notice": f"There is no down file ({migration.name}_down.sql): this migration is irreversible.",
+            }
         else:
             try:  # a down file is read when first used: this may be the first time, and it may be unusable
-                down = {"label": "Down SQL", "path": migration.down.relpath,
-                        "html": highlight_sql(migration.down.text)}
+                down = {
+                    "label": "Down SQL",
+                    "path": migration.down.relpath,
+                    "html": highlight_sql(migration.down.text),
+                }
                 if migration.down.is_empty:
                     down.update(level="info", notice="The down file is empty: rolling back is a no-op.")
             except NixmigError as exc:
-                down = {"label": "Down SQL", "path": migration.down.relpath, "level": "error", "notice": str(exc)}
+                down = {
+                    "label": "Down SQL",
+                    "path": migration.down.relpath,
+                    "level": "error",
+                    "notice": str(exc),
+                }
         return [up, down]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from django.db import DatabaseError, connections
 
@@ -19,10 +19,20 @@ from . import conf, databases, signals
 from .exceptions import DatabaseUnavailable, NixmigError, PlanError, TreeError
 from .executor import Executor, RunOptions
 from .lock import MigrationLock
-from .plan import (PARTIAL, PARTLY_APPLIED, AppliedRecord, Entry, Status, describe_partial, plan_down, plan_up,
-                   resolve)
+from .plan import (
+    PARTIAL,
+    PARTLY_APPLIED,
+    AppliedRecord,
+    Entry,
+    Status,
+    describe_partial,
+    plan_down,
+    plan_up,
+    resolve,
+)
 from .recorder import Recorder
-from .tree import ERROR, WARNING, Problem, Tree, load_tree as _load_tree
+from .tree import ERROR, WARNING, Problem, Tree
+from .tree import load_tree as _load_tree
 
 Callback = Callable[..., None]
 
@@ -71,20 +81,26 @@ def _database_errors(function):
 
             text, sqlstate = describe(exc)
             database = kwargs.get("database", "default")
-            what = ("The connection to database {db!r} was lost" if connection_lost(exc, sqlstate) else
-                    "A query nixmig sent to database {db!r} failed").format(db=database)
+            what = (
+                "The connection to database {db!r} was lost"
+                if connection_lost(exc, sqlstate)
+                else "A query nixmig sent to database {db!r} failed"
+            ).format(db=database)
             raise DatabaseUnavailable(
                 f"{what}: {text.rstrip('.')}. Each migration and its record are one transaction (a no-transaction "
                 "file keeps its progress), so the tracking table still says exactly what ran; sqlmigrate_status "
-                "shows it. Run the command again once the database answers.") from None
+                "shows it. Run the command again once the database answers."
+            ) from None
 
     return wrapper
 
 
 def load_tree(directory: str | Path | None = None) -> Tree:
     """Read the migration tree (default: NIXMIG['MIGRATIONS_DIR'])."""
-    return _load_tree(directory if directory is not None else conf.migrations_dir(),
-                      allow_empty=bool(conf.get("ALLOW_EMPTY")))
+    return _load_tree(
+        directory if directory is not None else conf.migrations_dir(),
+        allow_empty=bool(conf.get("ALLOW_EMPTY")),
+    )
 
 
 def connection_for(database: str = "default"):
@@ -102,7 +118,8 @@ def connection_for(database: str = "default"):
         raise DatabaseUnavailable(
             f"Can't connect to database {database!r} ({params.get('NAME')} on {where}"
             f"{':' + str(params['PORT']) if params.get('PORT') else ''}): {first}. Check DATABASE_URL or "
-            "settings.DATABASES and that the server is running.") from None
+            "settings.DATABASES and that the server is running."
+        ) from None
     return connection
 
 
@@ -126,16 +143,27 @@ def _resolve(tree: Tree, state, recorder: Recorder) -> Status:
         sql_file = e.migration.up if e.state == PARTLY_APPLIED else e.migration.down
         prep = examine(sql_file)[0] if sql_file is not None else None
         detailed[e.id] = replace(
-            e, statement_lines=tuple(st.line for st in prep.analysis.statements) if prep else (),
-            edited=prep is None or resume_problem(e, prep, e.progress.direction) is not None)
+            e,
+            statement_lines=tuple(st.line for st in prep.analysis.statements) if prep else (),
+            edited=prep is None or resume_problem(e, prep, e.progress.direction) is not None,
+        )
     old = {describe_partial(e): describe_partial(detailed[e.id]) for e in partial}
-    return replace(current, entries=tuple(detailed.get(e.id, e) for e in current.entries),
-                   problems=tuple(replace(p, message=old.get(p.message, p.message)) for p in current.problems))
+    return replace(
+        current,
+        entries=tuple(detailed.get(e.id, e) for e in current.entries),
+        problems=tuple(replace(p, message=old.get(p.message, p.message)) for p in current.problems),
+    )
 
 
 @_database_errors
-def status(*, directory: str | Path | None = None, database: str = "default", tree: Tree | None = None,
-           create_table: bool = True, schema: str | None = None) -> Status:
+def status(
+    *,
+    directory: str | Path | None = None,
+    database: str = "default",
+    tree: Tree | None = None,
+    create_table: bool = True,
+    schema: str | None = None,
+) -> Status:
     """Return every migration with its state, and the problems found.
 
     Creates the tracking table when it is missing (so a fresh database reads as 'all pending'),
@@ -171,63 +199,115 @@ def require_schema(connection, schema: str | None, *, create: bool = False) -> N
                 if cursor.fetchone()[0]:
                     return  # another runner created it at the same moment
                 first = str(exc).strip().splitlines()[0]
-                raise NixmigError(f"Can't create schema {schema!r} in database {connection.alias!r} ({first}); "
-                                  "nothing was run there. Create it as a role that may, or grant CREATE on the "
-                                  "database.") from None
-    raise NixmigError(f"Schema {schema!r} does not exist in database {connection.alias!r} "
-                      f"({connection.settings_dict.get('NAME')}); nothing was run there. Create it first, pass "
-                      "--create-schemas (create_schemas=True) to have nixmig create it, or remove it from the "
-                      "targets.")
+                raise NixmigError(
+                    f"Can't create schema {schema!r} in database {connection.alias!r} ({first}); "
+                    "nothing was run there. Create it as a role that may, or grant CREATE on the "
+                    "database."
+                ) from None
+    raise NixmigError(
+        f"Schema {schema!r} does not exist in database {connection.alias!r} "
+        f"({connection.settings_dict.get('NAME')}); nothing was run there. Create it first, pass "
+        "--create-schemas (create_schemas=True) to have nixmig create it, or remove it from the "
+        "targets."
+    )
 
 
 def _try_create(connection, recorder: Recorder) -> None:
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s || current_database(), 0))",
-                           [f"nixmig:{recorder.table}:"])
+            cursor.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s || current_database(), 0))",
+                [f"nixmig:{recorder.table}:"],
+            )
             if not cursor.fetchone()[0]:
                 return  # another runner holds the lock and will create the table
             try:
                 cursor.execute(recorder.create_sql())
             finally:
-                cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s || current_database(), 0))",
-                               [f"nixmig:{recorder.table}:"])
+                cursor.execute(
+                    "SELECT pg_advisory_unlock(hashtextextended(%s || current_database(), 0))",
+                    [f"nixmig:{recorder.table}:"],
+                )
     except DatabaseError:
         pass  # a read-only database or standby: status stays read-only
 
 
 @_database_errors
-def migrate_up(*, directory: str | Path | None = None, database: str = "default", to: str | None = None,
-               fake: bool = False, atomic: bool = False, allow_changed: bool = False,
-               allow_out_of_order: bool = False, lock_wait: float | None = None,
-               progress: Callback | None = None, tree: Tree | None = None, schema: str | None = None,
-               create_schema: bool = False) -> RunResult:
+def migrate_up(
+    *,
+    directory: str | Path | None = None,
+    database: str = "default",
+    to: str | None = None,
+    fake: bool = False,
+    atomic: bool = False,
+    allow_changed: bool = False,
+    allow_out_of_order: bool = False,
+    lock_wait: float | None = None,
+    progress: Callback | None = None,
+    tree: Tree | None = None,
+    schema: str | None = None,
+    create_schema: bool = False,
+) -> RunResult:
     """Apply pending migrations in order (all, or up to and including ``to``).
 
     ``tree`` reuses an already loaded tree (callers that run many times, such as verify).
     ``schema`` runs them in that schema of ``database`` (search_path, tracking table and lock
     of the schema); ``create_schema`` creates it when missing.
     """
-    return _run("up", directory, database, progress, lock_wait, fake,
-                lambda status: plan_up(status, to=to, allow_changed=allow_changed,
-                                       allow_out_of_order=allow_out_of_order), atomic=atomic, tree=tree,
-                schema=schema, create_schema=create_schema)
+    return _run(
+        "up",
+        directory,
+        database,
+        progress,
+        lock_wait,
+        fake,
+        lambda status: plan_up(
+            status, to=to, allow_changed=allow_changed, allow_out_of_order=allow_out_of_order
+        ),
+        atomic=atomic,
+        tree=tree,
+        schema=schema,
+        create_schema=create_schema,
+    )
 
 
 @_database_errors
-def migrate_down(*, directory: str | Path | None = None, database: str = "default", steps: int | None = 1,
-                 to: str | None = None, everything: bool = False, fake: bool = False,
-                 lock_wait: float | None = None, progress: Callback | None = None,
-                 tree: Tree | None = None, schema: str | None = None) -> RunResult:
+def migrate_down(
+    *,
+    directory: str | Path | None = None,
+    database: str = "default",
+    steps: int | None = 1,
+    to: str | None = None,
+    everything: bool = False,
+    fake: bool = False,
+    lock_wait: float | None = None,
+    progress: Callback | None = None,
+    tree: Tree | None = None,
+    schema: str | None = None,
+) -> RunResult:
     """Roll back the most recently applied migrations (``steps``, down ``to`` one, or ``everything``)."""
-    return _run("down", directory, database, progress, lock_wait, fake,
-                lambda status: plan_down(status, steps=steps, to=to, everything=everything, fake=fake),
-                tree=tree, schema=schema)
+    return _run(
+        "down",
+        directory,
+        database,
+        progress,
+        lock_wait,
+        fake,
+        lambda status: plan_down(status, steps=steps, to=to, everything=everything, fake=fake),
+        tree=tree,
+        schema=schema,
+    )
 
 
 @_database_errors
-def plan(direction: str = "up", *, directory: str | Path | None = None, database: str = "default",
-         schema: str | None = None, **options) -> list[Entry]:
+def plan(
+    direction: str = "up",
+    *,
+    directory: str | Path | None = None,
+    database: str = "default",
+    schema: str | None = None,
+    **options,
+) -> list[Entry]:
     """Return what ``migrate_up`` / ``migrate_down`` would run with these options, changing nothing."""
     tree = load_tree(directory)
     tree.raise_for_errors()
@@ -241,9 +321,16 @@ def plan(direction: str = "up", *, directory: str | Path | None = None, database
 
 
 @_database_errors
-def preview(direction: str = "up", *, directory: str | Path | None = None, database: str = "default",
-            fake: bool = False, atomic: bool = False, schema: str | None = None,
-            **options) -> list[tuple[Entry | None, list[str]]]:
+def preview(
+    direction: str = "up",
+    *,
+    directory: str | Path | None = None,
+    database: str = "default",
+    fake: bool = False,
+    atomic: bool = False,
+    schema: str | None = None,
+    **options,
+) -> list[tuple[Entry | None, list[str]]]:
     """Return, per migration, the exact queries ``migrate_up`` / ``migrate_down`` would send; send none.
 
     A first item with no entry holds the tracking table's creation when a run would create it.
@@ -259,8 +346,15 @@ def preview(direction: str = "up", *, directory: str | Path | None = None, datab
     if entries and not state.exists:
         out.append((None, ["BEGIN;", recorder.create_sql() + ";", "COMMIT;"]))
     elif entries and (state.needs_upgrade or current.legacy):
-        out.append((None, ["-- the tracking table is upgraded first (module, checksum and execution_ms "
-                           "columns; module and checksum of the Go migrator's rows)"]))
+        out.append(
+            (
+                None,
+                [
+                    "-- the tracking table is upgraded first (module, checksum and execution_ms "
+                    "columns; module and checksum of the Go migrator's rows)"
+                ],
+            )
+        )
     out.extend(Executor(connection, recorder).preview(direction, entries, prepared, fake=fake, atomic=atomic))
     return out
 
@@ -284,8 +378,10 @@ def _prepare(tree: Tree, entries: list[Entry], direction: str, fake: bool) -> di
         refused.extend(problems)
     if refused:
         listed = "\n".join(f"  - {p}" for p in refused)
-        raise TreeError(f"Nothing was run: {len(refused)} problem(s) in the files of this run must be fixed "
-                        f"first:\n{listed}")
+        raise TreeError(
+            f"Nothing was run: {len(refused)} problem(s) in the files of this run must be fixed "
+            f"first:\n{listed}"
+        )
     return prepared
 
 
@@ -316,18 +412,40 @@ def _with_migration_signals(emit: Callback, database: str) -> Callback:
 
     def callback(event: str, **data) -> None:
         if event == "start":
-            signals.pre_migration.send(sender=RunResult, direction=data["direction"], database=database,
-                                       migration_id=data["entry"].id, fake=data["fake"])
+            signals.pre_migration.send(
+                sender=RunResult,
+                direction=data["direction"],
+                database=database,
+                migration_id=data["entry"].id,
+                fake=data["fake"],
+            )
         emit(event, **data)
         if event == "success":
-            signals.post_migration.send(sender=RunResult, direction=data["direction"], database=database,
-                                        migration_id=data["entry"].id, fake=data["fake"], ms=data["ms"])
+            signals.post_migration.send(
+                sender=RunResult,
+                direction=data["direction"],
+                database=database,
+                migration_id=data["entry"].id,
+                fake=data["fake"],
+                ms=data["ms"],
+            )
 
     return callback
 
 
-def _run(direction, directory, database, progress, lock_wait, fake, make_plan, atomic=False,
-         tree: Tree | None = None, schema: str | None = None, create_schema: bool = False) -> RunResult:
+def _run(
+    direction,
+    directory,
+    database,
+    progress,
+    lock_wait,
+    fake,
+    make_plan,
+    atomic=False,
+    tree: Tree | None = None,
+    schema: str | None = None,
+    create_schema: bool = False,
+) -> RunResult:
     emit = _with_migration_signals(progress or (lambda event, **data: None), database)
     tree = tree or load_tree(directory)
     tree.raise_for_errors()
@@ -338,18 +456,32 @@ def _run(direction, directory, database, progress, lock_wait, fake, make_plan, a
     require_schema(connection, schema, create=create_schema)
     recorder = Recorder(connection, schema=schema)
     started = time.perf_counter()
-    with MigrationLock(connection, recorder.table, wait=lock_wait, callback=emit,
-                       command=f"sqlmigrate_{direction}"):
+    with MigrationLock(
+        connection, recorder.table, wait=lock_wait, callback=emit, command=f"sqlmigrate_{direction}"
+    ):
         state = recorder.read()  # re-read under the lock: another runner may have applied everything
         current = _resolve(tree, state, recorder)
         entries = make_plan(current)
         prepared = _prepare(tree, entries, direction, fake)
         for check in _plan_checks:  # e.g. the linter: may raise to refuse the plan; nothing has run yet
-            check(direction=direction, entries=entries, prepared=prepared, connection=connection, fake=fake,
-                  emit=emit)
-        result = RunResult(direction, entries, database=database, fake=fake, schema=schema,
-                           skipped=sum(1 for e in current.entries if e.record is not None) - len(entries)
-                           if direction == "down" else len(current.with_state("applied", "changed")))
+            check(
+                direction=direction,
+                entries=entries,
+                prepared=prepared,
+                connection=connection,
+                fake=fake,
+                emit=emit,
+            )
+        result = RunResult(
+            direction,
+            entries,
+            database=database,
+            fake=fake,
+            schema=schema,
+            skipped=sum(1 for e in current.entries if e.record is not None) - len(entries)
+            if direction == "down"
+            else len(current.with_state("applied", "changed")),
+        )
         emit("plan", direction=direction, entries=entries, fake=fake)
         if not entries:
             if not state.exists or state.needs_upgrade or current.legacy:
@@ -357,15 +489,15 @@ def _run(direction, directory, database, progress, lock_wait, fake, make_plan, a
             result.seconds = time.perf_counter() - started
             return result
         recorder.ensure_schema(state, current)
-        signals.pre_sqlmigrate.send(sender=RunResult, direction=direction, database=database, plan=entries,
-                                    fake=fake)
+        signals.pre_sqlmigrate.send(
+            sender=RunResult, direction=direction, database=database, plan=entries, fake=fake
+        )
         executor = Executor(connection, recorder, emit)
         try:
             result.done = executor.run(entries, prepared, RunOptions(direction, fake, atomic))
         finally:
             result.seconds = time.perf_counter() - started
-        signals.post_sqlmigrate.send(sender=RunResult, direction=direction, database=database,
-                                     result=result)
+        signals.post_sqlmigrate.send(sender=RunResult, direction=direction, database=database, result=result)
     return result
 
 
@@ -392,8 +524,13 @@ def reset_migrations(**options) -> RunResult:
 
 
 @_database_errors
-def repair(ids: list[str] | None = None, *, directory: str | Path | None = None, database: str = "default",
-           lock_wait: float | None = None) -> list[str]:
+def repair(
+    ids: list[str] | None = None,
+    *,
+    directory: str | Path | None = None,
+    database: str = "default",
+    lock_wait: float | None = None,
+) -> list[str]:
     """Record the current checksum of edited applied files (all changed ones, or ``ids``)."""
     tree = load_tree(directory)
     tree.raise_for_errors()
@@ -407,7 +544,9 @@ def repair(ids: list[str] | None = None, *, directory: str | Path | None = None,
         wanted = list(changed) if not ids else [i.strip("/") for i in ids]
         for mid in wanted:
             if mid not in changed:
-                raise PlanError(f"{mid} is not a changed applied migration; sqlmigrate_status lists the changed ones.")
+                raise PlanError(
+                    f"{mid} is not a changed applied migration; sqlmigrate_status lists the changed ones."
+                )
         recorder.ensure_schema(state, current)
         for mid in wanted:
             recorder.set_checksum(changed[mid].record, changed[mid].migration.checksum)
@@ -415,8 +554,9 @@ def repair(ids: list[str] | None = None, *, directory: str | Path | None = None,
 
 
 @_database_errors
-def forget_progress(ids: list[str], *, database: str = "default",
-                    lock_wait: float | None = None) -> list[str]:
+def forget_progress(
+    ids: list[str], *, database: str = "default", lock_wait: float | None = None
+) -> list[str]:
     """Forget the progress of partly applied / partly rolled-back migrations, after settling them by hand.
 
     A partly applied migration becomes pending again (you undid its statements that ran); a partly
@@ -431,8 +571,10 @@ def forget_progress(ids: list[str], *, database: str = "default",
         wanted = [i.strip().strip("/") for i in ids]
         for mid in wanted:
             if mid not in known:
-                raise PlanError(f"{mid} has no progress row: it is not partly applied or partly rolled back "
-                                "(sqlmigrate_status marks those [!]); nothing was changed.")
+                raise PlanError(
+                    f"{mid} has no progress row: it is not partly applied or partly rolled back "
+                    "(sqlmigrate_status marks those [!]); nothing was changed."
+                )
         for mid in wanted:
             recorder.forget_progress(*known[mid])
     return wanted

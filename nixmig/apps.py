@@ -12,4 +12,6 @@ class NixmigConfig(AppConfig):
         from .checks import check_sql_migrations
 
         checks.register(check_sql_migrations, checks.Tags.database)
-        api.register_plan_check(lint.plan_check)  # every up run (command, API, startup, migrate) lints its plan
+        api.register_plan_check(
+            lint.plan_check
+        )  # every up run (command, API, startup, migrate) lints its plan

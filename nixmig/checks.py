@@ -29,15 +29,20 @@ def pending_message(status: Status, alias: str) -> str | None:
         return None
     ids = ", ".join(e.id for e in pending[:SHOWN_IDS]) + (", ..." if len(pending) > SHOWN_IDS else "")
     where = "" if alias == DEFAULT_DB_ALIAS else f" in database {alias!r}"
-    return (f"You have {len(pending)} unapplied SQL migration(s){where}: {ids}. Your project may not work "
-            "properly until you apply them.")
+    return (
+        f"You have {len(pending)} unapplied SQL migration(s){where}: {ids}. Your project may not work "
+        "properly until you apply them."
+    )
 
 
 def problems_message(status: Status, alias: str) -> str | None:
     """Return one line naming what sqlmigrate_status reports as wrong, or None."""
     counts = status.counts()
-    parts = [f"{counts[state]} {state.replace('_', ' ')}"
-             for state in ("changed", "missing", "partly_applied", "partly_rolled_back") if counts[state]]
+    parts = [
+        f"{counts[state]} {state.replace('_', ' ')}"
+        for state in ("changed", "missing", "partly_applied", "partly_rolled_back")
+        if counts[state]
+    ]
     problems = [p for p in status.problems if p.level in ("error", "warning") and p.code not in counts]
     if problems:
         parts.append(f"{len(problems)} problem(s) such as: {problems[0].message}")
@@ -66,8 +71,13 @@ def check_sql_migrations(app_configs=None, databases=None, **kwargs) -> list:
         try:
             status = read_status(alias)
         except TreeError as exc:
-            messages.append(Warning(str(exc), hint="Set NIXMIG['MIGRATIONS_DIR'] or fix the files named above.",
-                                    id="nixmig.W003"))
+            messages.append(
+                Warning(
+                    str(exc),
+                    hint="Set NIXMIG['MIGRATIONS_DIR'] or fix the files named above.",
+                    id="nixmig.W003",
+                )
+            )
             break  # every database reads the same tree
         except NixmigError as exc:
             messages.append(Warning(f"Database {alias!r}: {exc}", id="nixmig.W002"))
@@ -83,6 +93,11 @@ def check_sql_migrations(app_configs=None, databases=None, **kwargs) -> list:
         problems = problems_message(status, alias)
         if problems:
             flag = "" if alias == DEFAULT_DB_ALIAS else f" --database {alias}"
-            messages.append(Warning(problems, hint=f"Run 'python manage.py sqlmigrate_status{flag}' for details.",
-                                    id="nixmig.W002"))
+            messages.append(
+                Warning(
+                    problems,
+                    hint=f"Run 'python manage.py sqlmigrate_status{flag}' for details.",
+                    id="nixmig.W002",
+                )
+            )
     return messages

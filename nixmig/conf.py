@@ -54,5 +54,7 @@ def duration(key: str) -> str:
 
     value = str(get(key)).strip()
     if not TIMEOUT_RE.match(value):
-        raise NixmigError(f"NIXMIG[{key!r}] = {value!r} is not a duration; use e.g. '10s', '500ms' or '0' (off).")
+        raise NixmigError(
+            f"NIXMIG[{key!r}] = {value!r} is not a duration; use e.g. '10s', '500ms' or '0' (off)."
+        )
     return value

@@ -8,8 +8,8 @@ app label ``nixmig``, which databases take SQL migrations at all.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
@@ -39,8 +39,10 @@ def require_known(aliases: Iterable[str]) -> None:
     """Raise a clear error naming the aliases that settings.DATABASES doesn't have."""
     unknown = [a for a in aliases if a not in connections.settings]
     if unknown:
-        raise NixmigError(f"There is no database {', '.join(map(repr, unknown))} in settings.DATABASES "
-                          f"(known: {', '.join(connections)}).")
+        raise NixmigError(
+            f"There is no database {', '.join(map(repr, unknown))} in settings.DATABASES "
+            f"(known: {', '.join(connections)})."
+        )
 
 
 def select(aliases: Iterable[str] | str | None = None, *, all_databases: bool = False) -> Selection:
@@ -58,8 +60,9 @@ def select(aliases: Iterable[str] | str | None = None, *, all_databases: bool = 
         if all_databases and not is_postgresql(alias):
             skipped.append((alias, f"it is {connections[alias].vendor}, not PostgreSQL"))
         elif not allows(alias):
-            skipped.append((alias, "the database routers don't allow migrating the nixmig app there "
-                                   "(allow_migrate)"))
+            skipped.append(
+                (alias, "the database routers don't allow migrating the nixmig app there (allow_migrate)")
+            )
         else:
             chosen.append(alias)
     return Selection(tuple(chosen), tuple(skipped))
@@ -67,8 +70,19 @@ def select(aliases: Iterable[str] | str | None = None, *, all_databases: bool = 
 
 # -- temporary aliases (URL targets, verify's scratch database, test helpers) ----------------------
 
-_DEFAULTS = {"ATOMIC_REQUESTS": False, "AUTOCOMMIT": True, "CONN_MAX_AGE": 0, "CONN_HEALTH_CHECKS": False,
-             "OPTIONS": {}, "TIME_ZONE": None, "TEST": {}, "USER": "", "PASSWORD": "", "HOST": "", "PORT": ""}
+_DEFAULTS = {
+    "ATOMIC_REQUESTS": False,
+    "AUTOCOMMIT": True,
+    "CONN_MAX_AGE": 0,
+    "CONN_HEALTH_CHECKS": False,
+    "OPTIONS": {},
+    "TIME_ZONE": None,
+    "TEST": {},
+    "USER": "",
+    "PASSWORD": "",
+    "HOST": "",
+    "PORT": "",
+}
 
 
 def complete(settings: dict) -> dict:

@@ -14,8 +14,16 @@ class TreeError(NixmigError):
 class MigrationFailed(NixmigError):
     """A migration failed in the database and was rolled back (or partly applied)."""
 
-    def __init__(self, message: str, *, migration_id: str = "", sqlstate: str | None = None,
-                 applied: tuple[str, ...] = (), file: str | None = None, line: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        migration_id: str = "",
+        sqlstate: str | None = None,
+        applied: tuple[str, ...] = (),
+        file: str | None = None,
+        line: int | None = None,
+    ):
         super().__init__(message)
         self.migration_id = migration_id
         self.sqlstate = sqlstate

@@ -9,17 +9,24 @@ is written in the same transaction as the body, and applying it costs one round 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from django.db import DatabaseError, transaction
 
-from . import conf
+from . import conf, notx
 from .exceptions import MigrationFailed, NixmigError
-from . import notx
 from .notx import resume_problem
-from .pgerrors import (ACTIVE_SQL_TRANSACTION, LOCK_NOT_AVAILABLE, connection_lost, describe, locate, position,
-                       replayable)
+from .pgerrors import (
+    ACTIVE_SQL_TRANSACTION,
+    LOCK_NOT_AVAILABLE,
+    connection_lost,
+    describe,
+    locate,
+    position,
+    replayable,
+)
 from .plan import Entry, RunOptions
 from .recorder import Recorder, literal
 from .reports import failure, partial_truth
@@ -27,6 +34,7 @@ from .tree import Directives, line_of
 
 if TYPE_CHECKING:  # pglast costs ~30 ms to import; sqlmigrate_status never needs it
     from .sqltext import Prepared
+
 
 class Executor:
     """Apply and roll back planned migrations on one Django connection."""
@@ -44,13 +52,17 @@ class Executor:
     def run(self, entries: list[Entry], prepared: dict[str, Prepared], options: RunOptions) -> list[Entry]:
         """Run ``entries`` in order (most recent first for down); return those done. Stops at the first failure."""
         if not options.fake:
-            refused = [msg for e in entries if (msg := resume_problem(e, prepared.get(e.id), options.direction))]
+            refused = [
+                msg for e in entries if (msg := resume_problem(e, prepared.get(e.id), options.direction))
+            ]
             if refused:
                 raise MigrationFailed("Nothing was run. " + " ".join(refused))
         bad = [e.id for e in entries if e.id in prepared and prepared[e.id].no_transaction]
         if options.atomic and bad and not options.fake:
-            raise NixmigError(f"--atomic can't include no-transaction migrations ({', '.join(bad)}): they run "
-                              "outside any transaction. Apply them without --atomic.")
+            raise NixmigError(
+                f"--atomic can't include no-transaction migrations ({', '.join(bad)}): they run "
+                "outside any transaction. Apply them without --atomic."
+            )
         done: list[Entry] = []
         with transaction.atomic(using=self.connection.alias) if options.atomic else nullcontext():
             for index, entry in enumerate(entries, 1):
@@ -59,14 +71,18 @@ class Executor:
 
     def finish_sql(self, direction: str, entry: Entry) -> str:
         """SQL that records (up) or forgets (down) ``entry``, and clears any progress it had."""
-        sql = (self.recorder.record_sql(entry.migration) if direction == "up"
-               else self.recorder.unrecord_sql(entry.record))
+        sql = (
+            self.recorder.record_sql(entry.migration)
+            if direction == "up"
+            else self.recorder.unrecord_sql(entry.record)
+        )
         if entry.progress is not None:
             sql += "; " + self.recorder.clear_progress_sql(entry.migration)
         return sql
 
-    def query_for(self, direction: str, entry: Entry, prep: Prepared | None, *, fake: bool = False,
-                  in_tx: bool = False) -> tuple[str, str]:
+    def query_for(
+        self, direction: str, entry: Entry, prep: Prepared | None, *, fake: bool = False, in_tx: bool = False
+    ) -> tuple[str, str]:
         """Return (prefix, query): the one query string that runs a transactional migration and its record."""
         body = "" if fake or prep is None else prep.body
         directives = Directives() if fake or prep is None else prep.file.directives
@@ -74,8 +90,15 @@ class Executor:
         query = f"{prefix}{body}\n;\n{self.finish_sql(direction, entry)};" + ("" if in_tx else " COMMIT;")
         return prefix, query
 
-    def preview(self, direction: str, entries: list[Entry], prepared: dict[str, Prepared], *, fake: bool = False,
-                atomic: bool = False) -> list[tuple[Entry, list[str]]]:
+    def preview(
+        self,
+        direction: str,
+        entries: list[Entry],
+        prepared: dict[str, Prepared],
+        *,
+        fake: bool = False,
+        atomic: bool = False,
+    ) -> list[tuple[Entry, list[str]]]:
         """Return, per entry, the exact query strings a run would send (nothing is sent).
 
         Replayed in order (e.g. with psql), they leave the database as a real run would:
@@ -99,8 +122,15 @@ class Executor:
 
     # -- one migration ---------------------------------------------------------------------
 
-    def _one(self, entry: Entry, prep: Prepared | None, options: RunOptions, index: int, total: int,
-             done: list[Entry]) -> None:
+    def _one(
+        self,
+        entry: Entry,
+        prep: Prepared | None,
+        options: RunOptions,
+        index: int,
+        total: int,
+        done: list[Entry],
+    ) -> None:
         direction = options.direction
         self.callback("start", direction=direction, entry=entry, index=index, total=total, fake=options.fake)
         started = time.perf_counter()
@@ -109,22 +139,42 @@ class Executor:
                 self._no_transaction(entry, prep, options, done)
             else:
                 if prep is not None and not options.fake and prep.body.strip():
-                    self.callback("sql", entry=entry, sql=prep.file.text, own_transaction=prep.own_transaction)
+                    self.callback(
+                        "sql", entry=entry, sql=prep.file.text, own_transaction=prep.own_transaction
+                    )
                 self._transactional(entry, None if options.fake else prep, options, done)
         except DatabaseError as exc:  # before any of its SQL was sent: the connection is gone
             text, sqlstate = describe(exc)
-            raise failure(entry, prep, None, text, sqlstate, done, options,
-                          "This run sent none of its statements; sqlmigrate_status shows its state. Run "
-                          f"sqlmigrate_{direction} again once the database answers.", fix=False) from None
+            raise failure(
+                entry,
+                prep,
+                None,
+                text,
+                sqlstate,
+                done,
+                options,
+                "This run sent none of its statements; sqlmigrate_status shows its state. Run "
+                f"sqlmigrate_{direction} again once the database answers.",
+                fix=False,
+            ) from None
         done.append(entry)
-        self.callback("success", direction=direction, entry=entry, index=index, total=total, fake=options.fake,
-                      ms=(time.perf_counter() - started) * 1000)
+        self.callback(
+            "success",
+            direction=direction,
+            entry=entry,
+            index=index,
+            total=total,
+            fake=options.fake,
+            ms=(time.perf_counter() - started) * 1000,
+        )
 
     def _settings(self, directives: Directives, local: bool) -> str:
         scope = "SET LOCAL" if local else "SET"
         path = f"{scope} search_path = {self._search_path()}; " if self.recorder.schema else ""
-        return (f"{path}{scope} lock_timeout = {literal(directives.lock_timeout or self.lock_timeout)}; "
-                f"{scope} statement_timeout = {literal(directives.statement_timeout or self.statement_timeout)};")
+        return (
+            f"{path}{scope} lock_timeout = {literal(directives.lock_timeout or self.lock_timeout)}; "
+            f"{scope} statement_timeout = {literal(directives.statement_timeout or self.statement_timeout)};"
+        )
 
     def _search_path(self) -> str:
         """The search_path of a schema target: its schema, then public (for shared objects)."""
@@ -146,10 +196,14 @@ class Executor:
                     raise
                 attempt += 1
                 delay = min(2 ** (attempt - 1), 30)
-                self.callback("retry", entry=entry, attempt=attempt, retries=self.retries, delay=delay, reason=text)
+                self.callback(
+                    "retry", entry=entry, attempt=attempt, retries=self.retries, delay=delay, reason=text
+                )
                 time.sleep(delay)
 
-    def _transactional(self, entry: Entry, prep: Prepared | None, options: RunOptions, done: list[Entry]) -> None:
+    def _transactional(
+        self, entry: Entry, prep: Prepared | None, options: RunOptions, done: list[Entry]
+    ) -> None:
         in_tx = options.atomic
         prefix, query = self.query_for(options.direction, entry, prep, fake=options.fake, in_tx=in_tx)
         try:
@@ -165,27 +219,36 @@ class Executor:
             if line is None and prep is not None and not in_tx and replayable(sqlstate):
                 line = locate(self.connection, prep, "BEGIN; " + self._settings(prep.file.directives, True))
             if options.atomic:
-                truth = (f"It was rolled back, and with --atomic so was everything else of this run: nothing of it "
-                         f"was {options.done_verb}.")
+                truth = (
+                    f"It was rolled back, and with --atomic so was everything else of this run: nothing of it "
+                    f"was {options.done_verb}."
+                )
                 raise failure(entry, prep, line, text, sqlstate, (), options, truth) from None
-            truth = ("It was rolled back and is not recorded." if options.direction == "up" else
-                     "It was rolled back and stays recorded as applied.")
+            truth = (
+                "It was rolled back and is not recorded."
+                if options.direction == "up"
+                else "It was rolled back and stays recorded as applied."
+            )
             if connection_lost(exc, sqlstate):
-                truth = ("The connection was lost while it ran; it and its record are one transaction, so both "
-                         "committed or neither did: sqlmigrate_status shows which.")
+                truth = (
+                    "The connection was lost while it ran; it and its record are one transaction, so both "
+                    "committed or neither did: sqlmigrate_status shows which."
+                )
             if entry.progress is not None:  # --fake of a partly run migration
                 truth += " Its progress row is kept."
             raise failure(entry, prep, line, text, sqlstate, done, options, truth) from None
 
     # -- no-transaction files ----------------------------------------------------------------
 
-    def _no_transaction_queries(self, direction: str, entry: Entry, prep: Prepared,
-                                start: int = 0) -> list[tuple[str, int]]:
+    def _no_transaction_queries(
+        self, direction: str, entry: Entry, prep: Prepared, start: int = 0
+    ) -> list[tuple[str, int]]:
         finish = self.finish_sql(direction, entry)
         if entry.progress is None:  # this run writes progress rows; the record's transaction clears them
             finish += "; " + self.recorder.clear_progress_sql(entry.migration)
-        return notx.queries(self.recorder, self._settings(prep.file.directives, False), finish, direction, entry,
-                            prep, start)
+        return notx.queries(
+            self.recorder, self._settings(prep.file.directives, False), finish, direction, entry, prep, start
+        )
 
     def _no_transaction(self, entry: Entry, prep: Prepared, options: RunOptions, done: list[Entry]) -> None:
         direction = options.direction
@@ -200,10 +263,16 @@ class Executor:
             if start < total and self._finished(statements[start]):
                 # A CREATE / DROP INDEX CONCURRENTLY can't share a transaction with its progress row: an
                 # interrupted run may have finished it before the row. Its result is there: don't run it again.
-                self.callback("already_done", entry=entry, statement=start + 1, line=statements[start].line,
-                              what=statements[start].no_transaction)
-                self.recorder.save_progress(entry.migration, direction, prep.file.checksum,
-                                            notx.hashes(prep)[:start + 1], total)
+                self.callback(
+                    "already_done",
+                    entry=entry,
+                    statement=start + 1,
+                    line=statements[start].line,
+                    what=statements[start].no_transaction,
+                )
+                self.recorder.save_progress(
+                    entry.migration, direction, prep.file.checksum, notx.hashes(prep)[: start + 1], total
+                )
                 start += 1
         self.recorder.ensure_progress_table()
         queries = self._no_transaction_queries(direction, entry, prep, start)
@@ -214,37 +283,63 @@ class Executor:
                     self._send(entry, query)
                     continue
                 stmt = statements[k]
-                self.callback("statement", entry=entry, index=k + 1, total=total, line=stmt.line,
-                              sql=prep.body[stmt.start:stmt.end])
+                self.callback(
+                    "statement",
+                    entry=entry,
+                    index=k + 1,
+                    total=total,
+                    line=stmt.line,
+                    sql=prep.body[stmt.start : stmt.end],
+                )
                 if stmt.builds_index:
                     self._drop_invalid_index(entry, stmt)
                 try:
-                    self._send_statement(entry, query, prep.body[stmt.start:stmt.end], stmt)
+                    self._send_statement(entry, query, prep.body[stmt.start : stmt.end], stmt)
                 except DatabaseError as exc:
                     self._rollback()
                     text, sqlstate = describe(exc)
                     pos = position(exc)
                     line = stmt.line
-                    text_k = prep.body[stmt.start:stmt.end]
+                    text_k = prep.body[stmt.start : stmt.end]
                     if pos is not None:
                         offset = pos - (0 if stmt.no_transaction else query.index(text_k))
                         if 0 <= offset <= len(text_k):
                             line = line_of(prep.body, stmt.start + offset)
                     self._save_failure(entry, direction, prep, ran, total, text)
-                    raise failure(entry, prep, line, text, sqlstate, done, options,
-                                        partial_truth(direction, k, total), fix=not ran) from None
+                    raise failure(
+                        entry,
+                        prep,
+                        line,
+                        text,
+                        sqlstate,
+                        done,
+                        options,
+                        partial_truth(direction, k, total),
+                        fix=not ran,
+                    ) from None
                 ran = k + 1
         except DatabaseError as exc:  # a progress or record write failed (connection lost)
             text, sqlstate = describe(exc)
-            raise failure(entry, prep, None, text, sqlstate, done, options,
-                                f"The connection failed after statement {ran} of {total} of this no-transaction "
-                                "file ran; sqlmigrate_status shows how far it got, and the next run resumes "
-                                "there.", fix=False) from None
+            raise failure(
+                entry,
+                prep,
+                None,
+                text,
+                sqlstate,
+                done,
+                options,
+                f"The connection failed after statement {ran} of {total} of this no-transaction "
+                "file ran; sqlmigrate_status shows how far it got, and the next run resumes "
+                "there.",
+                fix=False,
+            ) from None
         finally:
             try:
                 with self.connection.cursor() as cursor:
-                    cursor.execute("RESET lock_timeout; RESET statement_timeout;"
-                                   + (" RESET search_path;" if self.recorder.schema else ""))
+                    cursor.execute(
+                        "RESET lock_timeout; RESET statement_timeout;"
+                        + (" RESET search_path;" if self.recorder.schema else "")
+                    )
             except DatabaseError:
                 pass
 
@@ -261,15 +356,19 @@ class Executor:
             # A statement nixmig did not know PostgreSQL refuses in a transaction block: send it alone,
             # then the rest of the query (its progress, or the record) in a transaction of its own.
             self._execute_with_retries(entry, text, rollback=False)
-            rest = query[query.index(text) + len(text):].lstrip().removeprefix(";").strip()
+            rest = query[query.index(text) + len(text) :].lstrip().removeprefix(";").strip()
             self._send(entry, "BEGIN; " + rest)
 
-    def _save_failure(self, entry: Entry, direction: str, prep: Prepared, ran: int, total: int, error: str) -> None:
+    def _save_failure(
+        self, entry: Entry, direction: str, prep: Prepared, ran: int, total: int, error: str
+    ) -> None:
         """After statement ran+1 failed (so it did not run): keep exactly 1..ran as progress, with the error."""
         try:
             with self.connection.cursor() as cursor:
-                cursor.execute(f"BEGIN; {notx.failed_progress_sql(self.recorder, entry, direction, prep, ran, error)}; "
-                               "COMMIT;")
+                cursor.execute(
+                    f"BEGIN; {notx.failed_progress_sql(self.recorder, entry, direction, prep, ran, error)}; "
+                    "COMMIT;"
+                )
         except DatabaseError:
             self._rollback()  # the connection is gone: the row still says what ran (maybe with a mark)
 
@@ -279,8 +378,10 @@ class Executor:
             return bool((self._index_state(stmt) or ("", False))[1])
         if stmt.drops_indexes:
             with self.connection.cursor() as cursor:
-                cursor.execute("SELECT bool_and(to_regclass(n) IS NULL) FROM unnest(%s::text[]) AS n",
-                               [list(stmt.drops_indexes)])
+                cursor.execute(
+                    "SELECT bool_and(to_regclass(n) IS NULL) FROM unnest(%s::text[]) AS n",
+                    [list(stmt.drops_indexes)],
+                )
                 return bool(cursor.fetchone()[0])
         return False
 
@@ -290,7 +391,9 @@ class Executor:
             cursor.execute(
                 "SELECT format('%%I.%%I', n.nspname, c.relname), i.indisvalid FROM pg_index i "
                 "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE i.indrelid = to_regclass(%s) AND c.relname = %s", list(stmt.builds_index))
+                "WHERE i.indrelid = to_regclass(%s) AND c.relname = %s",
+                list(stmt.builds_index),
+            )
             return cursor.fetchone()
 
     def _drop_invalid_index(self, entry, stmt) -> None:

@@ -18,7 +18,7 @@ import os
 import random
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import psycopg
 from django.db import DatabaseError
@@ -32,8 +32,15 @@ CLIENT_CHECK_INTERVAL = "1s"  # how soon the server notices that a killed runner
 class MigrationLock:
     """Context manager holding the migration lock of one database and tracking table."""
 
-    def __init__(self, connection, table: str, *, wait: float | None = None,
-                 callback: Callable[..., None] | None = None, command: str = "nixmig"):
+    def __init__(
+        self,
+        connection,
+        table: str,
+        *,
+        wait: float | None = None,
+        callback: Callable[..., None] | None = None,
+        command: str = "nixmig",
+    ):
         self.connection = connection
         self.table = table
         self.wait = float(conf.get("LOCK_WAIT") if wait is None else wait)
@@ -58,15 +65,18 @@ class MigrationLock:
             "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
             "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.objsubid = 1",
-            [hi, lo])
+            [hi, lo],
+        )
         if row is None:
             return None
         return {"pid": row[0], "application_name": row[1], "client_addr": row[2], "since": row[3]}
 
-    def __enter__(self) -> "MigrationLock":
+    def __enter__(self) -> MigrationLock:
         if self.connection.in_atomic_block:
-            raise NixmigError("nixmig can't run inside transaction.atomic(): it runs each migration in its own "
-                              "transaction and takes a session lock. Call it outside the atomic block.")
+            raise NixmigError(
+                "nixmig can't run inside transaction.atomic(): it runs each migration in its own "
+                "transaction and takes a session lock. Call it outside the atomic block."
+            )
         with self.connection.cursor() as cursor:
             cursor.execute("SET application_name = %s", [self.application_name()])
             if self.connection.pg_version >= 140000:
@@ -91,7 +101,8 @@ class MigrationLock:
                     f"Gave up after waiting {waited:.0f} s for the migration lock, held by pid {holder['pid']} "
                     f"({holder['application_name'] or 'no application_name'}). Another runner is still migrating "
                     "this database: wait for it, raise --lock-wait, or if that session is stuck end it with "
-                    f"SELECT pg_terminate_backend({holder['pid']});")
+                    f"SELECT pg_terminate_backend({holder['pid']});"
+                )
             time.sleep(min(delay * (0.8 + 0.4 * random.random()), max(self.wait - waited, 0.01)))
             delay = min(delay * 1.6, 1.0)
 

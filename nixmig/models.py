@@ -10,7 +10,9 @@ from . import conf
 
 
 class MigrationRecord(models.Model):
-    name = models.CharField(max_length=255, help_text="NNN_name, as the Nixopus Go migrator wrote it (e.g. 001_create_users).")
+    name = models.CharField(
+        max_length=255, help_text="NNN_name, as the Nixopus Go migrator wrote it (e.g. 001_create_users)."
+    )
     module = models.CharField(max_length=255, null=True, blank=True)
     applied_at = models.DateTimeField()
     checksum = models.CharField(max_length=64, null=True, blank=True)

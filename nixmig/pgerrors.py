@@ -15,7 +15,7 @@ def describe(exc: BaseException) -> tuple[str, str | None]:
     err = pg_error(exc)
     diag = getattr(err, "diag", None)
     sqlstate = getattr(err, "sqlstate", None)
-    message = (diag.message_primary if diag and diag.message_primary else str(err).strip().splitlines()[0])
+    message = diag.message_primary if diag and diag.message_primary else str(err).strip().splitlines()[0]
     extras = []
     if diag is not None:
         if diag.message_detail:
@@ -45,8 +45,11 @@ def connection_lost(exc: BaseException, sqlstate: str | None) -> bool:
     """True when the error is the end of the connection (terminated, server restart, network), not of the SQL."""
     from django.db import OperationalError
 
-    return (sqlstate or "")[:2] == "08" or sqlstate in ("57P01", "57P02", "57P03") or (
-        sqlstate is None and isinstance(exc, OperationalError))
+    return (
+        (sqlstate or "")[:2] == "08"
+        or sqlstate in ("57P01", "57P02", "57P03")
+        or (sqlstate is None and isinstance(exc, OperationalError))
+    )
 
 
 def locate(connection, prep, begin: str) -> int | None:
@@ -68,7 +71,7 @@ def locate(connection, prep, begin: str) -> int | None:
             try:
                 for s in statements:
                     try:
-                        cursor.execute(prep.body[s.start:s.end])
+                        cursor.execute(prep.body[s.start : s.end])
                     except DatabaseError as exc:
                         pos = position(exc)
                         return line_of(prep.body, s.start + pos) if pos is not None else s.line

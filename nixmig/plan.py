@@ -144,16 +144,21 @@ class Status:
         """'2 pending, 0 changed, 0 missing, 1 partly applied, 0 partly rolled back' (for summaries)."""
         c = self.counts()
         parts = ([f"{c[APPLIED]} applied"] if applied else []) + [
-            f"{c[PENDING]} pending", f"{c[CHANGED]} changed", f"{c[MISSING]} missing",
-            f"{c[PARTLY_APPLIED]} partly applied", f"{c[PARTLY_ROLLED_BACK]} partly rolled back"]
+            f"{c[PENDING]} pending",
+            f"{c[CHANGED]} changed",
+            f"{c[MISSING]} missing",
+            f"{c[PARTLY_APPLIED]} partly applied",
+            f"{c[PARTLY_ROLLED_BACK]} partly rolled back",
+        ]
         return ", ".join(parts)
 
     @property
     def ok(self) -> bool:
         """True when nothing is pending, changed, missing or partial and no problem (but info) exists."""
         counts = self.counts()
-        return (counts[APPLIED] == len(self.entries)
-                and not [p for p in self.problems if p.level in (ERROR, WARNING)])
+        return counts[APPLIED] == len(self.entries) and not [
+            p for p in self.problems if p.level in (ERROR, WARNING)
+        ]
 
     def as_dict(self) -> dict:
         return {
@@ -188,8 +193,9 @@ class RunOptions:
 _NUMBER_RE = re.compile(r"^([0-9]+)_")
 
 
-def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] = (), *,
-            table: str = "migrations") -> Status:
+def resolve(
+    tree: Tree, records: list[AppliedRecord], progress: list[Progress] = (), *, table: str = "migrations"
+) -> Status:
     """Match tracking-table rows to files and give every migration its state.
 
     ``table`` only names the tracking table in the SQL that problems suggest.
@@ -209,8 +215,11 @@ def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] =
             candidates = by_bare.get(rec.name, [])
             if len(candidates) > 1:
                 first = ambiguous.setdefault(rec.name, rec)
-                problems.append(_ambiguous(rec, candidates, table) if first is rec else
-                                _duplicate(rec.name, first, rec, table))
+                problems.append(
+                    _ambiguous(rec, candidates, table)
+                    if first is rec
+                    else _duplicate(rec.name, first, rec, table)
+                )
                 continue
             if candidates:
                 key = (candidates[0].module, rec.name)
@@ -225,8 +234,17 @@ def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] =
         matched[key] = rec
         if key not in by_key:
             m = _NUMBER_RE.match(rec.name)
-            missing.append(Entry("/".join(k for k in key if k), key[0], rec.name,
-                                 int(m.group(1)) if m else 0, MISSING, None, rec))
+            missing.append(
+                Entry(
+                    "/".join(k for k in key if k),
+                    key[0],
+                    rec.name,
+                    int(m.group(1)) if m else 0,
+                    MISSING,
+                    None,
+                    rec,
+                )
+            )
 
     # A progress row counts only in the direction it can belong to: up for an unrecorded migration,
     # down for a recorded one, and only once a statement ran. Any other row is stale (see below).
@@ -242,8 +260,13 @@ def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] =
             state = PARTLY_APPLIED if prog else PENDING
         else:
             prog = down_progress.get(key)
-            state = (PARTLY_ROLLED_BACK if prog else
-                     CHANGED if rec.checksum is not None and rec.checksum != m.checksum else APPLIED)
+            state = (
+                PARTLY_ROLLED_BACK
+                if prog
+                else CHANGED
+                if rec.checksum is not None and rec.checksum != m.checksum
+                else APPLIED
+            )
         if prog is not None:
             used.add((m.module, m.name, prog.direction))
         entries.append(Entry(m.id, m.module, m.name, m.number, state, m, rec, progress=prog))
@@ -254,7 +277,8 @@ def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] =
     if last_applied is not None:
         entries = [
             Entry(e.id, e.module, e.name, e.number, e.state, e.migration, e.record, True, e.progress)
-            if e.record is None and e.sort_key < last_applied else e
+            if e.record is None and e.sort_key < last_applied
+            else e
             for e in entries
         ]
     for e in entries:
@@ -263,11 +287,17 @@ def resolve(tree: Tree, records: list[AppliedRecord], progress: list[Progress] =
     for p in progress:
         if (p.module, p.name, p.direction) not in used:
             label = f"{p.module}/{p.name}" if p.module else p.name
-            problems.append(Problem(
-                f"The progress table has a stale row for {label} ({p.direction}, {p.statements_done} statement(s) "
-                f"done) that matches no partly applied or partly rolled-back migration (an older nixmig, or a "
-                f"migration recorded or removed by hand since). It changes nothing; remove it with "
-                f"sqlmigrate_repair --forget-progress {label}.", None, WARNING, "stale_progress"))
+            problems.append(
+                Problem(
+                    f"The progress table has a stale row for {label} ({p.direction}, {p.statements_done} statement(s) "
+                    f"done) that matches no partly applied or partly rolled-back migration (an older nixmig, or a "
+                    f"migration recorded or removed by hand since). It changes nothing; remove it with "
+                    f"sqlmigrate_repair --forget-progress {label}.",
+                    None,
+                    WARNING,
+                    "stale_progress",
+                )
+            )
     return Status(tuple(entries), tuple(problems), tuple(legacy), tree)
 
 
@@ -285,32 +315,47 @@ def describe_partial(entry: Entry) -> str:
     if lines and len(lines) >= k > 0:
         ran += f" (line {lines[0]})" if k == 1 else f" (lines {lines[0]} to {lines[k - 1]})"
     if p.in_flight:
-        cause = (f"and statement {k + 1}, which can't run in a transaction, was running when its runner stopped, so "
-                 "it may have finished (the next run checks: a finished CREATE INDEX CONCURRENTLY is kept, an "
-                 "invalid index is dropped and built again)")
+        cause = (
+            f"and statement {k + 1}, which can't run in a transaction, was running when its runner stopped, so "
+            "it may have finished (the next run checks: a finished CREATE INDEX CONCURRENTLY is kept, an "
+            "invalid index is dropped and built again)"
+        )
     elif p.error:
         cause = f"then statement {k + 1} failed: {p.error.rstrip('.')}"
     else:
         cause = f"then its runner stopped before statement {k + 1}"
     if entry.state == PARTLY_APPLIED:
-        head = (f"{entry.id} is partly applied: {ran} of {n} of its no-transaction up file {sql_file.relpath} ran, "
-                f"{cause}. It is not recorded as applied.")
-        finish = (f"run sqlmigrate_up to resume at statement {k + 1} (statements that ran are never run again)"
-                  if not edited else
-                  f"statements 1..{k} have been edited since they ran, so nixmig can't resume: restore them and "
-                  "run sqlmigrate_up")
-        return (f"{head} To settle it, {finish}; or, if you completed the migration by hand, record it with "
-                f"sqlmigrate_up --fake --to {entry.id}; or, if you undid {ran} by hand, make it pending again "
-                f"with sqlmigrate_repair --forget-progress {entry.id}. sqlmigrate_down refuses until then.")
-    head = (f"{entry.id} is partly rolled back: {ran} of {n} of its no-transaction down file {sql_file.relpath} "
-            f"ran, {cause}. It stays recorded as applied, but some of its effects are undone.")
-    finish = (f"fix the cause and run sqlmigrate_down to resume at statement {k + 1} (statements that ran are "
-              "never run again)" if not edited else
-              f"statements 1..{k} of the down file have been edited since they ran, so nixmig can't resume: "
-              "restore them and run sqlmigrate_down")
-    return (f"{head} To settle it, {finish}; or, if you finished the rollback by hand, remove its record with "
-            f"sqlmigrate_down --fake; or, if you restored by hand what {ran} undid, keep it applied with "
-            f"sqlmigrate_repair --forget-progress {entry.id}. sqlmigrate_up refuses until then.")
+        head = (
+            f"{entry.id} is partly applied: {ran} of {n} of its no-transaction up file {sql_file.relpath} ran, "
+            f"{cause}. It is not recorded as applied."
+        )
+        finish = (
+            f"run sqlmigrate_up to resume at statement {k + 1} (statements that ran are never run again)"
+            if not edited
+            else f"statements 1..{k} have been edited since they ran, so nixmig can't resume: restore them and "
+            "run sqlmigrate_up"
+        )
+        return (
+            f"{head} To settle it, {finish}; or, if you completed the migration by hand, record it with "
+            f"sqlmigrate_up --fake --to {entry.id}; or, if you undid {ran} by hand, make it pending again "
+            f"with sqlmigrate_repair --forget-progress {entry.id}. sqlmigrate_down refuses until then."
+        )
+    head = (
+        f"{entry.id} is partly rolled back: {ran} of {n} of its no-transaction down file {sql_file.relpath} "
+        f"ran, {cause}. It stays recorded as applied, but some of its effects are undone."
+    )
+    finish = (
+        f"fix the cause and run sqlmigrate_down to resume at statement {k + 1} (statements that ran are "
+        "never run again)"
+        if not edited
+        else f"statements 1..{k} of the down file have been edited since they ran, so nixmig can't resume: "
+        "restore them and run sqlmigrate_down"
+    )
+    return (
+        f"{head} To settle it, {finish}; or, if you finished the rollback by hand, remove its record with "
+        f"sqlmigrate_down --fake; or, if you restored by hand what {ran} undid, keep it applied with "
+        f"sqlmigrate_repair --forget-progress {entry.id}. sqlmigrate_up refuses until then."
+    )
 
 
 def _duplicate(label: str, first: AppliedRecord, rec: AppliedRecord, table: str) -> Problem:
@@ -318,7 +363,11 @@ def _duplicate(label: str, first: AppliedRecord, rec: AppliedRecord, table: str)
     return Problem(
         f"The tracking table records {label} twice (rows {first.row_id} and {rec.row_id}), as two runners racing "
         f"without a lock can leave it (the Go migrator takes none). Delete the later row, DELETE FROM {table} WHERE "
-        f"id = {rec.row_id}; and run again.", None, ERROR, "duplicate_record")
+        f"id = {rec.row_id}; and run again.",
+        None,
+        ERROR,
+        "duplicate_record",
+    )
 
 
 def _ambiguous(rec: AppliedRecord, candidates: list[Migration], table: str) -> Problem:
@@ -334,11 +383,15 @@ def _ambiguous(rec: AppliedRecord, candidates: list[Migration], table: str) -> P
         f"module: ALTER TABLE {table} ADD COLUMN IF NOT EXISTS module VARCHAR; UPDATE {table} SET module = "
         f"'{kept.module}' WHERE id = {rec.row_id}; (for another module whose file did run too: INSERT INTO {table} "
         f"(name, module, applied_at) VALUES ('{rec.name}', '{others[0].module}', now());) and run again.",
-        None, ERROR, "ambiguous_record")
+        None,
+        ERROR,
+        "ambiguous_record",
+    )
 
 
-def plan_up(status: Status, *, to: str | None = None, allow_changed: bool = False,
-            allow_out_of_order: bool = False) -> list[Entry]:
+def plan_up(
+    status: Status, *, to: str | None = None, allow_changed: bool = False, allow_out_of_order: bool = False
+) -> list[Entry]:
     """Return the entries to apply, in run order (a partly applied one resumes)."""
     status.raise_for_errors()
     back = status.with_state(PARTLY_ROLLED_BACK)
@@ -354,33 +407,44 @@ def plan_up(status: Status, *, to: str | None = None, allow_changed: bool = Fals
         raise PlanError(
             f"{len(changed)} applied migration(s) were edited after they were applied:\n{ids}\n"
             "Nothing was run. Undo the edit, or if it was intended run 'python manage.py sqlmigrate_repair' "
-            "to record the new checksum (or pass --allow-changed to run anyway).")
+            "to record the new checksum (or pass --allow-changed to run anyway)."
+        )
     late = [e for e in pending if e.out_of_order]
     if late and not allow_out_of_order:
         ids = "\n".join(f"  - {e.id}" for e in late)
         raise PlanError(
             f"{len(late)} pending migration(s) sort before the latest applied one (out of order, e.g. from a "
             f"merged branch):\n{ids}\nNothing was run. Renumber them after the latest applied migration, or pass "
-            "--allow-out-of-order to apply them anyway.")
+            "--allow-out-of-order to apply them anyway."
+        )
     return pending
 
 
-def plan_down(status: Status, *, steps: int | None = 1, to: str | None = None, everything: bool = False,
-              fake: bool = False) -> list[Entry]:
+def plan_down(
+    status: Status,
+    *,
+    steps: int | None = 1,
+    to: str | None = None,
+    everything: bool = False,
+    fake: bool = False,
+) -> list[Entry]:
     """Return the entries to roll back, most recently applied first."""
     status.raise_for_errors()
     forward = status.with_state(PARTLY_APPLIED)
     if forward:
         raise PlanError("Nothing was rolled back. " + " ".join(describe_partial(e) for e in forward))
-    applied = sorted((e for e in status.entries if e.record is not None), key=lambda e: e.record.row_id,
-                     reverse=True)
+    applied = sorted(
+        (e for e in status.entries if e.record is not None), key=lambda e: e.record.row_id, reverse=True
+    )
     if everything:
         chosen = applied
     elif to is not None:
         target = _find(status, to)
         if target.record is None:
-            raise PlanError(f"{target.id} is not applied, so there is nothing to roll back to; "
-                            "pick an applied migration (see sqlmigrate_status).")
+            raise PlanError(
+                f"{target.id} is not applied, so there is nothing to roll back to; "
+                "pick an applied migration (see sqlmigrate_status)."
+            )
         chosen = [e for e in applied if e.record.row_id > target.record.row_id]
     else:
         if steps is None or steps < 1:
@@ -388,26 +452,31 @@ def plan_down(status: Status, *, steps: int | None = 1, to: str | None = None, e
         chosen = applied[:steps]
     back = status.with_state(PARTLY_ROLLED_BACK)
     if back and (not chosen or chosen[0].id != back[0].id):
-        raise PlanError(f"Nothing was rolled back: {back[0].id} is partly rolled back, so it must be rolled back "
-                        f"first{' and kept by --to' if to else ''}. " + describe_partial(back[0]))
+        raise PlanError(
+            f"Nothing was rolled back: {back[0].id} is partly rolled back, so it must be rolled back "
+            f"first{' and kept by --to' if to else ''}. " + describe_partial(back[0])
+        )
     if not fake:
         for i, e in enumerate(chosen):
             if e.migration is None:
                 raise PlanError(
                     f"{e.id} can't be rolled back: its files are missing from the migrations directory. "
                     f"Nothing was rolled back. Restore the files, roll back {i} step(s) only, or remove its "
-                    "record without running SQL with --fake.")
+                    "record without running SQL with --fake."
+                )
             if not e.migration.reversible:
-                down_file = f"{e.migration.up.relpath[:-len('_up.sql')]}_down.sql"
+                down_file = f"{e.migration.up.relpath[: -len('_up.sql')]}_down.sql"
                 if i == 0:
                     raise PlanError(
                         f"Nothing can be rolled back: the most recently applied migration, {e.id}, is irreversible "
                         f"(it has no down file, {down_file}). Nothing was rolled back. Add the down file (an empty "
-                        "one is an explicit no-op rollback), or remove its record without running SQL with --fake.")
+                        "one is an explicit no-op rollback), or remove its record without running SQL with --fake."
+                    )
                 raise PlanError(
                     f"{e.id} is irreversible: it has no down file ({down_file}). Nothing was rolled back. Roll "
                     f"back at most {i} step(s) (--steps {i}), add the down file, or remove its record without "
-                    "running SQL with --fake.")
+                    "running SQL with --fake."
+                )
     return chosen
 
 
@@ -419,10 +488,29 @@ def _find(status: Status, migration_id: str) -> Entry:
     matches = [e for e in status.entries if e.name == wanted]
     if len(matches) == 1:
         return matches[0]
-    hint = f" It matches {', '.join(e.id for e in matches)}: give the module too." if matches else \
-        " Use an id as sqlmigrate_status shows it, e.g. auth/001_create_users."
+    hint = (
+        f" It matches {', '.join(e.id for e in matches)}: give the module too."
+        if matches
+        else " Use an id as sqlmigrate_status shows it, e.g. auth/001_create_users."
+    )
     raise PlanError(f"There is no migration {migration_id!r}.{hint}")
 
 
-__all__ = ["RunOptions", "APPLIED", "PENDING", "CHANGED", "MISSING", "PARTLY_APPLIED", "PARTLY_ROLLED_BACK", "PARTIAL", "INFO", "AppliedRecord", "Progress",
-           "Entry", "Status", "resolve", "plan_up", "plan_down"]
+__all__ = [
+    "RunOptions",
+    "APPLIED",
+    "PENDING",
+    "CHANGED",
+    "MISSING",
+    "PARTLY_APPLIED",
+    "PARTLY_ROLLED_BACK",
+    "PARTIAL",
+    "INFO",
+    "AppliedRecord",
+    "Progress",
+    "Entry",
+    "Status",
+    "resolve",
+    "plan_up",
+    "plan_down",
+]

@@ -21,9 +21,8 @@ def nixmig_empty_db(request):
     """Yield an empty database (``.alias``, ``.name``, ``.connection``) on the test server; drop it afterwards."""
     blocker = request.getfixturevalue("django_db_blocker")
     request.getfixturevalue("django_db_setup")  # the server settings of the test run
-    with blocker.unblock():
-        with testing.empty_database() as database:
-            yield database
+    with blocker.unblock(), testing.empty_database() as database:
+        yield database
 
 
 @pytest.hookimpl(wrapper=True)
@@ -32,5 +31,7 @@ def pytest_runtest_makereport(item, call):
     report = yield
     if call.excinfo is not None and call.excinfo.errisinstance(testing.TestDatabaseError):
         report.longrepr = f"nixmig: {call.excinfo.value}"
-        item.session.shouldstop = "nixmig: the test database could not get the SQL schema (see the error above)"
+        item.session.shouldstop = (
+            "nixmig: the test database could not get the SQL schema (see the error above)"
+        )
     return report

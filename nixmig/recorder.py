@@ -59,8 +59,10 @@ class Recorder:
         quote = connection.ops.quote_name
         parts = self.table.split(".")
         if not all(parts) or len(parts) > 2:
-            raise TrackingTableError(f"NIXMIG['TABLE'] = {self.table!r} is not a table name; use 'migrations' "
-                                     "or 'schema.migrations'.")
+            raise TrackingTableError(
+                f"NIXMIG['TABLE'] = {self.table!r} is not a table name; use 'migrations' "
+                "or 'schema.migrations'."
+            )
         self.qtable = ".".join(quote(p) for p in parts)
         self.qprogress = ".".join(quote(p) for p in parts[:-1] + [parts[-1] + "_progress"])
         self.index_name = quote(parts[-1] + "_module_name_key")
@@ -74,7 +76,8 @@ class Recorder:
                 "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL, "
                 "ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass(%s) "
                 "AND attnum > 0 AND NOT attisdropped)",
-                [self.qtable, self.qprogress, self.qtable])
+                [self.qtable, self.qprogress, self.qtable],
+            )
             exists, progress_exists, columns = cursor.fetchone()
             columns = frozenset(columns)
             records: list[AppliedRecord] = []
@@ -84,23 +87,31 @@ class Recorder:
                     raise TrackingTableError(
                         f"The tracking table {self.table} has no column(s) {', '.join(sorted(missing))}; it was "
                         "altered by hand or belongs to another tool. Restore the columns id, name and applied_at, "
-                        "or set NIXMIG['TABLE'] to another table name.")
+                        "or set NIXMIG['TABLE'] to another table name."
+                    )
                 extra = ", ".join(c if c in columns else f"NULL AS {c}" for c in NIXMIG_COLUMNS)
                 try:
-                    cursor.execute(f"SELECT id::bigint, name::text, applied_at::timestamptz, {extra} FROM {self.qtable} "
-                                   "ORDER BY id")  # casts: a column retyped by hand reads right or fails here
+                    cursor.execute(
+                        f"SELECT id::bigint, name::text, applied_at::timestamptz, {extra} FROM {self.qtable} "
+                        "ORDER BY id"
+                    )  # casts: a column retyped by hand reads right or fails here
                     rows = cursor.fetchall()
                 except DatabaseError as exc:
                     raise TrackingTableError(
                         f"The tracking table {self.table} can't be read ({str(exc).strip()}); was it altered by "
-                        "hand? Its columns must be id BIGINT, name VARCHAR, applied_at TIMESTAMPTZ.") from exc
+                        "hand? Its columns must be id BIGINT, name VARCHAR, applied_at TIMESTAMPTZ."
+                    ) from exc
                 records = [AppliedRecord(r[0], r[1], r[3], r[2], r[4], r[5]) for r in rows]
             progress: list[Progress] = []
             if progress_exists:
-                cursor.execute(f"SELECT module, name, direction, checksum, statements_done, statement_hashes, "
-                               f"total, error, updated_at FROM {self.qprogress}")
-                progress = [Progress(r[0], r[1], r[2], r[3], r[4], tuple(r[5]), r[6], r[7], r[8])
-                            for r in cursor.fetchall()]
+                cursor.execute(
+                    f"SELECT module, name, direction, checksum, statements_done, statement_hashes, "
+                    f"total, error, updated_at FROM {self.qprogress}"
+                )
+                progress = [
+                    Progress(r[0], r[1], r[2], r[3], r[4], tuple(r[5]), r[6], r[7], r[8])
+                    for r in cursor.fetchall()
+                ]
         return TableState(exists, columns, records, progress, progress_exists)
 
     # -- schema --------------------------------------------------------------------------
@@ -119,9 +130,13 @@ class Recorder:
         if not state.exists:
             statements.append(self.create_sql())
         elif state.needs_upgrade:
-            statements.append(f"ALTER TABLE {self.qtable} " + ", ".join(
-                f"ADD COLUMN IF NOT EXISTS {c} {t}" for c, t in NIXMIG_COLUMNS.items()))
-            statements.append(f"CREATE UNIQUE INDEX IF NOT EXISTS {self.index_name} ON {self.qtable} (module, name)")
+            statements.append(
+                f"ALTER TABLE {self.qtable} "
+                + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {t}" for c, t in NIXMIG_COLUMNS.items())
+            )
+            statements.append(
+                f"CREATE UNIQUE INDEX IF NOT EXISTS {self.index_name} ON {self.qtable} (module, name)"
+            )
         if status is not None and status.legacy:
             statements.append(self.adopt_sql(status.legacy))
         if not statements:
@@ -134,19 +149,24 @@ class Recorder:
             raise TrackingTableError(
                 f"Can't create or upgrade the tracking table {self.table} ({str(exc).strip().splitlines()[0]}); "
                 "nothing was run. Was it altered by hand, or replaced by a view? Make it a table with the columns "
-                "id BIGSERIAL, name VARCHAR, applied_at TIMESTAMPTZ, or set NIXMIG['TABLE'] to another name.") from exc
+                "id BIGSERIAL, name VARCHAR, applied_at TIMESTAMPTZ, or set NIXMIG['TABLE'] to another name."
+            ) from exc
 
     def adopt_sql(self, legacy: tuple[tuple[AppliedRecord, Migration], ...]) -> str:
         """Return SQL that fills module and checksum of bare-name rows, keeping id, name and applied_at."""
         values = ", ".join(f"({r.row_id}, {literal(m.module)}, {literal(m.checksum)})" for r, m in legacy)
-        return (f"UPDATE {self.qtable} AS t SET module = v.module, checksum = v.checksum "
-                f"FROM (VALUES {values}) AS v(id, module, checksum) WHERE t.id = v.id")
+        return (
+            f"UPDATE {self.qtable} AS t SET module = v.module, checksum = v.checksum "
+            f"FROM (VALUES {values}) AS v(id, module, checksum) WHERE t.id = v.id"
+        )
 
     def progress_table_sql(self) -> str:
-        return (f"CREATE TABLE IF NOT EXISTS {self.qprogress} (module VARCHAR NOT NULL, name VARCHAR NOT NULL, "
-                "direction VARCHAR(4) NOT NULL, checksum VARCHAR(64) NOT NULL, statements_done INTEGER NOT NULL, "
-                "statement_hashes TEXT[] NOT NULL, total INTEGER NOT NULL, error TEXT, "
-                "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (module, name, direction))")
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.qprogress} (module VARCHAR NOT NULL, name VARCHAR NOT NULL, "
+            "direction VARCHAR(4) NOT NULL, checksum VARCHAR(64) NOT NULL, statements_done INTEGER NOT NULL, "
+            "statement_hashes TEXT[] NOT NULL, total INTEGER NOT NULL, error TEXT, "
+            "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (module, name, direction))"
+        )
 
     def ensure_progress_table(self) -> None:
         with self.connection.cursor() as cursor:
@@ -188,8 +208,15 @@ class Recorder:
             cursor.execute(f"DELETE FROM {self.qtable}")
             return cursor.rowcount
 
-    def progress_sql(self, migration: Migration, direction: str, checksum: str, hashes: list[str],
-                     total: int, done: int | None = None) -> str:
+    def progress_sql(
+        self,
+        migration: Migration,
+        direction: str,
+        checksum: str,
+        hashes: list[str],
+        total: int,
+        done: int | None = None,
+    ) -> str:
         """SQL that says statements 1..``done`` of ``migration``'s ``direction`` file ran.
 
         It is sent in the same transaction as the last of those statements, so the row and the
@@ -207,16 +234,26 @@ class Recorder:
             f"{literal(direction)}, {literal(checksum)}, {int(done)}, {hashes_sql}, {int(total)}, NULL, now()) "
             "ON CONFLICT (module, name, direction) DO UPDATE SET checksum = EXCLUDED.checksum, "
             "statements_done = EXCLUDED.statements_done, statement_hashes = EXCLUDED.statement_hashes, "
-            "total = EXCLUDED.total, error = NULL, updated_at = now()")
+            "total = EXCLUDED.total, error = NULL, updated_at = now()"
+        )
 
     def progress_error_sql(self, migration: Migration, direction: str, error: str) -> str:
         """SQL that keeps why the statement after the last one done failed."""
-        return (f"UPDATE {self.qprogress} SET error = {literal(error.replace(chr(92), '/'))}, updated_at = now() "
-                f"WHERE module = {literal(migration.module)} AND name = {literal(migration.name)} "
-                f"AND direction = {literal(direction)}")
+        return (
+            f"UPDATE {self.qprogress} SET error = {literal(error.replace(chr(92), '/'))}, updated_at = now() "
+            f"WHERE module = {literal(migration.module)} AND name = {literal(migration.name)} "
+            f"AND direction = {literal(direction)}"
+        )
 
-    def save_progress(self, migration: Migration, direction: str, checksum: str, hashes: list[str],
-                      total: int, error: str | None = None) -> None:
+    def save_progress(
+        self,
+        migration: Migration,
+        direction: str,
+        checksum: str,
+        hashes: list[str],
+        total: int,
+        error: str | None = None,
+    ) -> None:
         with self.connection.cursor() as cursor:
             cursor.execute(self.progress_sql(migration, direction, checksum, hashes, total))
             if error:
@@ -224,8 +261,10 @@ class Recorder:
 
     def clear_progress_sql(self, migration: Migration) -> str:
         """SQL that forgets every progress row of ``migration`` (both directions)."""
-        return (f"DELETE FROM {self.qprogress} WHERE module = {literal(migration.module)} "
-                f"AND name = {literal(migration.name)}")
+        return (
+            f"DELETE FROM {self.qprogress} WHERE module = {literal(migration.module)} "
+            f"AND name = {literal(migration.name)}"
+        )
 
     def forget_progress(self, module: str, name: str) -> int:
         """Remove the progress rows of one migration; return how many there were."""
@@ -243,6 +282,9 @@ class Recorder:
         values = ", ".join(["(%s, %s, %s, COALESCE(%s, now()))"] * len(rows))
         params = [p for m, applied_at in rows for p in (m.name, m.module, m.checksum, applied_at)]
         with self.connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {self.qtable} (name, module, checksum, applied_at) VALUES {values} "
-                           f"ON CONFLICT (module, name) DO NOTHING", params)
+            cursor.execute(
+                f"INSERT INTO {self.qtable} (name, module, checksum, applied_at) VALUES {values} "
+                f"ON CONFLICT (module, name) DO NOTHING",
+                params,
+            )
             return cursor.rowcount

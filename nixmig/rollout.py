@@ -21,10 +21,11 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from django.db import connections
 
@@ -32,7 +33,13 @@ from .exceptions import MigrationFailed, NixmigError
 from .targets import Target
 
 DONE, UP_TO_DATE, FAILED, INTERRUPTED, NOT_STARTED, SKIPPED = (
-    "done", "up_to_date", "failed", "interrupted", "not_started", "skipped")
+    "done",
+    "up_to_date",
+    "failed",
+    "interrupted",
+    "not_started",
+    "skipped",
+)
 STATUSES = (DONE, UP_TO_DATE, FAILED, INTERRUPTED, NOT_STARTED, SKIPPED)
 RERUN = (FAILED, INTERRUPTED, NOT_STARTED)  # what --only-failed runs again
 STOP, CONTINUE = "stop", "continue"
@@ -75,9 +82,19 @@ class TargetResult:
 
     def as_dict(self) -> dict:
         t = self.target
-        return {"target": t.key, "database": None if t.url else t.alias, "url": t.url, "schema": t.schema,
-                "canary": t.canary, "status": self.status, "applied": list(self.applied), "summary": self.summary,
-                "error": self.error, "reason": self.reason or None, "seconds": round(self.seconds, 3)}
+        return {
+            "target": t.key,
+            "database": None if t.url else t.alias,
+            "url": t.url,
+            "schema": t.schema,
+            "canary": t.canary,
+            "status": self.status,
+            "applied": list(self.applied),
+            "summary": self.summary,
+            "error": self.error,
+            "reason": self.reason or None,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 @dataclass
@@ -104,8 +121,10 @@ class Rollout:
 
     def summary(self, done_label: str = "done") -> str:
         c = self.counts()
-        text = (f"{len(self.results)} target(s): {c[DONE]} {done_label}, {c[UP_TO_DATE]} up to date, {c[FAILED]} failed, "
-                f"{c[NOT_STARTED] + c[SKIPPED]} skipped")
+        text = (
+            f"{len(self.results)} target(s): {c[DONE]} {done_label}, {c[UP_TO_DATE]} up to date, {c[FAILED]} failed, "
+            f"{c[NOT_STARTED] + c[SKIPPED]} skipped"
+        )
         extra = []
         if c[NOT_STARTED]:
             extra.append(f"{c[NOT_STARTED]} not started")
@@ -116,18 +135,35 @@ class Rollout:
         return f"{text} in {self.seconds:.1f} s."
 
     def as_dict(self, **extra) -> dict:
-        return {**extra, "started_at": self.started_at, "seconds": round(self.seconds, 3), "stopped": self.stopped,
-                "counts": self.counts(), "summary": self.summary(), "targets": [r.as_dict() for r in self.results]}
+        return {
+            **extra,
+            "started_at": self.started_at,
+            "seconds": round(self.seconds, 3),
+            "stopped": self.stopped,
+            "counts": self.counts(),
+            "summary": self.summary(),
+            "targets": [r.as_dict() for r in self.results],
+        }
 
 
 def error_of(exc: BaseException) -> dict:
     """Return what a report says about a target's failure: message, migration, file, line, SQLSTATE."""
     if isinstance(exc, MigrationFailed):
-        return {"message": str(exc), "migration": exc.migration_id or None, "file": exc.file, "line": exc.line,
-                "sqlstate": exc.sqlstate}
+        return {
+            "message": str(exc),
+            "migration": exc.migration_id or None,
+            "file": exc.file,
+            "line": exc.line,
+            "sqlstate": exc.sqlstate,
+        }
     message = str(exc) if isinstance(exc, NixmigError) else f"{type(exc).__name__}: {exc}"
-    return {"message": message, "migration": None, "file": None, "line": None,
-            "sqlstate": getattr(getattr(exc, "__cause__", None), "sqlstate", None)}
+    return {
+        "message": message,
+        "migration": None,
+        "file": None,
+        "line": None,
+        "sqlstate": getattr(getattr(exc, "__cause__", None), "sqlstate", None),
+    }
 
 
 def canaries(targets: list[Target], count: int) -> list[int]:
@@ -138,9 +174,17 @@ def canaries(targets: list[Target], count: int) -> list[int]:
     return list(range(min(max(count, 0), len(targets))))
 
 
-def run(targets: list[Target], job: Callable[[Target, Callback], Outcome], *, parallel: int = 1,
-        canary: int = 0, on_error: str = STOP, progress_for: Callable[[Target], Callback] | None = None,
-        callback: Callback | None = None, skipped: list[tuple[str, str]] | None = None) -> Rollout:
+def run(
+    targets: list[Target],
+    job: Callable[[Target, Callback], Outcome],
+    *,
+    parallel: int = 1,
+    canary: int = 0,
+    on_error: str = STOP,
+    progress_for: Callable[[Target], Callback] | None = None,
+    callback: Callback | None = None,
+    skipped: list[tuple[str, str]] | None = None,
+) -> Rollout:
     """Run ``job(target, progress)`` on every target; return every target's result.
 
     ``progress`` is the callback to give the engine (``api.migrate_up(progress=...)``): it
@@ -178,14 +222,22 @@ def run(targets: list[Target], job: Callable[[Target, Callback], Outcome], *, pa
         state.stopped = "interrupt"
         for r in results:
             if r.status == "running":
-                r.status, r.reason = INTERRUPTED, ("still running at the second Ctrl-C: the migration in "
-                                                   "progress is rolled back by PostgreSQL when the process exits")
+                r.status, r.reason = (
+                    INTERRUPTED,
+                    (
+                        "still running at the second Ctrl-C: the migration in "
+                        "progress is rolled back by PostgreSQL when the process exits"
+                    ),
+                )
     finally:
         rollout.stopped = state.stopped
         for r in results:
             if r.status == NOT_STARTED and not r.reason:
-                r.reason = {"canary": "a canary target failed", "error": "another target failed (--on-error stop)",
-                            "interrupt": "the rollout was interrupted"}.get(state.stopped or "", "")
+                r.reason = {
+                    "canary": "a canary target failed",
+                    "error": "another target failed (--on-error stop)",
+                    "interrupt": "the rollout was interrupted",
+                }.get(state.stopped or "", "")
         rollout.seconds = time.perf_counter() - started
     return rollout
 
@@ -222,8 +274,12 @@ class _State:
         for i in indexes:
             todo.put(i)
         finished: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        workers = [threading.Thread(target=self._worker, args=(todo, finished), daemon=True,
-                                    name=f"nixmig-rollout-{n}") for n in range(min(parallel, len(indexes)))]
+        workers = [
+            threading.Thread(
+                target=self._worker, args=(todo, finished), daemon=True, name=f"nixmig-rollout-{n}"
+            )
+            for n in range(min(parallel, len(indexes)))
+        ]
         for w in workers:
             w.start()
         running = len(workers)
@@ -236,8 +292,12 @@ class _State:
                 self.finished += 1
                 result = self.results[item]
                 if result.status == FAILED and (self.on_error == STOP or canary):
-                    self.stop("canary" if canary else "error",
-                              f"canary target {result.target.key} failed" if canary else f"{result.target.key} failed")
+                    self.stop(
+                        "canary" if canary else "error",
+                        f"canary target {result.target.key} failed"
+                        if canary
+                        else f"{result.target.key} failed",
+                    )
                 self.emit("target_done", result=result, finished=self.finished, total=self.total)
             except queue.Empty:
                 continue
@@ -277,8 +337,10 @@ class _State:
 
         def progress(event: str, **data) -> None:
             if event in ("plan", "start") and self.interrupted.is_set():
-                raise RolloutInterrupted("Interrupted (Ctrl-C) before the next migration of this target; the "
-                                         "migrations before it stay applied.")
+                raise RolloutInterrupted(
+                    "Interrupted (Ctrl-C) before the next migration of this target; the "
+                    "migrations before it stay applied."
+                )
             forward(event, **data)
             if event == "success":
                 done.append(data["entry"].id)
@@ -311,6 +373,7 @@ def _close(alias: str) -> None:
 
 # -- reports ---------------------------------------------------------------------------------
 
+
 def write_report(path: str | Path, rollout: Rollout, **extra) -> None:
     """Write the rollout's JSON report to ``path`` (atomically: a reader never sees half a report)."""
     path = Path(path)
@@ -320,8 +383,10 @@ def write_report(path: str | Path, rollout: Rollout, **extra) -> None:
         tmp.write_text(data + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
-        raise ReportError(f"Can't write the report {path} ({exc.strerror or exc}); the rollout itself is done as "
-                          "shown above. Give --report a path in a writable folder.") from None
+        raise ReportError(
+            f"Can't write the report {path} ({exc.strerror or exc}); the rollout itself is done as "
+            "shown above. Give --report a path in a writable folder."
+        ) from None
 
 
 def rerun_keys(path: str | Path) -> list[str]:
@@ -332,8 +397,12 @@ def rerun_keys(path: str | Path) -> list[str]:
         rows = data["targets"]
         return [row["target"] for row in rows if row["status"] in RERUN]
     except OSError as exc:
-        raise ReportError(f"Can't read the report {path} ({exc.strerror or exc}); give --only-failed the file "
-                          "that --report wrote.") from None
+        raise ReportError(
+            f"Can't read the report {path} ({exc.strerror or exc}); give --only-failed the file "
+            "that --report wrote."
+        ) from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise ReportError(f"{path} is not a nixmig rollout report ({type(exc).__name__}: {exc}); give "
-                          "--only-failed the JSON file that --report wrote.") from None
+        raise ReportError(
+            f"{path} is not a nixmig rollout report ({type(exc).__name__}: {exc}); give "
+            "--only-failed the JSON file that --report wrote."
+        ) from None

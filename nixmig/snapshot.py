@@ -31,8 +31,8 @@ import hashlib
 import json
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import psycopg
 
@@ -43,18 +43,57 @@ Key = tuple[str, str]
 _GENERIC: weakref.WeakSet = weakref.WeakSet()  # driver connections whose session uses generic plans
 
 # The order in which kinds are listed in reports: containers before what they contain.
-KIND_ORDER = ("extension", "schema", "type", "domain", "sequence", "table", "column", "constraint", "index",
-              "view", "materialized view", "function", "procedure", "aggregate", "trigger", "policy", "comment")
+KIND_ORDER = (
+    "extension",
+    "schema",
+    "type",
+    "domain",
+    "sequence",
+    "table",
+    "column",
+    "constraint",
+    "index",
+    "view",
+    "materialized view",
+    "function",
+    "procedure",
+    "aggregate",
+    "trigger",
+    "policy",
+    "comment",
+)
 
 # Catalogs whose rows carry an oid and can be deleted without their group's head row
 # (DROP CONSTRAINT, DROP TRIGGER, ...): the oids of the snapshot's rows in them are kept, so
 # the next incremental snapshot can find which were deleted.
-_TRACKED = ("pg_class", "pg_attrdef", "pg_constraint", "pg_trigger", "pg_policy", "pg_rewrite", "pg_proc", "pg_type",
-            "pg_namespace")
+_TRACKED = (
+    "pg_class",
+    "pg_attrdef",
+    "pg_constraint",
+    "pg_trigger",
+    "pg_policy",
+    "pg_rewrite",
+    "pg_proc",
+    "pg_type",
+    "pg_namespace",
+)
 
 # Catalogs that an incremental snapshot scans for rows written since the previous one.
-_SCANNED = ("pg_class", "pg_attribute", "pg_attrdef", "pg_constraint", "pg_index", "pg_trigger", "pg_policy",
-            "pg_rewrite", "pg_sequence", "pg_proc", "pg_type", "pg_enum", "pg_namespace")
+_SCANNED = (
+    "pg_class",
+    "pg_attribute",
+    "pg_attrdef",
+    "pg_constraint",
+    "pg_index",
+    "pg_trigger",
+    "pg_policy",
+    "pg_rewrite",
+    "pg_sequence",
+    "pg_proc",
+    "pg_type",
+    "pg_enum",
+    "pg_namespace",
+)
 
 _EXCLUDED = r"""
 WITH ex AS (
@@ -70,24 +109,33 @@ WITH ex AS (
 
 
 def _not_extension(catalog: str, oid: str) -> str:
-    return (f"NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass AND e.objid = {oid} "
-            "AND e.objsubid = 0 AND e.deptype = 'e')")
+    return (
+        f"NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass AND e.objid = {oid} "
+        "AND e.objsubid = 0 AND e.deptype = 'e')"
+    )
 
 
-_REL = r"""
+_REL = (
+    r"""
 , rel AS (
     SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity,
            c.reloptions, c.relispartition, c.reltype, ns.nspname, ns.nspname || '.' || c.relname AS qname
     FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S', 'i', 'I', 'c') AND {relfilter}
       AND c.oid NOT IN (SELECT oid FROM ex) AND c.oid NOT IN (SELECT oid FROM exseq)
-      AND """ + _not_extension("pg_class", "c.oid") + r"""
+      AND """
+    + _not_extension("pg_class", "c.oid")
+    + r"""
 )"""
+)
 
-_TYPES_OF_OURS = ("(t.typtype IN ('e', 'r', 'd') OR (t.typtype = 'c' AND t.typrelid IN (SELECT oid FROM rel WHERE relkind = 'c')))"
-                  " AND " + _not_extension("pg_type", "t.oid"))
+_TYPES_OF_OURS = (
+    "(t.typtype IN ('e', 'r', 'd') OR (t.typtype = 'c' AND t.typrelid IN (SELECT oid FROM rel WHERE relkind = 'c')))"
+    " AND " + _not_extension("pg_type", "t.oid")
+)
 
-_WRITES = r"""
+_WRITES = (
+    r"""
 UNION ALL
 SELECT 'writes', c.oid, c.oid, pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_deleted(c.oid),
        ns.nspname || '.' || c.relname, quote_ident(ns.nspname) || '.' || quote_ident(c.relname)
@@ -98,11 +146,15 @@ WHERE c.relkind = 'r' AND %s AND c.oid NOT IN (SELECT oid FROM ex)
        OR age(c.xmin) <= age(%s::bigint::text::xid) OR age(ns.xmin) <= age(%s::bigint::text::xid))
 UNION ALL
 SELECT 'deleted', NULL, NULL, pg_stat_get_tuples_deleted(cat::regclass), cat, NULL
-FROM unnest(ARRAY['""" + "', '".join(_TRACKED) + r"""']) AS cat
+FROM unnest(ARRAY['"""
+    + "', '".join(_TRACKED)
+    + r"""']) AS cat
 UNION ALL
 SELECT 'written', NULL, NULL, pg_stat_get_tuples_inserted(cat::regclass) + pg_stat_get_tuples_updated(cat::regclass),
        cat, NULL
-FROM unnest(ARRAY['""" + "', '".join(_SCANNED) + r"""']) AS cat
+FROM unnest(ARRAY['"""
+    + "', '".join(_SCANNED)
+    + r"""']) AS cat
 UNION ALL
 SELECT 'since', NULL, NULL,
        -- Rows written later carry an xid from the next one to be assigned on, or from a transaction
@@ -113,13 +165,17 @@ SELECT 'since', NULL, NULL,
               WHERE a.datid = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))),
        NULL, NULL
 """
+)
 
 # Query 1 of a full snapshot: every catalog row of our objects with the group it belongs to.
 # A group is a relation with everything hanging off it (columns, defaults, constraints,
 # indexes, triggers, policies, rules), a function, a type, or a schema. Also: per table its
 # count of rows written, per catalog its count of rows deleted, and the oldest transaction
 # still running (every later catalog write has an xmin at or after it).
-_MEMBERS = _EXCLUDED + _REL.replace("{relfilter}", "TRUE") + r"""
+_MEMBERS = (
+    _EXCLUDED
+    + _REL.replace("{relfilter}", "TRUE")
+    + r"""
 SELECT 'pg_class', r.oid, CASE WHEN r.relkind IN ('i', 'I') THEN x.indrelid ELSE r.oid END, NULL::bigint, NULL::text, NULL::text
 FROM rel r LEFT JOIN pg_index x ON x.indexrelid = r.oid
 UNION ALL
@@ -137,24 +193,34 @@ UNION ALL
 SELECT 'pg_rewrite', w.oid, w.ev_class, NULL, NULL, NULL FROM pg_rewrite w JOIN rel r ON r.oid = w.ev_class
 UNION ALL
 SELECT 'pg_proc', p.oid, p.oid, NULL, NULL, NULL FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace
-WHERE """ + _not_extension("pg_proc", "p.oid") + r"""
+WHERE """
+    + _not_extension("pg_proc", "p.oid")
+    + r"""
 UNION ALL
 SELECT 'pg_type', t.oid, CASE t.typtype WHEN 'c' THEN t.typrelid ELSE t.oid END, NULL, NULL, NULL
-FROM pg_type t JOIN ns ON ns.oid = t.typnamespace WHERE """ + _TYPES_OF_OURS + r"""
+FROM pg_type t JOIN ns ON ns.oid = t.typnamespace WHERE """
+    + _TYPES_OF_OURS
+    + r"""
 UNION ALL
-SELECT 'pg_namespace', ns.oid, ns.oid, NULL, NULL, NULL FROM ns""" + _WRITES
+SELECT 'pg_namespace', ns.oid, ns.oid, NULL, NULL, NULL FROM ns"""
+    + _WRITES
+)
 
 # Query 1 of an incremental snapshot: the catalog rows written since the previous snapshot
 # (xmin not older than its oldest running transaction), with their group, found by cheap
 # scans that deparse nothing; rows deleted since are found from the catalogs' deleted-row
 # counters (see take()). Plus what _MEMBERS adds at its end.
-_CHANGES = _EXCLUDED + r"""
+_CHANGES = (
+    _EXCLUDED
+    + r"""
 , since AS (
     SELECT age(%s::bigint::text::xid) AS age
 ), w AS (
     SELECT u.cat, pg_stat_get_tuples_inserted(u.cat::regclass) + pg_stat_get_tuples_updated(u.cat::regclass) AS n,
            u.before
-    FROM unnest(ARRAY['""" + "', '".join(_SCANNED) + r"""'], %s::bigint[]) AS u(cat, before)
+    FROM unnest(ARRAY['"""
+    + "', '".join(_SCANNED)
+    + r"""'], %s::bigint[]) AS u(cat, before)
 )
 SELECT 'pg_class', c.oid, coalesce((SELECT x.indrelid FROM pg_index x WHERE x.indexrelid = c.oid), c.oid),
        NULL::bigint, NULL::text, NULL::text
@@ -189,13 +255,17 @@ UNION ALL
 SELECT 'pg_enum', NULL, e.enumtypid, NULL, NULL, NULL FROM pg_enum e WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_enum') AND age(e.xmin) <= (SELECT age FROM since)
 UNION ALL
 SELECT 'pg_namespace', n.oid, n.oid, NULL, NULL, NULL FROM pg_namespace n WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_namespace') AND age(n.xmin) <= (SELECT age FROM since)
-""" + _WRITES
+"""
+    + _WRITES
+)
 
 # Query 2: the definitions of the groups asked for (all, or the changed ones and those that
 # depend on them, whose text names them: a foreign key names the table it references, a
 # column its type, a trigger its function), plus schemas, extensions and comments, which are
 # few and always read.
-_DEFINITIONS = _EXCLUDED + r""", dirty AS (
+_DEFINITIONS = (
+    _EXCLUDED
+    + r""", dirty AS (
     SELECT unnest(%s::oid[]) AS oid
 ), dirtyall AS (
     SELECT oid FROM dirty UNION SELECT t.oid FROM pg_type t JOIN dirty ON t.typrelid = dirty.oid
@@ -217,11 +287,15 @@ _DEFINITIONS = _EXCLUDED + r""", dirty AS (
     WHERE d.refclassid = ANY(ARRAY['pg_class'::regclass, 'pg_type'::regclass, 'pg_proc'::regclass,
                                    'pg_namespace'::regclass])
       AND d.refobjid = ANY(ARRAY(SELECT oid FROM dirtyall)) AND d.deptype <> 'e'
-)""" + _REL + r"""
+)"""
+    + _REL
+    + r"""
 SELECT grp, NULL::text, NULL::text, NULL::text FROM want WHERE %s
 UNION ALL
 SELECT NULL::oid, 'schema', nspname::text, '' FROM ns
-WHERE """ + _not_extension("pg_namespace", "ns.oid") + r"""
+WHERE """
+    + _not_extension("pg_namespace", "ns.oid")
+    + r"""
 UNION ALL
 SELECT NULL::oid, 'extension', e.extname, 'version ' || e.extversion || ' in schema ' || n.nspname
 FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname <> 'plpgsql'
@@ -261,7 +335,9 @@ WHERE r.relkind IN ('r', 'p', 'f') AND k.contype <> 'n'
 UNION ALL
 SELECT ty.oid, 'constraint', ns.nspname || '.' || ty.typname || '.' || k.conname, pg_get_constraintdef(k.oid)
 FROM pg_type ty JOIN ns ON ns.oid = ty.typnamespace JOIN pg_constraint k ON k.conrelid = 0 AND k.contypid = ty.oid
-WHERE ty.typtype = 'd' AND {tgrp} AND """ + _not_extension("pg_type", "ty.oid") + r"""
+WHERE ty.typtype = 'd' AND {tgrp} AND """
+    + _not_extension("pg_type", "ty.oid")
+    + r"""
 UNION ALL
 SELECT x.indrelid, 'index', r.qname, pg_get_indexdef(r.oid) || CASE WHEN x.indisvalid THEN '' ELSE ' (INVALID)' END
 FROM rel r JOIN pg_index x ON x.indexrelid = r.oid
@@ -295,7 +371,9 @@ SELECT p.oid, CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate'
                  'body md5 ' || md5(coalesce(p.prosrc, '') || coalesce(p.probin, '')
                                     || coalesce(pg_get_function_sqlbody(p.oid), '')))
 FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
-WHERE {pgrp} AND """ + _not_extension("pg_proc", "p.oid") + r"""
+WHERE {pgrp} AND """
+    + _not_extension("pg_proc", "p.oid")
+    + r"""
 UNION ALL
 SELECT r.oid, 'trigger', r.qname || '.' || g.tgname,
        pg_get_triggerdef(g.oid) || CASE g.tgenabled WHEN 'D' THEN ' (DISABLED)' WHEN 'R' THEN ' (ENABLE REPLICA)'
@@ -318,7 +396,9 @@ SELECT CASE ty.typtype WHEN 'c' THEN ty.typrelid ELSE ty.oid END, CASE ty.typtyp
          ELSE ty.typtype::text END
 FROM pg_type ty JOIN ns ON ns.oid = ty.typnamespace
 WHERE {tgrp} AND (ty.typtype IN ('e', 'r', 'd') OR (ty.typtype = 'c' AND ty.oid IN (SELECT reltype FROM rel WHERE relkind = 'c')))
-  AND """ + _not_extension("pg_type", "ty.oid") + r"""
+  AND """
+    + _not_extension("pg_type", "ty.oid")
+    + r"""
 UNION ALL
 SELECT r.oid, 'policy', r.qname || '.' || po.polname,
        concat_ws(' ', CASE WHEN po.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
@@ -340,18 +420,27 @@ WHERE d.objoid >= 16384 AND d.classoid <> 'pg_extension'::regclass
   AND NOT EXISTS (SELECT 1 FROM pg_constraint k JOIN ex ON ex.oid = k.conrelid
                   WHERE d.classoid = 'pg_constraint'::regclass AND k.oid = d.objoid)
 """
+)
+
 
 def _definitions_sql(partial: bool) -> str:
     """Return the definitions query: of every group, or (partial) of the groups in ``want``."""
     if not partial:
         return _DEFINITIONS.replace("{relfilter}", "TRUE").replace("{pgrp}", "TRUE").replace("{tgrp}", "TRUE")
-    return (_DEFINITIONS
-            # = ANY(ARRAY(...)): an index scan by oid, whatever the generic plan guesses about ``want``
-            .replace("{relfilter}", "c.oid = ANY(ARRAY(SELECT grp FROM want) || ARRAY(SELECT x.indexrelid FROM pg_index x "
-                                    "WHERE x.indrelid = ANY(ARRAY(SELECT grp FROM want))))")
-            .replace("{pgrp}", "p.oid = ANY(ARRAY(SELECT grp FROM want))")
-            .replace("{tgrp}", "ty.oid = ANY(ARRAY(SELECT grp FROM want UNION ALL SELECT reltype FROM rel "
-                               "WHERE relkind = 'c'))"))
+    return (
+        _DEFINITIONS
+        # = ANY(ARRAY(...)): an index scan by oid, whatever the generic plan guesses about ``want``
+        .replace(
+            "{relfilter}",
+            "c.oid = ANY(ARRAY(SELECT grp FROM want) || ARRAY(SELECT x.indexrelid FROM pg_index x "
+            "WHERE x.indrelid = ANY(ARRAY(SELECT grp FROM want))))",
+        )
+        .replace("{pgrp}", "p.oid = ANY(ARRAY(SELECT grp FROM want))")
+        .replace(
+            "{tgrp}",
+            "ty.oid = ANY(ARRAY(SELECT grp FROM want UNION ALL SELECT reltype FROM rel WHERE relkind = 'c'))",
+        )
+    )
 
 
 _FULL_SQL = _definitions_sql(False)
@@ -413,8 +502,14 @@ class Difference:
         return self.name[7:] if self.name.startswith("public.") else self.name
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "change": self.change, "before": self.before,
-                "after": self.after, "level": self.level}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "change": self.change,
+            "before": self.before,
+            "after": self.after,
+            "level": self.level,
+        }
 
 
 def nixmig_tables(table: str | None = None) -> tuple[str, ...]:
@@ -424,8 +519,13 @@ def nixmig_tables(table: str | None = None) -> tuple[str, ...]:
     return tuple(".".join(schema + [f'"{parts[-1]}{suffix}"']) for suffix in ("", "_progress", "_verify"))
 
 
-def take(connection, *, exclude_tables: Iterable[str] | None = None, row_counts: bool = False,
-         previous: Snapshot | None = None) -> Snapshot:
+def take(
+    connection,
+    *,
+    exclude_tables: Iterable[str] | None = None,
+    row_counts: bool = False,
+    previous: Snapshot | None = None,
+) -> Snapshot:
     """Read the schema of ``connection``'s database (a Django connection) from the catalogs.
 
     ``exclude_tables`` names tables to leave out (regclass syntax: ``migrations`` or
@@ -470,15 +570,27 @@ def take(connection, *, exclude_tables: Iterable[str] | None = None, row_counts:
         raw.prepare_threshold = threshold
 
 
-def _take(cursor, excluded: tuple, version: int, row_counts: bool, previous: Snapshot | None, started: float
-          ) -> Snapshot:
+def _take(
+    cursor, excluded: tuple, version: int, row_counts: bool, previous: Snapshot | None, started: float
+) -> Snapshot:
     reuse = previous is not None
     if reuse:
         before = [previous._written.get(cat) if version >= 150000 else None for cat in _SCANNED]
         known = list(previous._counts.items()) if previous.rows is not None else []
-        cursor.execute(_CHANGES, [list(excluded), previous._since, before, [oid for oid, _ in known],
-                                  [c[1] for _, c in known], row_counts, previous._since, previous._since],
-                       prepare=True)
+        cursor.execute(
+            _CHANGES,
+            [
+                list(excluded),
+                previous._since,
+                before,
+                [oid for oid, _ in known],
+                [c[1] for _, c in known],
+                row_counts,
+                previous._since,
+                previous._since,
+            ],
+            prepare=True,
+        )
         members = {cat: dict(previous._members.get(cat, {})) for cat in _TRACKED}
     else:
         cursor.execute(_MEMBERS, [list(excluded), None, None, row_counts, None, None], prepare=True)
@@ -521,7 +633,11 @@ def _take(cursor, excluded: tuple, version: int, row_counts: bool, previous: Sna
     if reuse:
         groups = {g: objects for g, objects in previous._groups.items() if g is not None and g not in reread}
     groups.update(fresh)  # a group read again and found empty is gone
-    for cat, oid, grp in new_rows:  # every new row, ours or not (a toast table): deletions are then counted exactly
+    for (
+        cat,
+        oid,
+        grp,
+    ) in new_rows:  # every new row, ours or not (a toast table): deletions are then counted exactly
         members[cat][oid] = grp
     objects: dict[Key, str] = {}
     for group in groups.values():
@@ -531,8 +647,19 @@ def _take(cursor, excluded: tuple, version: int, row_counts: bool, previous: Sna
         old = previous._counts if reuse and previous.rows is not None else {}
         counts = _count_rows(cursor, writes, old, groups)
         rows = {name: count for name, _, count, _ in counts.values()}
-    return Snapshot(objects, rows, version, time.perf_counter() - started, groups, members, deleted, written,
-                    counts or {}, excluded, since)
+    return Snapshot(
+        objects,
+        rows,
+        version,
+        time.perf_counter() - started,
+        groups,
+        members,
+        deleted,
+        written,
+        counts or {},
+        excluded,
+        since,
+    )
 
 
 def _deleted_groups(cursor, members: dict, deleted: dict, before: dict, version: int) -> set:
@@ -554,8 +681,10 @@ def _deleted_groups(cursor, members: dict, deleted: dict, before: dict, version:
     gone: set = set()
     if not wanted:
         return gone
-    newest = {cat: (sorted(members[cat], reverse=True)[:max(4 * n, 64)] if n else list(members[cat]))
-              for cat, n in wanted.items()}
+    newest = {
+        cat: (sorted(members[cat], reverse=True)[: max(4 * n, 64)] if n else list(members[cat]))
+        for cat, n in wanted.items()
+    }
     found = _probe(cursor, newest)
     rest = {}
     for cat, n in wanted.items():
@@ -575,9 +704,14 @@ def _probe(cursor, oids: dict[str, list]) -> dict[str, list]:
     cats = [cat for cat, some in oids.items() if some]
     if not cats:
         return {}
-    cursor.execute(" UNION ALL ".join(
-        f"SELECT {i}, x FROM unnest(%s::oid[]) AS x WHERE NOT EXISTS (SELECT 1 FROM {cat} WHERE oid = x)"
-        for i, cat in enumerate(cats)), [oids[cat] for cat in cats], prepare=False)
+    cursor.execute(
+        " UNION ALL ".join(
+            f"SELECT {i}, x FROM unnest(%s::oid[]) AS x WHERE NOT EXISTS (SELECT 1 FROM {cat} WHERE oid = x)"
+            for i, cat in enumerate(cats)
+        ),
+        [oids[cat] for cat in cats],
+        prepare=False,
+    )
     out: dict[str, list] = {}
     for i, oid in cursor.fetchall():
         out.setdefault(cats[i], []).append(oid)
@@ -593,9 +727,13 @@ def _count_rows(cursor, writes: dict, old: dict, groups: dict) -> dict:
     counts = {oid: known for oid, known in old.items() if oid in groups}
     stale = [(oid, written, name, quoted) for oid, (written, name, quoted) in writes.items()]
     for start in range(0, len(stale), 500):  # one query per 500 tables keeps the plan small
-        chunk = stale[start:start + 500]
-        cursor.execute(" UNION ALL ".join(
-            f"SELECT {i}, count(*) FROM ONLY {quoted}" for i, (_, _, _, quoted) in enumerate(chunk)), prepare=False)
+        chunk = stale[start : start + 500]
+        cursor.execute(
+            " UNION ALL ".join(
+                f"SELECT {i}, count(*) FROM ONLY {quoted}" for i, (_, _, _, quoted) in enumerate(chunk)
+            ),
+            prepare=False,
+        )
         for i, count in cursor.fetchall():
             oid, written, name, quoted = chunk[i]
             counts[oid] = (name, written, count, quoted)
@@ -625,7 +763,9 @@ def diff(a: Snapshot, b: Snapshot) -> list[Difference]:
 
 def digest(snapshot: Snapshot) -> str:
     """Return a stable sha256 of the snapshot (objects, and row counts when taken)."""
-    canonical = {"objects": sorted([kind, name, definition] for (kind, name), definition in snapshot.objects.items()),
-                 "rows": sorted(snapshot.rows.items()) if snapshot.rows is not None else None}
+    canonical = {
+        "objects": sorted([kind, name, definition] for (kind, name), definition in snapshot.objects.items()),
+        "rows": sorted(snapshot.rows.items()) if snapshot.rows is not None else None,
+    }
     text = json.dumps(canonical, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -30,8 +30,14 @@ _TX_END = {"TRANS_STMT_COMMIT"}
 _TX_ROLLBACK = {"TRANS_STMT_ROLLBACK"}
 _TX_INSIDE = {"TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO"}
 # Scanner fallback: statement-leading keywords.
-_SCAN_TX = {"BEGIN_P": "BEGIN", "START": "BEGIN", "COMMIT": "COMMIT", "END_P": "COMMIT",
-            "ROLLBACK": "ROLLBACK", "ABORT_P": "ROLLBACK"}
+_SCAN_TX = {
+    "BEGIN_P": "BEGIN",
+    "START": "BEGIN",
+    "COMMIT": "COMMIT",
+    "END_P": "COMMIT",
+    "ROLLBACK": "ROLLBACK",
+    "ABORT_P": "ROLLBACK",
+}
 
 
 @dataclass(frozen=True, slots=True)  # slots: 137,000 statements of a big file take a quarter of the memory
@@ -147,7 +153,9 @@ def _classify(node_name: str, node: dict) -> tuple[str | None, str | None]:
     if node_name == "AlterTableStmt":
         for cmd in node.get("cmds", []):
             c = cmd.get("AlterTableCmd", {})
-            if c.get("subtype") == "AT_DetachPartition" and c.get("def", {}).get("PartitionCmd", {}).get("concurrent"):
+            if c.get("subtype") == "AT_DetachPartition" and c.get("def", {}).get("PartitionCmd", {}).get(
+                "concurrent"
+            ):
                 return "DETACH PARTITION ... CONCURRENTLY", None
     return None, None
 
@@ -175,10 +183,16 @@ def _dropped_indexes(node_name: str, node: dict) -> tuple[str, ...]:
     It is sent outside any transaction, so a killed runner may have dropped them before the
     progress row said so: the executor then counts it as done instead of failing on 'does not exist'.
     """
-    if (node_name != "DropStmt" or node.get("removeType") != "OBJECT_INDEX" or not node.get("concurrent")
-            or node.get("missing_ok")):
+    if (
+        node_name != "DropStmt"
+        or node.get("removeType") != "OBJECT_INDEX"
+        or not node.get("concurrent")
+        or node.get("missing_ok")
+    ):
         return ()
-    return tuple(".".join(_quote(i["String"]["sval"]) for i in o["List"]["items"]) for o in node.get("objects", []))
+    return tuple(
+        ".".join(_quote(i["String"]["sval"]) for i in o["List"]["items"]) for o in node.get("objects", [])
+    )
 
 
 # Files above this many characters are parsed in pieces of at most this size, each cut right
@@ -226,7 +240,7 @@ def _piece(text: str, begin: int) -> tuple[str | None, list]:
         cut = text.rfind(";", begin, stop)
         if cut < 0:
             return None, []
-        piece = text[begin:cut + 1]
+        piece = text[begin : cut + 1]
         stop = cut
         try:
             raw = json.loads(parser.parse_sql_json(piece)).get("stmts", [])
@@ -265,12 +279,22 @@ def _add_statements(statements: list, lines: _Lines, text: str, piece: str, base
     byte_offsets = sorted(set(starts + ends))
     to_char = dict(zip(byte_offsets, _char_offsets(piece, byte_offsets)))
     for s, b_start, b_end in zip(raw, starts, ends):
-        (node_name, node), = s["stmt"].items()
+        ((node_name, node),) = s["stmt"].items()
         start, end = base + to_char[b_start], base + to_char[b_end]
         first = _skip_space_and_comments(text, start, end)
         no_tx, tx = _classify(node_name, node)
-        statements.append(Statement(first, end, lines(first), node_name, no_tx, tx,
-                                    _built_index(node_name, node), _dropped_indexes(node_name, node)))
+        statements.append(
+            Statement(
+                first,
+                end,
+                lines(first),
+                node_name,
+                no_tx,
+                tx,
+                _built_index(node_name, node),
+                _dropped_indexes(node_name, node),
+            )
+        )
 
 
 def _scan_fallback(text: str, error: str) -> Analysis:
@@ -285,8 +309,12 @@ def _scan_fallback(text: str, error: str) -> Analysis:
         # Even the scanner failed (an unterminated quote or comment): one opaque statement.
         where = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
         line = text.encode("utf-8")[:where].count(b"\n") + 1
-        return Analysis((Statement(0, len(text), 1, ""),), parsed=False, parse_error=str(exc.args[0]),
-                        unscannable_line=line)
+        return Analysis(
+            (Statement(0, len(text), 1, ""),),
+            parsed=False,
+            parse_error=str(exc.args[0]),
+            unscannable_line=line,
+        )
     groups: list[list] = [[]]
     depth = atomic = 0
     for i, tok in enumerate(tokens):
@@ -313,11 +341,13 @@ def _scan_fallback(text: str, error: str) -> Analysis:
         if names[0] in _SCAN_TX and names[:2] != ["BEGIN_P", "ATOMIC"]:
             tx = _SCAN_TX[names[0]]
         elif "CONCURRENTLY" in names:
-            no_tx = " ".join(text[t.start:t.end + 1].upper() for t in group[:names.index("CONCURRENTLY") + 1])
+            no_tx = " ".join(
+                text[t.start : t.end + 1].upper() for t in group[: names.index("CONCURRENTLY") + 1]
+            )
         elif names[0] == "VACUUM":
             no_tx = "VACUUM"
         elif names[:2] in (["CREATE", "DATABASE"], ["DROP", "DATABASE"], ["ALTER", "SYSTEM_P"]):
-            no_tx = " ".join(text[t.start:t.end + 1].upper() for t in group[:2])
+            no_tx = " ".join(text[t.start : t.end + 1].upper() for t in group[:2])
         start, end = group[0].start, group[-1].end + 1
         statements.append(Statement(start, end, lines(start), "", no_tx, tx))
     return Analysis(tuple(statements), parsed=False, parse_error=error)
@@ -378,37 +408,56 @@ def examine(sql_file: SqlFile) -> tuple[Prepared | None, list[str]]:
     if analysis.unscannable_line is not None:
         # Sent as it is, the open quote would swallow nixmig's INSERT and COMMIT and the server
         # would report an error at a place that is not in the file.
-        return None, [f"{rel}:{analysis.unscannable_line}: {analysis.parse_error}; PostgreSQL can't run this "
-                      "file. Close the quote, quoted identifier, dollar quote or /* comment that starts there."]
+        return None, [
+            f"{rel}:{analysis.unscannable_line}: {analysis.parse_error}; PostgreSQL can't run this "
+            "file. Close the quote, quoted identifier, dollar quote or /* comment that starts there."
+        ]
     if not analysis.statements:
         if rel.endswith("_up.sql") and not (directives.empty or directives.allow_empty):
-            return None, [f"{rel}: has no SQL statement, only comments (an unfilled sqlmigrate_new template?); "
-                          "write the migration's SQL, or delete the file. If it is meant to do nothing, write the "
-                          "line '-- nixmig:empty' at its top."]
+            return None, [
+                f"{rel}: has no SQL statement, only comments (an unfilled sqlmigrate_new template?); "
+                "write the migration's SQL, or delete the file. If it is meant to do nothing, write the "
+                "line '-- nixmig:empty' at its top."
+            ]
         return Prepared(sql_file, analysis, "", False), []
     if directives.empty:
-        return None, [f"{rel}:{analysis.statements[0].line}: says '-- nixmig:empty' but has "
-                      f"{len(analysis.statements)} statement(s); remove the directive or the SQL."]
+        return None, [
+            f"{rel}:{analysis.statements[0].line}: says '-- nixmig:empty' but has "
+            f"{len(analysis.statements)} statement(s); remove the directive or the SQL."
+        ]
     problems: list[str] = []
     if directives.no_transaction:
-        if not analysis.parsed and analysis.parse_error and len(analysis.statements) == 1 and not analysis.statements[0].kind:
-            problems.append(f"{rel}: can't be split into statements ({analysis.parse_error}); a no-transaction "
-                            "file is sent one statement at a time, so fix the SQL first.")
+        if (
+            not analysis.parsed
+            and analysis.parse_error
+            and len(analysis.statements) == 1
+            and not analysis.statements[0].kind
+        ):
+            problems.append(
+                f"{rel}: can't be split into statements ({analysis.parse_error}); a no-transaction "
+                "file is sent one statement at a time, so fix the SQL first."
+            )
         for s in analysis.transaction_control:
-            problems.append(f"{rel}:{s.line}: has {s.transaction_control} in a '-- nixmig:no-transaction' file, "
-                            "where every statement runs on its own. Move the statements that need a transaction "
-                            "into a separate migration, or drop the directive.")
+            problems.append(
+                f"{rel}:{s.line}: has {s.transaction_control} in a '-- nixmig:no-transaction' file, "
+                "where every statement runs on its own. Move the statements that need a transaction "
+                "into a separate migration, or drop the directive."
+            )
         return (None, problems) if problems else (Prepared(sql_file, analysis, sql_file.text, False), [])
     for s in analysis.no_transaction:
-        problems.append(f"{rel}:{s.line}: {s.no_transaction} can't run inside a transaction, and nixmig runs this "
-                        "file in one. Add the line '-- nixmig:no-transaction' at the top of the file (each statement "
-                        "then runs on its own), or move the statement into a migration of its own with that line.")
+        problems.append(
+            f"{rel}:{s.line}: {s.no_transaction} can't run inside a transaction, and nixmig runs this "
+            "file in one. Add the line '-- nixmig:no-transaction' at the top of the file (each statement "
+            "then runs on its own), or move the statement into a migration of its own with that line."
+        )
     control = analysis.transaction_control
     for s in control:
         if s.transaction_control in ("ROLLBACK", "PREPARE"):
-            problems.append(f"{rel}:{s.line}: a top-level {s.transaction_control} would end nixmig's transaction "
-                            "and leave the record out of step with the schema; remove it (nixmig already rolls the "
-                            "whole file back on any error).")
+            problems.append(
+                f"{rel}:{s.line}: a top-level {s.transaction_control} would end nixmig's transaction "
+                "and leave the record out of step with the schema; remove it (nixmig already rolls the "
+                "whole file back on any error)."
+            )
     if problems:
         return None, problems
     own = [s for s in control if s.transaction_control in ("BEGIN", "COMMIT")]

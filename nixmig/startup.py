@@ -62,14 +62,18 @@ def apply_on_startup(*, stream: TextIO | None = None) -> list[RunResult]:
             result = api.migrate_up(database=alias, progress=renderer)
         except NixmigError as exc:
             renderer.fail_line()
-            out.write(f"nixmig: SQL migrations of database {alias!r} failed at startup "
-                      f"(NIXMIG['APPLY_ON_STARTUP']); not starting:\n{exc}")
+            out.write(
+                f"nixmig: SQL migrations of database {alias!r} failed at startup "
+                f"(NIXMIG['APPLY_ON_STARTUP']); not starting:\n{exc}"
+            )
             raise
         finally:
             connections[alias].close()
         if result.done:
-            out.write(f"Applied {len(result.done)} migration(s) in {result.seconds:.2f} s; "
-                      f"skipped {result.skipped} already applied.")
+            out.write(
+                f"Applied {len(result.done)} migration(s) in {result.seconds:.2f} s; "
+                f"skipped {result.skipped} already applied."
+            )
         results.append(result)
     return results
 

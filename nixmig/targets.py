@@ -16,9 +16,10 @@ ignored. Parsing a file needs no database (``parse_targets``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from django.db import DatabaseError, connections
@@ -87,12 +88,22 @@ class Selection:
 def check_schema_name(name: str, where: str) -> str:
     """Return ``name`` if PostgreSQL can have a schema by that name that nixmig can use, else raise."""
     name = name.strip()
-    problem = ("is empty" if not name else "contains a '.'" if "." in name else
-               "is longer than 63 bytes" if len(name.encode()) > 63 else
-               "contains a NUL or a line break" if any(c in name for c in "\x00\n\r") else "")
+    problem = (
+        "is empty"
+        if not name
+        else "contains a '.'"
+        if "." in name
+        else "is longer than 63 bytes"
+        if len(name.encode()) > 63
+        else "contains a NUL or a line break"
+        if any(c in name for c in "\x00\n\r")
+        else ""
+    )
     if problem:
-        raise TargetError(f"{where}: the schema name {name!r} {problem}; nixmig keeps each schema's tracking table "
-                          "as <schema>.<table>, so use a plain name (e.g. tenant_0001).")
+        raise TargetError(
+            f"{where}: the schema name {name!r} {problem}; nixmig keeps each schema's tracking table "
+            "as <schema>.<table>, so use a plain name (e.g. tenant_0001)."
+        )
     return name
 
 
@@ -109,17 +120,23 @@ def parse_targets(text: str, source: str = "the targets file") -> list[TargetSpe
         if canary:
             fields = fields[:-1]
         if not fields or len(fields) > 2 or any(f.startswith("[") for f in fields):
-            raise TargetError(f"{where}: {raw.strip()!r} is not a target. Write one per line: 'alias', "
-                              "'alias:schema', 'URL' or 'URL schema', optionally followed by '[canary]'.")
+            raise TargetError(
+                f"{where}: {raw.strip()!r} is not a target. Write one per line: 'alias', "
+                "'alias:schema', 'URL' or 'URL schema', optionally followed by '[canary]'."
+            )
         database, schema = fields[0], fields[1] if len(fields) == 2 else None
         if "://" in database:
             if not database.startswith(URL_SCHEMES):
-                raise TargetError(f"{where}: {database.split('://')[0]!r} URLs are not PostgreSQL; nixmig works "
-                                  "with postgres:// (or postgresql://) URLs only.")
+                raise TargetError(
+                    f"{where}: {database.split('://')[0]!r} URLs are not PostgreSQL; nixmig works "
+                    "with postgres:// (or postgresql://) URLs only."
+                )
         else:
             if schema is not None:
-                raise TargetError(f"{where}: write a schema of a database alias as 'alias:schema' "
-                                  f"({database}:{schema}), not separated by a space.")
+                raise TargetError(
+                    f"{where}: write a schema of a database alias as 'alias:schema' "
+                    f"({database}:{schema}), not separated by a space."
+                )
             database, _, schema = database.partition(":")
             schema = schema or None
             if not database:
@@ -147,13 +164,16 @@ def register_url(url: str, where: str) -> str:
     try:
         settings = dj_database_url.parse(url)
     except ValueError as exc:
-        raise TargetError(f"{where}: can't read the database URL {without_password(url)!r} ({exc}).") from None
+        raise TargetError(
+            f"{where}: can't read the database URL {without_password(url)!r} ({exc})."
+        ) from None
     if not settings.get("NAME"):
-        raise TargetError(f"{where}: the database URL {without_password(url)!r} names no database; end it with "
-                          "/<database name>.")
+        raise TargetError(
+            f"{where}: the database URL {without_password(url)!r} names no database; end it with "
+            "/<database name>."
+        )
     alias = "nixmig_target_" + hashlib.sha256(url.encode()).hexdigest()[:12]
     return databases.register(alias, databases.complete(settings))
-
 
 
 def _from_specs(specs: Iterable[TargetSpec], source: str, temporary: list[str]) -> list[Target]:
@@ -167,8 +187,10 @@ def _from_specs(specs: Iterable[TargetSpec], source: str, temporary: list[str]) 
             out.append(Target(alias, spec.schema, without_password(spec.database), spec.canary))
         else:
             if spec.database not in connections.settings:
-                raise TargetError(f"{where}: there is no database {spec.database!r} in settings.DATABASES (known: "
-                                  f"{', '.join(connections)}). Use an alias of settings.DATABASES or a database URL.")
+                raise TargetError(
+                    f"{where}: there is no database {spec.database!r} in settings.DATABASES (known: "
+                    f"{', '.join(connections)}). Use an alias of settings.DATABASES or a database URL."
+                )
             out.append(Target(spec.database, spec.schema, None, spec.canary))
     return out
 
@@ -183,16 +205,19 @@ def schemas_from(alias: str, query: str) -> list[str]:
         with connection.cursor() as cursor:
             cursor.execute(query)
             if cursor.description is None:
-                raise TargetError(f"--schemas-from: the query returned no rows on database {alias!r}; it must be a "
-                                  "SELECT of one column of schema names, e.g. 'SELECT schema_name FROM tenants'.")
+                raise TargetError(
+                    f"--schemas-from: the query returned no rows on database {alias!r}; it must be a "
+                    "SELECT of one column of schema names, e.g. 'SELECT schema_name FROM tenants'."
+                )
             rows = cursor.fetchall()
         if not was_open and not connection.in_atomic_block:
             connection.close()  # the rollout's workers hold at most --parallel connections; this one is done
     except DatabaseError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TargetError(f"--schemas-from: the query failed on database {alias!r} ({first}); nothing was run. It "
-                          "must be a SELECT of one column of schema names, e.g. 'SELECT schema_name FROM tenants'.") \
-            from None
+        raise TargetError(
+            f"--schemas-from: the query failed on database {alias!r} ({first}); nothing was run. It "
+            "must be a SELECT of one column of schema names, e.g. 'SELECT schema_name FROM tenants'."
+        ) from None
     names = []
     for row in rows:
         if row[0] is None:
@@ -210,12 +235,16 @@ def _from_setting(temporary: list[str]) -> list[Target]:
         try:
             func = import_string(value)
         except ImportError as exc:
-            raise TargetError(f"NIXMIG['TARGETS'] = {value!r} can't be imported ({exc}); name a callable that "
-                              "returns targets, e.g. 'myproject.tenants.nixmig_targets'.") from None
+            raise TargetError(
+                f"NIXMIG['TARGETS'] = {value!r} can't be imported ({exc}); name a callable that "
+                "returns targets, e.g. 'myproject.tenants.nixmig_targets'."
+            ) from None
     else:
         func = value
     if not callable(func):
-        raise TargetError(f"NIXMIG['TARGETS'] = {value!r} is not callable; name a callable that returns targets.")
+        raise TargetError(
+            f"NIXMIG['TARGETS'] = {value!r} is not callable; name a callable that returns targets."
+        )
     specs: list[TargetSpec] = []
     out: list[Target] = []
     for item in func() or ():
@@ -225,29 +254,43 @@ def _from_setting(temporary: list[str]) -> list[Target]:
             specs.extend(parse_targets(item, "NIXMIG['TARGETS']"))
         elif isinstance(item, (tuple, list)) and len(item) == 2:
             alias, schema = item
-            specs.append(TargetSpec(str(alias), check_schema_name(schema, "NIXMIG['TARGETS']") if schema else None,
-                                    False, 0))
+            specs.append(
+                TargetSpec(
+                    str(alias), check_schema_name(schema, "NIXMIG['TARGETS']") if schema else None, False, 0
+                )
+            )
         else:
-            raise TargetError(f"NIXMIG['TARGETS'] returned {item!r}; return Target objects, (alias, schema) pairs "
-                              "or strings as in a targets file ('alias', 'alias:schema', 'URL', 'URL schema').")
+            raise TargetError(
+                f"NIXMIG['TARGETS'] returned {item!r}; return Target objects, (alias, schema) pairs "
+                "or strings as in a targets file ('alias', 'alias:schema', 'URL', 'URL schema')."
+            )
     return out + _from_specs(specs, "NIXMIG['TARGETS']", temporary)
 
 
-def select(*, database: Iterable[str] | str | None = None, all_databases: bool = False,
-           schemas: Iterable[str] = (), schemas_query: str | None = None, targets_file: str | Path | None = None,
-           use_setting: bool = True) -> Selection:
+def select(
+    *,
+    database: Iterable[str] | str | None = None,
+    all_databases: bool = False,
+    schemas: Iterable[str] = (),
+    schemas_query: str | None = None,
+    targets_file: str | Path | None = None,
+    use_setting: bool = True,
+) -> Selection:
     """Return the targets the options name (see the module's docstring), in order, without duplicates."""
     temporary: list[str] = []
     try:
-        return _select(database, all_databases, list(schemas or ()), schemas_query, targets_file, use_setting,
-                       temporary)
+        return _select(
+            database, all_databases, list(schemas or ()), schemas_query, targets_file, use_setting, temporary
+        )
     except BaseException:
         for alias in temporary:
             databases.forget(alias)
         raise
 
 
-def _select(database, all_databases, schemas, schemas_query, targets_file, use_setting, temporary) -> Selection:
+def _select(
+    database, all_databases, schemas, schemas_query, targets_file, use_setting, temporary
+) -> Selection:
     if isinstance(database, str):
         database = [database]
     database = list(database or ())
@@ -271,8 +314,9 @@ def _select(database, all_databases, schemas, schemas_query, targets_file, use_s
         try:
             text = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
-            raise TargetError(f"Can't read the targets file {path} ({exc}); give a text file with one target per "
-                              "line.") from None
+            raise TargetError(
+                f"Can't read the targets file {path} ({exc}); give a text file with one target per line."
+            ) from None
         out.extend(_from_specs(parse_targets(text, str(path)), str(path), temporary))
     seen: dict[str, Target] = {}
     for target in out:

@@ -39,8 +39,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connections
@@ -130,6 +130,7 @@ def template_name(test_name: str, key: str) -> str:
 
 # --- what a test database is made of -------------------------------------------------------------
 
+
 def sql_key(tree) -> str:
     """Return the hash of the SQL tree: every up file's id and checksum, and the tracking table's name."""
     digest = hashlib.sha256(f"{conf.table()}\n".encode())
@@ -156,8 +157,14 @@ def django_key(connection) -> str:
         digest.update(("\x1f".join(str(p) for p in parts) + "\n").encode())
 
     test = connection.settings_dict.get("TEST") or {}
-    add("nixmig test template", 1, django.get_version(), test.get("CHARSET"), test.get("TEMPLATE"),
-        test.get("MIGRATE", True))
+    add(
+        "nixmig test template",
+        1,
+        django.get_version(),
+        test.get("CHARSET"),
+        test.get("TEMPLATE"),
+        test.get("MIGRATE", True),
+    )
     loader = MigrationLoader(connection, ignore_no_migrations=True, load=True)
     for key in sorted(loader.graph.nodes):
         add("django", *key, _source_digest(loader.graph.nodes[key]))
@@ -165,8 +172,11 @@ def django_key(connection) -> str:
     for app_config in apps.get_app_configs():
         if app_config.label in loader.migrated_apps:
             continue
-        synced.extend(model for model in router.get_migratable_models(app_config, connection.alias)
-                      if model._meta.can_migrate(connection))
+        synced.extend(
+            model
+            for model in router.get_migratable_models(app_config, connection.alias)
+            if model._meta.can_migrate(connection)
+        )
     if synced:
         with connection.schema_editor(collect_sql=True, atomic=False) as editor:
             for model in synced:
@@ -209,7 +219,9 @@ def files_stamp(directory) -> str:
                 st = entry.stat()
             except OSError:
                 continue
-            digest.update(f"{name}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1f{st.st_ctime_ns}\x1f{st.st_ino}\n".encode())
+            digest.update(
+                f"{name}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1f{st.st_ctime_ns}\x1f{st.st_ino}\n".encode()
+            )
     return digest.hexdigest()
 
 
@@ -233,6 +245,7 @@ def snapshot_digest(connection) -> str:
 
 
 # --- the maintenance connection: lock, templates, CREATE / DROP / RENAME DATABASE ---------------------
+
 
 @dataclass
 class Entry:
@@ -274,7 +287,8 @@ class Maintenance:
             if waited >= wait:
                 raise NixmigError(
                     f"Another test run held the test-template lock ({key}) for more than {wait:.0f} s; it is "
-                    "probably building the template. Wait for it to finish, or raise NIXMIG['LOCK_WAIT'].")
+                    "probably building the template. Wait for it to finish, or raise NIXMIG['LOCK_WAIT']."
+                )
             if not told:
                 emit("template_wait", key=key)
                 told = True
@@ -288,8 +302,12 @@ class Maintenance:
         """Return the templates, spare copies and copies in the making whose names start with ``prefix``."""
         self.cursor.execute(
             "SELECT datname, shobj_description(oid, 'pg_database'), datallowconn FROM pg_database "
-            "WHERE left(datname, length(%s)) = %s", [prefix, prefix])
-        shape = re.compile(re.escape(prefix) + f"([0-9a-f]{{{HASH_LENGTH}}})(?:_([swx])[0-9a-f]{{{SPARE_ID}}})?")
+            "WHERE left(datname, length(%s)) = %s",
+            [prefix, prefix],
+        )
+        shape = re.compile(
+            re.escape(prefix) + f"([0-9a-f]{{{HASH_LENGTH}}})(?:_([swx])[0-9a-f]{{{SPARE_ID}}})?"
+        )
         found = {}
         for name, comment, allowconn in self.cursor.fetchall():
             match = shape.fullmatch(name)
@@ -301,7 +319,9 @@ class Maintenance:
     def drop(self, name: str, *, force: bool = False) -> bool:
         """Drop database ``name``; return False if it is in use (it is left alone)."""
         try:
-            self.cursor.execute(f"DROP DATABASE IF EXISTS {self.q(name)}" + (" WITH (FORCE)" if force else ""))
+            self.cursor.execute(
+                f"DROP DATABASE IF EXISTS {self.q(name)}" + (" WITH (FORCE)" if force else "")
+            )
             return True
         except DatabaseError:
             return False
@@ -323,7 +343,9 @@ class Maintenance:
         self.cursor.execute(f"ALTER DATABASE {self.q(name)} RENAME TO {self.q(new)}")
 
     def allow_connections(self, name: str, allow: bool) -> None:
-        self.cursor.execute(f"ALTER DATABASE {self.q(name)} WITH ALLOW_CONNECTIONS {'true' if allow else 'false'}")
+        self.cursor.execute(
+            f"ALTER DATABASE {self.q(name)} WITH ALLOW_CONNECTIONS {'true' if allow else 'false'}"
+        )
 
     def finish_template(self, name: str, fields: dict) -> None:
         """Record what the template holds, and close it to connections.
@@ -355,8 +377,10 @@ def _maintenance(connection) -> Iterator[Maintenance]:
 
 # --- the public entry point ----------------------------------------------------------------------
 
-def prepare_test_database(alias: str, django_migrate: Callable[[], None], *,
-                          progress: Callback | None = None) -> Outcome:
+
+def prepare_test_database(
+    alias: str, django_migrate: Callable[[], None], *, progress: Callback | None = None
+) -> Outcome:
     """Give the (just created or kept) test database of ``alias`` Django's migrations and the SQL tree.
 
     ``django_migrate`` runs Django's own ``migrate`` on it. Raises NixmigError with the
@@ -365,7 +389,7 @@ def prepare_test_database(alias: str, django_migrate: Callable[[], None], *,
     emit = progress or (lambda event, **data: None)
     started = time.perf_counter()
     connection = connections[alias]
-    if (not conf.get("TEST_APPLY") or connection.vendor != "postgresql" or not databases.allows(alias)):
+    if not conf.get("TEST_APPLY") or connection.vendor != "postgresql" or not databases.allows(alias):
         django_migrate()
         return Outcome("django-only", seconds=time.perf_counter() - started)
     directory = conf.migrations_dir()
@@ -425,8 +449,10 @@ def _update_kept(alias, connection, tree, django_migrate, emit) -> Outcome | Non
         result = api.migrate_up(database=alias, tree=tree, progress=emit)
     except NixmigError as exc:
         if changed:
-            exc.test_hint = ("With a kept test database you can also set NIXMIG['TEST_REBUILD_CHANGED'] = True "
-                             "to re-create it, or run the tests without --keepdb.")
+            exc.test_hint = (
+                "With a kept test database you can also set NIXMIG['TEST_REBUILD_CHANGED'] = True "
+                "to re-create it, or run the tests without --keepdb."
+            )
         raise
     return Outcome("updated", applied=len(result.done))
 
@@ -453,8 +479,9 @@ class _Background(threading.Thread):
         return self.value
 
 
-def _from_template(alias, connection, directory, django_migrate, emit, *, stamp: str,
-                   attempt: int = 0) -> Outcome:
+def _from_template(
+    alias, connection, directory, django_migrate, emit, *, stamp: str, attempt: int = 0
+) -> Outcome:
     name = connection.settings_dict["NAME"]
     prefix = template_prefix(name)
     lock_key = f"nixmig:test-template:{prefix}"
@@ -465,8 +492,14 @@ def _from_template(alias, connection, directory, django_migrate, emit, *, stamp:
         try:
             family = db.family(prefix)
             # The SQL tree's hash, without reading the files when a template recorded the same stamp.
-            sql = next((e.fields["sql"] for e in family.values() if e.kind == "template"
-                        and e.fields.get("files") == stamp and "sql" in e.fields), None)
+            sql = next(
+                (
+                    e.fields["sql"]
+                    for e in family.values()
+                    if e.kind == "template" and e.fields.get("files") == stamp and "sql" in e.fields
+                ),
+                None,
+            )
             tree = None
             if sql is None:
                 tree = _tree()
@@ -477,12 +510,27 @@ def _from_template(alias, connection, directory, django_migrate, emit, *, stamp:
             ready = entry is not None and entry.fields.get("hash") == key and not entry.allowconn
             if not ready:
                 tree = tree or _tree()
-                return _build(alias, connection, db, tree, family, template,
-                              {"hash": key, "sql": sql, "files": stamp}, django_migrate, emit)
+                return _build(
+                    alias,
+                    connection,
+                    db,
+                    tree,
+                    family,
+                    template,
+                    {"hash": key, "sql": sql, "files": stamp},
+                    django_migrate,
+                    emit,
+                )
             if entry.fields.get("files") != stamp:
                 db.set_fields(template, {**entry.fields, "files": stamp})
-            spare = next((e.name for e in sorted(family.values(), key=lambda e: e.name)
-                          if e.kind == "spare" and e.key == key[:HASH_LENGTH]), None)
+            spare = next(
+                (
+                    e.name
+                    for e in sorted(family.values(), key=lambda e: e.name)
+                    if e.kind == "spare" and e.key == key[:HASH_LENGTH]
+                ),
+                None,
+            )
             # The empty test database Django made is renamed away and dropped in the background
             # (DROP DATABASE waits for a checkpoint on some servers: a second on PostgreSQL 15 here).
             trash = f"{template}_x{uuid.uuid4().hex[:SPARE_ID]}"
@@ -504,13 +552,17 @@ def _from_template(alias, connection, directory, django_migrate, emit, *, stamp:
                 if trash is not None:
                     db.drop(trash, force=True)
                 db.create(name, suffix=connection.creation.sql_table_creation_suffix())
-                return _from_template(alias, connection, directory, django_migrate, emit, stamp=stamp, attempt=1)
+                return _from_template(
+                    alias, connection, directory, django_migrate, emit, stamp=stamp, attempt=1
+                )
     expected = entry.fields.get("snapshot")
     if spare is None and expected not in (None, "-"):
         if snapshot_digest(connection) != expected:  # someone changed the template since it was built
             if attempt:
-                raise NixmigError(f"The test template {template} was changed after it was built and rebuilding it "
-                                  "did not help; drop it by hand (DROP DATABASE) and run the tests again.")
+                raise NixmigError(
+                    f"The test template {template} was changed after it was built and rebuilding it "
+                    "did not help; drop it by hand (DROP DATABASE) and run the tests again."
+                )
             emit("template_changed", template=template)
             _close(connection)
             with _maintenance(connection) as db:
@@ -529,7 +581,9 @@ def _from_template(alias, connection, directory, django_migrate, emit, *, stamp:
     return Outcome("spare" if spare else "cloned", template=template)
 
 
-def _build(alias, connection, db: Maintenance, tree, family, template, fields, django_migrate, emit) -> Outcome:
+def _build(
+    alias, connection, db: Maintenance, tree, family, template, fields, django_migrate, emit
+) -> Outcome:
     """Build the template from the (empty) test database, under the lock; drop the family's other members."""
     for other in sorted(family):
         if db.drop(other):
@@ -542,8 +596,13 @@ def _build(alias, connection, db: Maintenance, tree, family, template, fields, d
     db.create(template, connection.settings_dict["NAME"])
     db.finish_template(template, fields)
     emit("template_built", template=template)
-    _make_spares(connection, template, fields["hash"], fields["snapshot"], f"nixmig:test-template:"
-                 f"{template_prefix(connection.settings_dict['NAME'])}")
+    _make_spares(
+        connection,
+        template,
+        fields["hash"],
+        fields["snapshot"],
+        f"nixmig:test-template:{template_prefix(connection.settings_dict['NAME'])}",
+    )
     return Outcome("built", template=template, applied=len(result.done))
 
 
@@ -563,8 +622,9 @@ def _set_aside(db: Maintenance, name: str, trash: str) -> bool:
         return False
 
 
-def _make_spares(connection, template: str, key: str, digest: str | None, lock_key: str, *,
-                 trash: str | None = None) -> None:
+def _make_spares(
+    connection, template: str, key: str, digest: str | None, lock_key: str, *, trash: str | None = None
+) -> None:
     """Start copying the template into NIXMIG['TEST_SPARES'] spare databases for the next test database.
 
     ``trash`` (an empty database set aside) is dropped by a background thread too.
@@ -572,13 +632,21 @@ def _make_spares(connection, template: str, key: str, digest: str | None, lock_k
     count = int(conf.get("TEST_SPARES") or 0)
     settings_dict = dict(connection.settings_dict)
     if trash is not None:
-        thread = threading.Thread(target=_discard, args=(type(connection), settings_dict, trash),
-                                  name="nixmig-test-discard", daemon=False)
+        thread = threading.Thread(
+            target=_discard,
+            args=(type(connection), settings_dict, trash),
+            name="nixmig-test-discard",
+            daemon=False,
+        )
         thread.start()
         _spare_threads.append(thread)
     for _ in range(count):
-        thread = threading.Thread(target=_spare, args=(type(connection), settings_dict, template, key, digest),
-                                  name="nixmig-test-spare", daemon=False)
+        thread = threading.Thread(
+            target=_spare,
+            args=(type(connection), settings_dict, template, key, digest),
+            name="nixmig-test-spare",
+            daemon=False,
+        )
         thread.start()
         _spare_threads.append(thread)
 
@@ -637,6 +705,7 @@ def _spare(wrapper_class, settings_dict: dict, template: str, key: str, digest: 
 
 
 # --- an empty database for tests that run migrations themselves ----------------------------------
+
 
 @dataclass
 class EmptyDatabase:

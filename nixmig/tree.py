@@ -69,9 +69,17 @@ class SqlFile:
 
     __slots__ = ("_path", "relpath", "_text", "_checksum", "_directives", "analysis_cache")
 
-    def __init__(self, path: str | os.PathLike, relpath: str, text: str | None = None, checksum: str | None = None,
-                 directives: Directives | None = None):
-        self._path = path  # a str from load_tree: a Path is built only when asked for (a third of a read's cost)
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        relpath: str,
+        text: str | None = None,
+        checksum: str | None = None,
+        directives: Directives | None = None,
+    ):
+        self._path = (
+            path  # a str from load_tree: a Path is built only when asked for (a third of a read's cost)
+        )
         self.relpath = relpath
         self._text, self._checksum, self._directives = text, checksum, directives
         self.analysis_cache = None  # sqltext.analysis_of(): parsed once, whatever the number of databases
@@ -120,8 +128,13 @@ class SqlFile:
     def __eq__(self, other) -> bool:
         if not isinstance(other, SqlFile):
             return NotImplemented
-        return (os.fspath(self._path), self.relpath, self.text, self.checksum, self.directives) == \
-            (os.fspath(other._path), other.relpath, other.text, other.checksum, other.directives)
+        return (os.fspath(self._path), self.relpath, self.text, self.checksum, self.directives) == (
+            os.fspath(other._path),
+            other.relpath,
+            other.text,
+            other.checksum,
+            other.directives,
+        )
 
     __hash__ = None  # mutable cache inside; not a dict key
 
@@ -223,24 +236,44 @@ def parse_directives(text: str, relpath: str) -> tuple[Directives, list[Problem]
         match = DIRECTIVE_RE.match(stripped)
         if not match:
             if re.match(r"^--\s*nixmig:", stripped):
-                problems.append(Problem(
-                    f"{relpath}:{lineno}: can't read the directive {stripped!r}; write it as "
-                    "'-- nixmig:no-transaction' or '-- nixmig:lock-timeout=5s'.", relpath, ERROR, "bad_directive"))
+                problems.append(
+                    Problem(
+                        f"{relpath}:{lineno}: can't read the directive {stripped!r}; write it as "
+                        "'-- nixmig:no-transaction' or '-- nixmig:lock-timeout=5s'.",
+                        relpath,
+                        ERROR,
+                        "bad_directive",
+                    )
+                )
             continue
         key, value = match.group(1).lower(), match.group(2)
         if key not in KNOWN_DIRECTIVES:
-            problems.append(Problem(
-                f"{relpath}:{lineno}: unknown directive 'nixmig:{key}'; known ones are "
-                f"{', '.join(sorted(KNOWN_DIRECTIVES))}.", relpath, ERROR, "bad_directive"))
+            problems.append(
+                Problem(
+                    f"{relpath}:{lineno}: unknown directive 'nixmig:{key}'; known ones are "
+                    f"{', '.join(sorted(KNOWN_DIRECTIVES))}.",
+                    relpath,
+                    ERROR,
+                    "bad_directive",
+                )
+            )
             continue
         if key in FLAG_DIRECTIVES and value is not None:
-            problems.append(Problem(f"{relpath}:{lineno}: 'nixmig:{key}' takes no value.",
-                                    relpath, ERROR, "bad_directive"))
+            problems.append(
+                Problem(
+                    f"{relpath}:{lineno}: 'nixmig:{key}' takes no value.", relpath, ERROR, "bad_directive"
+                )
+            )
             continue
         if key not in FLAG_DIRECTIVES and (value is None or not TIMEOUT_RE.match(value)):
-            problems.append(Problem(
-                f"{relpath}:{lineno}: 'nixmig:{key}' needs a duration such as '5s', '500ms' or '2min'.",
-                relpath, ERROR, "bad_directive"))
+            problems.append(
+                Problem(
+                    f"{relpath}:{lineno}: 'nixmig:{key}' needs a duration such as '5s', '500ms' or '2min'.",
+                    relpath,
+                    ERROR,
+                    "bad_directive",
+                )
+            )
             continue
         values[key] = value
     return Directives(
@@ -279,21 +312,39 @@ def read_sql_file(path: str | os.PathLike, relpath: str) -> tuple[SqlFile | None
     try:
         data = _read(path)
     except OSError as exc:
-        return None, [Problem(f"{relpath}: can't be read ({exc.strerror}); check its permissions.",
-                              relpath, ERROR, "unreadable")]
+        return None, [
+            Problem(
+                f"{relpath}: can't be read ({exc.strerror}); check its permissions.",
+                relpath,
+                ERROR,
+                "unreadable",
+            )
+        ]
     if b"\x00" in data:
         line = data.count(b"\n", 0, data.index(b"\x00")) + 1
-        return None, [Problem(
-            f"{relpath}:{line}: contains a NUL byte, which PostgreSQL can't accept in SQL; "
-            "the file is probably binary or UTF-16: save it as UTF-8 text.", relpath, ERROR, "nul_byte")]
+        return None, [
+            Problem(
+                f"{relpath}:{line}: contains a NUL byte, which PostgreSQL can't accept in SQL; "
+                "the file is probably binary or UTF-16: save it as UTF-8 text.",
+                relpath,
+                ERROR,
+                "nul_byte",
+            )
+        ]
     normalised = normalise(data) if b"\r" in data or data.startswith(b"\xef\xbb\xbf") else data
     try:
         text = normalised.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = normalised.count(b"\n", 0, exc.start) + 1
-        return None, [Problem(
-            f"{relpath}:{line}: is not valid UTF-8 (byte 0x{normalised[exc.start]:02x} at offset {exc.start}); "
-            "re-save the file as UTF-8.", relpath, ERROR, "not_utf8")]
+        return None, [
+            Problem(
+                f"{relpath}:{line}: is not valid UTF-8 (byte 0x{normalised[exc.start]:02x} at offset {exc.start}); "
+                "re-save the file as UTF-8.",
+                relpath,
+                ERROR,
+                "not_utf8",
+            )
+        ]
     directives, problems = parse_directives(text, relpath)
     return SqlFile(path, relpath, text, hashlib.sha256(normalised).hexdigest(), directives), problems
 
@@ -346,10 +397,14 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
     root = Path(directory)
     if not root.is_dir():
         if root.exists():
-            raise TreeError(f"The migrations path {root} is not a directory; pass --dir with the folder "
-                            "that holds your module folders.")
-        raise TreeError(f"The migrations directory {root} does not exist; create it, set "
-                        "NIXMIG['MIGRATIONS_DIR'], or pass --dir.")
+            raise TreeError(
+                f"The migrations path {root} is not a directory; pass --dir with the folder "
+                "that holds your module folders."
+            )
+        raise TreeError(
+            f"The migrations directory {root} does not exist; create it, set "
+            "NIXMIG['MIGRATIONS_DIR'], or pass --dir."
+        )
     real_root = root.resolve()
     problems: list[Problem] = []
     files: dict[tuple[str, str, str], tuple[int, SqlFile]] = {}
@@ -378,14 +433,26 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
                 continue  # hidden (.git, .idea); a name of dots only ('...') is refused below
             rel = f"{module}/{d}" if module else d
             if entry.is_symlink():
-                problems.append(Problem(
-                    f"{rel}/: is a symbolic link to a folder; nixmig does not follow folder links. "
-                    "Move the module folder into the migrations directory.", rel + "/", ERROR, "symlink"))
+                problems.append(
+                    Problem(
+                        f"{rel}/: is a symbolic link to a folder; nixmig does not follow folder links. "
+                        "Move the module folder into the migrations directory.",
+                        rel + "/",
+                        ERROR,
+                        "symlink",
+                    )
+                )
                 continue
             if not MODULE_SEGMENT_RE.match(d) or set(d) == {"."}:
-                problems.append(Problem(
-                    f"{rel}/: is not a valid module folder name (use letters, digits, '_', '-' and '.', "
-                    "no spaces); rename the folder.", rel + "/", ERROR, "bad_module"))
+                problems.append(
+                    Problem(
+                        f"{rel}/: is not a valid module folder name (use letters, digits, '_', '-' and '.', "
+                        "no spaces); rename the folder.",
+                        rel + "/",
+                        ERROR,
+                        "bad_module",
+                    )
+                )
                 continue
             subdirs.append((entry.path, rel))
         pending_dirs.extend(reversed(subdirs))  # depth first, in name order, like os.walk
@@ -401,19 +468,37 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
             if entry.is_symlink():
                 target = Path(full).resolve()
                 if not target.is_relative_to(real_root):
-                    problems.append(Problem(
-                        f"{relpath}: is a symbolic link to {target}, outside the migrations directory "
-                        f"{root}; copy the file in instead.", relpath, ERROR, "symlink"))
+                    problems.append(
+                        Problem(
+                            f"{relpath}: is a symbolic link to {target}, outside the migrations directory "
+                            f"{root}; copy the file in instead.",
+                            relpath,
+                            ERROR,
+                            "symlink",
+                        )
+                    )
                     continue
                 if not target.is_file():
-                    problems.append(Problem(f"{relpath}: is a broken symbolic link; remove it or fix its target.",
-                                            relpath, ERROR, "symlink"))
+                    problems.append(
+                        Problem(
+                            f"{relpath}: is a broken symbolic link; remove it or fix its target.",
+                            relpath,
+                            ERROR,
+                            "symlink",
+                        )
+                    )
                     continue
             if match is None:
-                problems.append(Problem(
-                    f"{relpath}: the name does not follow <NNN>_<name>_up.sql or <NNN>_<name>_down.sql "
-                    "(digits, an underscore, a name of letters, digits, '_' or '-', then _up.sql or _down.sql); "
-                    "rename it.", relpath, ERROR, "bad_name"))
+                problems.append(
+                    Problem(
+                        f"{relpath}: the name does not follow <NNN>_<name>_up.sql or <NNN>_<name>_down.sql "
+                        "(digits, an underscore, a name of letters, digits, '_' or '-', then _up.sql or _down.sql); "
+                        "rename it.",
+                        relpath,
+                        ERROR,
+                        "bad_name",
+                    )
+                )
                 continue
             direction = match["direction"]
             if direction == "up":
@@ -436,9 +521,15 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
         if empty and allow_empty:
             up = SqlFile(up.path, up.relpath, up.text, up.checksum, Directives(allow_empty=True))
         elif empty:
-            problems.append(Problem(
-                f"{up.relpath}: is empty; write the migration's SQL, or delete the file. If it is meant to do "
-                "nothing, write the line '-- nixmig:empty' in it.", up.relpath, ERROR, "empty_up"))
+            problems.append(
+                Problem(
+                    f"{up.relpath}: is empty; write the migration's SQL, or delete the file. If it is meant to do "
+                    "nothing, write the line '-- nixmig:empty' in it.",
+                    up.relpath,
+                    ERROR,
+                    "empty_up",
+                )
+            )
             continue
         elif allow_empty and not up.directives.empty:
             up = SqlFile(up.path, up.relpath, up.text, up.checksum, replace(up.directives, allow_empty=True))
@@ -447,30 +538,44 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
         migrations.append(migration)
         if down_entry is None:
             partner = _unpaired_partner(unpaired, module, number, "up")
-            problems.append(Problem(
-                f"{up.relpath}: has no down file of the same name, so {migration.id} is irreversible; "
-                f"{partner.relpath} is probably its down file with a misspelt name: rename it to {bare}_down.sql."
-                if partner else
-                f"{up.relpath}: has no down file, so {migration.id} is irreversible "
-                f"(add {bare}_down.sql; an empty one is an explicit no-op rollback).",
-                up.relpath, INFO, "irreversible"))
+            problems.append(
+                Problem(
+                    f"{up.relpath}: has no down file of the same name, so {migration.id} is irreversible; "
+                    f"{partner.relpath} is probably its down file with a misspelt name: rename it to {bare}_down.sql."
+                    if partner
+                    else f"{up.relpath}: has no down file, so {migration.id} is irreversible "
+                    f"(add {bare}_down.sql; an empty one is an explicit no-op rollback).",
+                    up.relpath,
+                    INFO,
+                    "irreversible",
+                )
+            )
     for (module, bare, direction), (number, down) in files.items():
         if direction == "down" and (module, bare, "up") not in files:
             partner = _unpaired_partner(unpaired, module, number, "down")
-            fix = (f"it is probably the down file of {partner.relpath}: rename it to "
-                   f"{partner.path.name[:-len('_up.sql')]}_down.sql, or delete it." if partner else
-                   "fix the name of one of the two, or delete it.")
-            problems.append(Problem(
-                f"{down.relpath}: matches no up file (expected {bare}_up.sql beside it); {fix}",
-                down.relpath, WARNING, "orphan_down"))
+            fix = (
+                f"it is probably the down file of {partner.relpath}: rename it to "
+                f"{partner.path.name[: -len('_up.sql')]}_down.sql, or delete it."
+                if partner
+                else "fix the name of one of the two, or delete it."
+            )
+            problems.append(
+                Problem(
+                    f"{down.relpath}: matches no up file (expected {bare}_up.sql beside it); {fix}",
+                    down.relpath,
+                    WARNING,
+                    "orphan_down",
+                )
+            )
 
     migrations.sort(key=lambda m: m.sort_key)
     problems.sort(key=lambda p: ({ERROR: 0, WARNING: 1, INFO: 2}[p.level], p.file or ""))
     return Tree(root, tuple(migrations), tuple(problems))
 
 
-def load_migration(directory: str | os.PathLike, module: str, name: str, *,
-                   allow_empty: bool = False) -> Migration | None:
+def load_migration(
+    directory: str | os.PathLike, module: str, name: str, *, allow_empty: bool = False
+) -> Migration | None:
     """Read one migration (``<module>/<name>_up.sql`` and its down file) without reading the whole tree.
 
     Returns what ``load_tree(directory).get(f"{module}/{name}")`` would, or None where load_tree
@@ -485,8 +590,12 @@ def load_migration(directory: str | os.PathLike, module: str, name: str, *,
         return None
     folder = str(root)
     for segment in segments:
-        if (not MODULE_SEGMENT_RE.match(segment) or set(segment) == {"."} or segment.startswith(".")
-                or segment == "__pycache__"):
+        if (
+            not MODULE_SEGMENT_RE.match(segment)
+            or set(segment) == {"."}
+            or segment.startswith(".")
+            or segment == "__pycache__"
+        ):
             return None
         folder = os.path.join(folder, segment)
         if os.path.islink(folder) or not os.path.isdir(folder):

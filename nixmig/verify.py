@@ -20,9 +20,9 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
 
 import psycopg
 from django.db import DatabaseError, connections
@@ -59,8 +59,15 @@ class Finding:
     after: str | None = None
 
     def as_dict(self) -> dict:
-        return {"level": self.level, "phase": self.phase, "message": self.message, "kind": self.kind,
-                "name": self.name, "before": self.before, "after": self.after}
+        return {
+            "level": self.level,
+            "phase": self.phase,
+            "message": self.message,
+            "kind": self.kind,
+            "name": self.name,
+            "before": self.before,
+            "after": self.after,
+        }
 
 
 @dataclass
@@ -81,11 +88,17 @@ class MigrationResult:
         return self.result in (EXACT, WARNING, IRREVERSIBLE)
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "module": self.migration.module, "name": self.migration.name, "result": self.result,
-                "ok": self.ok, "findings": [f.as_dict() for f in self.findings],
-                "up_file": self.migration.up.relpath,
-                "down_file": self.migration.down.relpath if self.migration.down is not None else None,
-                "seconds": round(self.seconds, 4)}
+        return {
+            "id": self.id,
+            "module": self.migration.module,
+            "name": self.migration.name,
+            "result": self.result,
+            "ok": self.ok,
+            "findings": [f.as_dict() for f in self.findings],
+            "up_file": self.migration.up.relpath,
+            "down_file": self.migration.down.relpath if self.migration.down is not None else None,
+            "seconds": round(self.seconds, 4),
+        }
 
 
 @dataclass
@@ -107,9 +120,15 @@ class DriftReport:
         def items(diffs):
             return [{"kind": d.kind, "name": d.name, "tree": d.before, "live": d.after} for d in diffs]
 
-        return {"database": self.database, "applied": len(self.applied), "ok": self.ok,
-                "only_live": items(self.only_live), "only_tree": items(self.only_tree),
-                "different": items(self.different), "notes": self.notes}
+        return {
+            "database": self.database,
+            "applied": len(self.applied),
+            "ok": self.ok,
+            "only_live": items(self.only_live),
+            "only_tree": items(self.only_tree),
+            "different": items(self.different),
+            "notes": self.notes,
+        }
 
 
 @dataclass
@@ -141,25 +160,38 @@ class VerifyReport:
             d = self.drift
             if d.ok:
                 return f"No drift: database {d.database!r} matches its {len(d.applied)} applied migration(s)."
-            return (f"Drift in database {d.database!r}: {len(d.only_live)} object(s) only in the live database, "
-                    f"{len(d.only_tree)} only in the tree, {len(d.different)} different.")
+            return (
+                f"Drift in database {d.database!r}: {len(d.only_live)} object(s) only in the live database, "
+                f"{len(d.only_tree)} only in the tree, {len(d.different)} different."
+            )
         c = self.counts()
-        parts = [f"{c[EXACT]} exact", f"{c[WARNING]} with warnings", f"{c[NOT_EXACT]} not exact",
-                 f"{c[IRREVERSIBLE]} irreversible", f"{c[FAILED]} failed"]
+        parts = [
+            f"{c[EXACT]} exact",
+            f"{c[WARNING]} with warnings",
+            f"{c[NOT_EXACT]} not exact",
+            f"{c[IRREVERSIBLE]} irreversible",
+            f"{c[FAILED]} failed",
+        ]
         if c[NOT_RUN]:
             parts.append(f"{c[NOT_RUN]} not run")
         return f"Verified {len(self.results)} migration(s) in {self.seconds:.1f} s: {', '.join(parts)}."
 
     def as_dict(self) -> dict:
-        return {"database": self.database, "scratch_database": self.scratch if self.kept else None,
-                "ok": self.ok, "summary": self.summary(), "counts": self.counts(),
-                "migrations": [r.as_dict() for r in self.results],
-                "drift": self.drift.as_dict() if self.drift is not None else None,
-                "seconds": round(self.seconds, 3),
-                "snapshots": {"count": self.snapshots, "seconds": round(self.snapshot_seconds, 3)}}
+        return {
+            "database": self.database,
+            "scratch_database": self.scratch if self.kept else None,
+            "ok": self.ok,
+            "summary": self.summary(),
+            "counts": self.counts(),
+            "migrations": [r.as_dict() for r in self.results],
+            "drift": self.drift.as_dict() if self.drift is not None else None,
+            "seconds": round(self.seconds, 3),
+            "snapshots": {"count": self.snapshots, "seconds": round(self.snapshot_seconds, 3)},
+        }
 
 
 # -- the scratch database ------------------------------------------------------------------
+
 
 class ScratchDatabase:
     """A database of its own on the server of ``database`` (or NIXMIG['VERIFY_DATABASE_URL']).
@@ -197,7 +229,8 @@ class ScratchDatabase:
                 f"Can't create the scratch database {self.name} on the server of {where} ({first}). "
                 f"sqlmigrate_verify needs a role that may create databases: grant it with "
                 f"ALTER ROLE {base.get('USER') or '<role>'} CREATEDB, or set NIXMIG['VERIFY_DATABASE_URL'] to a "
-                "server where it may (e.g. a throwaway PostgreSQL in CI).") from None
+                "server where it may (e.g. a throwaway PostgreSQL in CI)."
+            ) from None
         self.created = True
         settings = dict(base, NAME=self.name)
         settings["TEST"] = dict(base.get("TEST") or {}, NAME=self.name)
@@ -258,6 +291,7 @@ def _setting(key: str):
 
 # -- describing differences ----------------------------------------------------------------
 
+
 def _label(kind: str, name: str) -> str:
     shown = name[7:] if name.startswith("public.") else name
     return f"{kind} `{shown}`"
@@ -288,8 +322,9 @@ def _collapse(diffs: list[snapshot.Difference]) -> list[snapshot.Difference]:
     return out
 
 
-def explain_down(before_up: snapshot.Snapshot, after_up: snapshot.Snapshot,
-                 after_down: snapshot.Snapshot) -> list[Finding]:
+def explain_down(
+    before_up: snapshot.Snapshot, after_up: snapshot.Snapshot, after_down: snapshot.Snapshot
+) -> list[Finding]:
     """Say, object by object, how the schema after the down differs from the schema before the up."""
     findings = []
     for d in _collapse(snapshot.diff(before_up, after_down)):
@@ -297,11 +332,23 @@ def explain_down(before_up: snapshot.Snapshot, after_up: snapshot.Snapshot,
         in_up = after_up.objects.get((d.kind, d.name))
         if d.kind == "rows":
             fewer = int(d.after) < int(d.before)
-            what = (f"deletes {int(d.before) - int(d.after)} row(s) of" if fewer
-                    else f"leaves {int(d.after) - int(d.before)} more row(s) in")
-            findings.append(Finding("warning", f"down {what} table `{d.display_name}` ({d.before} before the up, "
-                                    f"{d.after} after the down): seed or existing data is not restored",
-                                    "down", "table", d.name, d.before, d.after))
+            what = (
+                f"deletes {int(d.before) - int(d.after)} row(s) of"
+                if fewer
+                else f"leaves {int(d.after) - int(d.before)} more row(s) in"
+            )
+            findings.append(
+                Finding(
+                    "warning",
+                    f"down {what} table `{d.display_name}` ({d.before} before the up, "
+                    f"{d.after} after the down): seed or existing data is not restored",
+                    "down",
+                    "table",
+                    d.name,
+                    d.before,
+                    d.after,
+                )
+            )
         elif d.change == "added":
             if in_up is not None:
                 message = f"down leaves {label} behind"
@@ -323,8 +370,9 @@ def explain_down(before_up: snapshot.Snapshot, after_up: snapshot.Snapshot,
     return findings
 
 
-def explain_reup(after_up: snapshot.Snapshot, after_reup: snapshot.Snapshot,
-                 known_rows: frozenset[str] = frozenset()) -> list[Finding]:
+def explain_reup(
+    after_up: snapshot.Snapshot, after_reup: snapshot.Snapshot, known_rows: frozenset[str] = frozenset()
+) -> list[Finding]:
     """Say how running the up a second time (after its down) gives another schema than the first time.
 
     Row counts of ``known_rows`` (tables whose rows the down already changed) are not repeated.
@@ -335,19 +383,55 @@ def explain_reup(after_up: snapshot.Snapshot, after_reup: snapshot.Snapshot,
         if d.kind == "rows" and d.name in known_rows:
             continue
         if d.kind == "rows":
-            findings.append(Finding("warning", f"the up run again after its down leaves {d.after} row(s) in table "
-                                    f"`{d.display_name}`, {d.before} the first time", "reup", "table", d.name,
-                                    d.before, d.after))
+            findings.append(
+                Finding(
+                    "warning",
+                    f"the up run again after its down leaves {d.after} row(s) in table "
+                    f"`{d.display_name}`, {d.before} the first time",
+                    "reup",
+                    "table",
+                    d.name,
+                    d.before,
+                    d.after,
+                )
+            )
         elif d.change == "added":
-            findings.append(Finding("error", f"the up run again after its down also has {label}, which the first run "
-                                    "did not", "reup", d.kind, d.name, None, d.after))
+            findings.append(
+                Finding(
+                    "error",
+                    f"the up run again after its down also has {label}, which the first run did not",
+                    "reup",
+                    d.kind,
+                    d.name,
+                    None,
+                    d.after,
+                )
+            )
         elif d.change == "removed":
-            findings.append(Finding("error", f"the up run again after its down lacks {label}, which the first run "
-                                    "created", "reup", d.kind, d.name, d.before, None))
+            findings.append(
+                Finding(
+                    "error",
+                    f"the up run again after its down lacks {label}, which the first run created",
+                    "reup",
+                    d.kind,
+                    d.name,
+                    d.before,
+                    None,
+                )
+            )
         else:
-            findings.append(Finding("error", f"the up run again after its down gives another {label}: {d.before} "
-                                    f"the first time, {d.after} the second", "reup", d.kind, d.name, d.before,
-                                    d.after))
+            findings.append(
+                Finding(
+                    "error",
+                    f"the up run again after its down gives another {label}: {d.before} "
+                    f"the first time, {d.after} the second",
+                    "reup",
+                    d.kind,
+                    d.name,
+                    d.before,
+                    d.after,
+                )
+            )
     return findings
 
 
@@ -363,6 +447,7 @@ def _failure(exc: MigrationFailed) -> str:
 
 # -- verify ----------------------------------------------------------------------------------
 
+
 class _Run:
     """One verify or drift run: the scratch database and the snapshots taken in it."""
 
@@ -374,8 +459,9 @@ class _Run:
         self.current: snapshot.Snapshot | None = None
 
     def take(self, *, incremental: bool = True) -> snapshot.Snapshot:
-        snap = snapshot.take(self.scratch.connection, row_counts=True,
-                             previous=self.current if incremental else None)
+        snap = snapshot.take(
+            self.scratch.connection, row_counts=True, previous=self.current if incremental else None
+        )
         self.report.snapshots += 1
         self.report.snapshot_seconds += snap.seconds
         self.current = snap
@@ -399,9 +485,17 @@ class _Run:
         self.take(incremental=False)
 
 
-def verify(*, directory=None, database: str = "default", tree: Tree | None = None, start: str | None = None,
-           to: str | None = None, keep: bool = False, store: bool = True,
-           progress: Callback | None = None) -> VerifyReport:
+def verify(
+    *,
+    directory=None,
+    database: str = "default",
+    tree: Tree | None = None,
+    start: str | None = None,
+    to: str | None = None,
+    keep: bool = False,
+    store: bool = True,
+    progress: Callback | None = None,
+) -> VerifyReport:
     """Replay the tree in a scratch database and check every migration's round trip (up, down, up).
 
     ``start`` / ``to`` limit the migrations checked (ids, inclusive); migrations before
@@ -430,7 +524,7 @@ def verify(*, directory=None, database: str = "default", tree: Tree | None = Non
         if first > 0:
             run.up(migrations[first - 1].id)
         run.take(incremental=False)
-        checked = migrations[first:last + 1]
+        checked = migrations[first : last + 1]
         stopped = False
         for index, migration in enumerate(checked, 1):
             if stopped:
@@ -455,8 +549,10 @@ def verify(*, directory=None, database: str = "default", tree: Tree | None = Non
 def _stopped(exc: Exception, run: _Run) -> NixmigError:
     """A database error outside a migration (connection lost, a catalog read failed), as one paragraph."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return NixmigError(f"sqlmigrate_verify stopped: a query outside the migrations failed ({first}); the scratch "
-                       f"database {run.scratch.name} is dropped. Check that the server is up and run it again.")
+    return NixmigError(
+        f"sqlmigrate_verify stopped: a query outside the migrations failed ({first}); the scratch "
+        f"database {run.scratch.name} is dropped. Check that the server is up and run it again."
+    )
 
 
 def _close(run: _Run, keep: bool) -> None:
@@ -466,15 +562,20 @@ def _close(run: _Run, keep: bool) -> None:
         run.scratch.close(keep)
     except DatabaseError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        run.emit("warning", message=f"could not drop the scratch database {name} ({first}); drop it by hand: "
-                                    f'DROP DATABASE "{name}"')
+        run.emit(
+            "warning",
+            message=f"could not drop the scratch database {name} ({first}); drop it by hand: "
+            f'DROP DATABASE "{name}"',
+        )
 
 
 def _index(tree: Tree, migration_id: str, option: str) -> int:
     migration = tree.get(migration_id)
     if migration is None:
-        raise NixmigError(f"{option} {migration_id}: no such migration in {tree.directory}; sqlmigrate_status "
-                          "lists the ids (module/NNN_name).")
+        raise NixmigError(
+            f"{option} {migration_id}: no such migration in {tree.directory}; sqlmigrate_status "
+            "lists the ids (module/NNN_name)."
+        )
     return tree.migrations.index(migration)
 
 
@@ -492,8 +593,14 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
     after_up = run.take()
     if migration.down is None:
         result.result = IRREVERSIBLE
-        result.findings.append(Finding("warning", f"irreversible: no down file ({migration.up.relpath} has no "
-                                       "_down.sql beside it); applied once, not rolled back", "down"))
+        result.findings.append(
+            Finding(
+                "warning",
+                f"irreversible: no down file ({migration.up.relpath} has no "
+                "_down.sql beside it); applied once, not rolled back",
+                "down",
+            )
+        )
         result.seconds = time.perf_counter() - started
         return result
     try:
@@ -511,15 +618,22 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
     if migration.down.is_empty:
         changed = [d for d in snapshot.diff(before_up, after_up) if d.kind != "rows"]
         if changed:
-            result.findings.append(Finding(
-                "error", f"the down file {migration.down.relpath} is empty (an explicit no-op), but the up changes "
-                f"the schema ({len(changed)} object(s)): the down does not reverse it", "down"))
+            result.findings.append(
+                Finding(
+                    "error",
+                    f"the down file {migration.down.relpath} is empty (an explicit no-op), but the up changes "
+                    f"the schema ({len(changed)} object(s)): the down does not reverse it",
+                    "down",
+                )
+            )
     result.findings.extend(explain_down(before_up, after_up, after_down))
     rows = frozenset(f.name for f in result.findings if f.phase == "down" and f.level == "warning")
     try:
         run.up(migration.id)
     except MigrationFailed as exc:
-        result.findings.append(Finding("error", f"the up is not re-runnable after its down: {_failure(exc)}", "reup"))
+        result.findings.append(
+            Finding("error", f"the up is not re-runnable after its down: {_failure(exc)}", "reup")
+        )
         run.rebuild(migration.id)
     else:
         result.findings.extend(explain_reup(after_up, run.take(), rows))
@@ -531,8 +645,15 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
 
 # -- drift -----------------------------------------------------------------------------------
 
-def drift(*, directory=None, database: str = "default", tree: Tree | None = None, keep: bool = False,
-          progress: Callback | None = None) -> VerifyReport:
+
+def drift(
+    *,
+    directory=None,
+    database: str = "default",
+    tree: Tree | None = None,
+    keep: bool = False,
+    progress: Callback | None = None,
+) -> VerifyReport:
     """Compare the live ``database`` (read only) with a scratch database brought to its applied set."""
     emit = progress or (lambda event, **data: None)
     started = time.perf_counter()
@@ -545,10 +666,14 @@ def drift(*, directory=None, database: str = "default", tree: Tree | None = None
     result = DriftReport(database, [m.id for m in tree.migrations if m.id in applied])
     for e in status.entries:
         if e.record is not None and e.migration is None:
-            result.notes.append(f"{e.id} is recorded as applied in {database!r} but has no file in the tree: "
-                                "the comparison is made without it")
+            result.notes.append(
+                f"{e.id} is recorded as applied in {database!r} but has no file in the tree: "
+                "the comparison is made without it"
+            )
         elif e.state == "changed":
-            result.notes.append(f"{e.id} was edited after it was applied: the tree side uses the file as it is now")
+            result.notes.append(
+                f"{e.id} was edited after it was applied: the tree side uses the file as it is now"
+            )
     run = _Run(tree, report, emit)
     try:
         run.scratch.create()
@@ -556,15 +681,19 @@ def drift(*, directory=None, database: str = "default", tree: Tree | None = None
         emit("scratch", name=run.scratch.name)
         faked = _replay_applied(run, tree, applied)
         if faked:
-            result.notes.append(f"{len(faked)} migration(s) before the last applied one are not applied in "
-                                f"{database!r} ({', '.join(faked[:5])}{', ...' if len(faked) > 5 else ''}): "
-                                "the tree side leaves them out too")
+            result.notes.append(
+                f"{len(faked)} migration(s) before the last applied one are not applied in "
+                f"{database!r} ({', '.join(faked[:5])}{', ...' if len(faked) > 5 else ''}): "
+                "the tree side leaves them out too"
+            )
         expected = snapshot.take(run.scratch.connection)
         actual = snapshot.take(live)
         report.snapshots += 2
         report.snapshot_seconds += expected.seconds + actual.seconds
         for d in snapshot.diff(expected, actual):
-            {"added": result.only_live, "removed": result.only_tree, "changed": result.different}[d.change].append(d)
+            {"added": result.only_live, "removed": result.only_tree, "changed": result.different}[
+                d.change
+            ].append(d)
         report.kept = keep
     except (DatabaseError, psycopg.Error) as exc:
         raise _stopped(exc, run) from None
@@ -593,6 +722,7 @@ def _replay_applied(run: _Run, tree: Tree, applied: set[str]) -> list[str]:
 
 
 # -- stored results --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class StoredResult:
@@ -625,17 +755,27 @@ class VerifyStore:
         self.qtable = ".".join([quote(p) for p in parts[:-1]] + [quote(parts[-1] + "_verify")])
 
     def create_sql(self) -> str:
-        return (f"CREATE TABLE IF NOT EXISTS {self.qtable} (module VARCHAR NOT NULL, name VARCHAR NOT NULL, "
-                "up_checksum VARCHAR(64) NOT NULL, down_checksum VARCHAR(64), result VARCHAR(20) NOT NULL, "
-                "details JSONB NOT NULL DEFAULT '[]', verified_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
-                "PRIMARY KEY (module, name))")
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.qtable} (module VARCHAR NOT NULL, name VARCHAR NOT NULL, "
+            "up_checksum VARCHAR(64) NOT NULL, down_checksum VARCHAR(64), result VARCHAR(20) NOT NULL, "
+            "details JSONB NOT NULL DEFAULT '[]', verified_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+            "PRIMARY KEY (module, name))"
+        )
 
     def save(self, results: list[MigrationResult]) -> None:
         """Insert or replace the results of these migrations, in one transaction."""
-        rows = [(r.migration.module, r.migration.name, r.migration.up.checksum,
-                 r.migration.down.checksum if r.migration.down is not None else None, r.result,
-                 json.dumps([f.as_dict() for f in r.findings], ensure_ascii=False))
-                for r in results if r.result != NOT_RUN]
+        rows = [
+            (
+                r.migration.module,
+                r.migration.name,
+                r.migration.up.checksum,
+                r.migration.down.checksum if r.migration.down is not None else None,
+                r.result,
+                json.dumps([f.as_dict() for f in r.findings], ensure_ascii=False),
+            )
+            for r in results
+            if r.result != NOT_RUN
+        ]
         if not rows:
             return
         from django.db import transaction
@@ -646,7 +786,9 @@ class VerifyStore:
                 f"INSERT INTO {self.qtable} (module, name, up_checksum, down_checksum, result, details, verified_at) "
                 "VALUES (%s, %s, %s, %s, %s, %s::jsonb, now()) ON CONFLICT (module, name) DO UPDATE SET "
                 "up_checksum = EXCLUDED.up_checksum, down_checksum = EXCLUDED.down_checksum, "
-                "result = EXCLUDED.result, details = EXCLUDED.details, verified_at = EXCLUDED.verified_at", rows)
+                "result = EXCLUDED.result, details = EXCLUDED.details, verified_at = EXCLUDED.verified_at",
+                rows,
+            )
 
     def read(self) -> dict[str, StoredResult]:
         """Return the stored results by migration id; {} when verify never ran here. Sends one query
@@ -655,10 +797,14 @@ class VerifyStore:
             cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [self.qtable])
             if not cursor.fetchone()[0]:
                 return {}
-            cursor.execute(f"SELECT module, name, result, up_checksum, down_checksum, verified_at, "
-                           f"jsonb_array_length(details) FROM {self.qtable}")
-            return {f"{m}/{n}" if m else n: StoredResult(r, up, down, at, count)
-                    for m, n, r, up, down, at, count in cursor.fetchall()}
+            cursor.execute(
+                f"SELECT module, name, result, up_checksum, down_checksum, verified_at, "
+                f"jsonb_array_length(details) FROM {self.qtable}"
+            )
+            return {
+                f"{m}/{n}" if m else n: StoredResult(r, up, down, at, count)
+                for m, n, r, up, down, at, count in cursor.fetchall()
+            }
 
 
 def _store(database: str, results: list[MigrationResult], emit: Callback) -> bool:
@@ -667,8 +813,11 @@ def _store(database: str, results: list[MigrationResult], emit: Callback) -> boo
         return True
     except DatabaseError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        emit("warning", message=f"the results were not stored in database {database!r} ({first}); "
-                                "sqlmigrate_status will not show them")
+        emit(
+            "warning",
+            message=f"the results were not stored in database {database!r} ({first}); "
+            "sqlmigrate_status will not show them",
+        )
         return False
 
 
@@ -686,13 +835,30 @@ def with_results(data: dict, status, stored: dict[str, StoredResult]) -> dict:
     files = {e.id: e.migration for e in status.entries}
     for item in data.get("migrations", ()):
         found = stored.get(item["id"])
-        item["verify"] = None if found is None else {
-            "result": found.result, "stale": found.stale(files.get(item["id"])),
-            "verified_at": found.verified_at.isoformat() if found.verified_at is not None else None,
-            "findings": found.findings}
+        item["verify"] = (
+            None
+            if found is None
+            else {
+                "result": found.result,
+                "stale": found.stale(files.get(item["id"])),
+                "verified_at": found.verified_at.isoformat() if found.verified_at is not None else None,
+                "findings": found.findings,
+            }
+        )
     return data
 
 
-__all__ = ["verify", "drift", "VerifyReport", "MigrationResult", "Finding", "DriftReport", "VerifyStore",
-           "StoredResult", "stored_results", "explain_down", "explain_reup",
-           "with_results"]
+__all__ = [
+    "verify",
+    "drift",
+    "VerifyReport",
+    "MigrationResult",
+    "Finding",
+    "DriftReport",
+    "VerifyStore",
+    "StoredResult",
+    "stored_results",
+    "explain_down",
+    "explain_reup",
+    "with_results",
+]

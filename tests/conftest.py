@@ -59,8 +59,7 @@ class ScratchDB:
         return rows[0][0] if rows else None
 
     def tables(self, schema: str = "public") -> set[str]:
-        return {r[0] for r in self.sql(
-            "SELECT tablename FROM pg_tables WHERE schemaname = %s", [schema])}
+        return {r[0] for r in self.sql("SELECT tablename FROM pg_tables WHERE schemaname = %s", [schema])}
 
     def records(self, table: str = "migrations") -> list[tuple]:
         return self.sql(f'SELECT module, name FROM "{table}" ORDER BY id')
@@ -82,14 +81,30 @@ class ScratchDB:
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
-    def manage(self, *args, timeout: float = 120, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
+    def manage(
+        self, *args, timeout: float = 120, env: dict | None = None, **popen
+    ) -> subprocess.CompletedProcess:
         """Run ``python manage.py ...`` against this database in a subprocess."""
-        return subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], cwd=ROOT, env=env or self.env(),
-                              capture_output=True, text=True, timeout=timeout, **popen)
+        return subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            cwd=ROOT,
+            env=env or self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **popen,
+        )
 
     def popen(self, *args, env: dict | None = None, **popen) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(ROOT / "manage.py"), *args], cwd=ROOT, env=env or self.env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            cwd=ROOT,
+            env=env or self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **popen,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -162,7 +177,9 @@ def tree(tmp_path) -> TreeDir:
 @pytest.fixture
 def nixopus_dir() -> Path:
     if not NIXOPUS.is_dir():
-        pytest.skip(f"the Nixopus corpus is not at {NIXOPUS} (it lives in the shared folder beside the repository)")
+        pytest.skip(
+            f"the Nixopus corpus is not at {NIXOPUS} (it lives in the shared folder beside the repository)"
+        )
     return NIXOPUS
 
 
@@ -170,6 +187,8 @@ def nixopus_dir() -> Path:
 def nixopus_db(scratch_db, nixopus_dir):
     """A fresh database on a server that can run the Nixopus files."""
     if not scratch_db.value("SELECT count(*) FROM pg_available_extensions WHERE name = 'uuid-ossp'"):
-        pytest.skip("this PostgreSQL has no uuid-ossp extension, which the Nixopus files create; run these tests "
-                    "with DATABASE_URL set to a server with contrib, e.g. Debian's PostgreSQL 15")
+        pytest.skip(
+            "this PostgreSQL has no uuid-ossp extension, which the Nixopus files create; run these tests "
+            "with DATABASE_URL set to a server with contrib, e.g. Debian's PostgreSQL 15"
+        )
     return scratch_db

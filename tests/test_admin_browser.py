@@ -17,9 +17,18 @@ from django.db import connection
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1280,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1000",
+]
 CHANGELIST = "/admin/nixmig/migrationrecord/"
 
 
@@ -66,8 +75,12 @@ def fast_passwords(settings):
 def applied_tree(transactional_db, tree, settings):
     """Two of three migrations applied to the default test database by sqlmigrate_up; dropped afterwards."""
     settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path)}
-    tree.pair("auth/001_create_users", "-- people who log in\nCREATE TABLE users (\n    id serial PRIMARY KEY,\n"
-              "    email text NOT NULL UNIQUE,\n    role text NOT NULL DEFAULT 'member'\n);\n", "DROP TABLE users;\n")
+    tree.pair(
+        "auth/001_create_users",
+        "-- people who log in\nCREATE TABLE users (\n    id serial PRIMARY KEY,\n"
+        "    email text NOT NULL UNIQUE,\n    role text NOT NULL DEFAULT 'member'\n);\n",
+        "DROP TABLE users;\n",
+    )
     tree.table_pair("orgs/002_create_orgs", "orgs")
     tree.table_pair("auth/003_create_tokens", "tokens")
     try:
@@ -83,11 +96,14 @@ def _wait(driver, css: str):
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, 30).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)))
+    return WebDriverWait(driver, 30).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
+    )
 
 
-def test_an_operator_logs_in_and_reads_the_applied_and_pending_migrations(browser, live_server, admin_user,
-                                                                         applied_tree):
+def test_an_operator_logs_in_and_reads_the_applied_and_pending_migrations(
+    browser, live_server, admin_user, applied_tree
+):
     from selenium.webdriver.common.by import By
 
     ARTIFACTS.mkdir(exist_ok=True)

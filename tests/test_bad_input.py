@@ -57,15 +57,26 @@ def _refused(scratch_db, tree, *needles: str, command: str = "sqlmigrate_up", ma
 
 def test_non_utf8_file_is_refused_naming_file_line_and_fix(scratch_db, tree):
     tree.table_pair("auth/001_users", "users")
-    tree.write("auth/002_names_up.sql", raw=b"CREATE TABLE names (n text);\nINSERT INTO names VALUES ('Jos\xe9');\n")
-    _refused(scratch_db, tree, "auth/002_names_up.sql:2: is not valid UTF-8 (byte 0xe9", "re-save the file as UTF-8",
-             manage=True)
+    tree.write(
+        "auth/002_names_up.sql", raw=b"CREATE TABLE names (n text);\nINSERT INTO names VALUES ('Jos\xe9');\n"
+    )
+    _refused(
+        scratch_db,
+        tree,
+        "auth/002_names_up.sql:2: is not valid UTF-8 (byte 0xe9",
+        "re-save the file as UTF-8",
+        manage=True,
+    )
 
 
 def test_utf16_file_is_refused_as_nul_bytes(scratch_db, tree):
     tree.write("auth/001_users_up.sql", raw="CREATE TABLE users (id int);\n".encode("utf-16"))
-    _refused(scratch_db, tree, "auth/001_users_up.sql:1: contains a NUL byte",
-             "probably binary or UTF-16: save it as UTF-8 text")
+    _refused(
+        scratch_db,
+        tree,
+        "auth/001_users_up.sql:1: contains a NUL byte",
+        "probably binary or UTF-16: save it as UTF-8 text",
+    )
 
 
 def test_nul_byte_in_the_middle_is_refused_with_its_line(scratch_db, tree):
@@ -77,14 +88,20 @@ def test_nul_byte_in_the_middle_is_refused_with_its_line(scratch_db, tree):
 def test_empty_up_file_is_refused(scratch_db, tree, content):
     tree.table_pair("auth/001_users", "users")
     tree.write("auth/002_nothing_up.sql", raw=content.encode())
-    _refused(scratch_db, tree, "auth/002_nothing_up.sql: is empty; write the migration's SQL, or delete the file")
+    _refused(
+        scratch_db, tree, "auth/002_nothing_up.sql: is empty; write the migration's SQL, or delete the file"
+    )
 
 
 def test_up_file_with_only_comments_is_refused(scratch_db, tree):
     tree.table_pair("auth/001_users", "users")
     tree.write("auth/002_todo_up.sql", "-- auth/002_todo: up\n/* fill me in; */\n")
-    _refused(scratch_db, tree, "auth/002_todo_up.sql: has no SQL statement, only comments",
-             "write the migration's SQL, or delete the file")
+    _refused(
+        scratch_db,
+        tree,
+        "auth/002_todo_up.sql: has no SQL statement, only comments",
+        "write the migration's SQL, or delete the file",
+    )
 
 
 def test_empty_down_file_is_an_explicit_no_op(scratch_db, tree):
@@ -100,8 +117,13 @@ def test_symlink_pointing_outside_the_migrations_directory_is_refused(scratch_db
     outside.write_text("DROP TABLE everything;\n")
     tree.table_pair("auth/001_users", "users")
     (tree.path / "auth" / "002_sneaky_up.sql").symlink_to(outside)
-    _refused(scratch_db, tree, f"auth/002_sneaky_up.sql: is a symbolic link to {outside}, outside the migrations "
-             "directory", "copy the file in instead", manage=True)
+    _refused(
+        scratch_db,
+        tree,
+        f"auth/002_sneaky_up.sql: is a symbolic link to {outside}, outside the migrations directory",
+        "copy the file in instead",
+        manage=True,
+    )
 
 
 def test_symlink_inside_the_migrations_directory_works(scratch_db, tree):
@@ -118,8 +140,12 @@ def test_symlinked_module_folder_is_refused(scratch_db, tree, tmp_path):
     (tmp_path / "other" / "001_x_up.sql").write_text("CREATE TABLE x (id int);\n")
     tree.table_pair("auth/001_users", "users")
     os.symlink(tmp_path / "other", tree.path / "linked")
-    _refused(scratch_db, tree, "linked/: is a symbolic link to a folder", "Move the module folder into the "
-             "migrations directory")
+    _refused(
+        scratch_db,
+        tree,
+        "linked/: is a symbolic link to a folder",
+        "Move the module folder into the migrations directory",
+    )
 
 
 def test_broken_symlink_is_refused(scratch_db, tree):
@@ -132,8 +158,13 @@ def test_broken_symlink_is_refused(scratch_db, tree):
 def test_module_folder_with_a_dots_only_or_spaced_name_is_refused(scratch_db, tree, folder):
     tree.table_pair("auth/001_users", "users")
     tree.table_pair(f"{folder}/002_evil", "evil")
-    _refused(scratch_db, tree, f"{folder}/: is not a valid module folder name", "rename the folder",
-             manage=folder == "...")
+    _refused(
+        scratch_db,
+        tree,
+        f"{folder}/: is not a valid module folder name",
+        "rename the folder",
+        manage=folder == "...",
+    )
 
 
 def test_hidden_folders_and_editor_backups_are_ignored(scratch_db, tree):
@@ -150,7 +181,9 @@ def test_hidden_folders_and_editor_backups_are_ignored(scratch_db, tree):
 def test_badly_named_file_is_refused(scratch_db, tree):
     tree.table_pair("auth/001_users", "users")
     tree.write("auth/add_roles_up.sql", "CREATE TABLE roles (id int);\n")
-    _refused(scratch_db, tree, "auth/add_roles_up.sql: the name does not follow <NNN>_<name>_up.sql", "rename it")
+    _refused(
+        scratch_db, tree, "auth/add_roles_up.sql: the name does not follow <NNN>_<name>_up.sql", "rename it"
+    )
 
 
 def test_unknown_directive_is_refused(scratch_db, tree):
@@ -158,11 +191,18 @@ def test_unknown_directive_is_refused(scratch_db, tree):
     _refused(scratch_db, tree, "auth/001_users_up.sql:1: unknown directive 'nixmig:no-transactions'")
 
 
-@pytest.mark.parametrize("text, line, what", [
-    ("CREATE TABLE broken (id int);\nINSERT INTO broken VALUES ('oops);\n", 2, "unterminated quoted string"),
-    ("CREATE TABLE broken (id int);\n/* a comment\nthat never ends;\n", 2, "unterminated /* comment"),
-    ("DO $$\nBEGIN\n  PERFORM 1;\nEND;\n", 1, "unterminated dollar-quoted string"),
-])
+@pytest.mark.parametrize(
+    "text, line, what",
+    [
+        (
+            "CREATE TABLE broken (id int);\nINSERT INTO broken VALUES ('oops);\n",
+            2,
+            "unterminated quoted string",
+        ),
+        ("CREATE TABLE broken (id int);\n/* a comment\nthat never ends;\n", 2, "unterminated /* comment"),
+        ("DO $$\nBEGIN\n  PERFORM 1;\nEND;\n", 1, "unterminated dollar-quoted string"),
+    ],
+)
 def test_unterminated_quote_or_comment_is_refused_before_anything_runs(scratch_db, tree, text, line, what):
     tree.table_pair("auth/001_users", "users")
     tree.write("auth/002_broken_up.sql", text)
@@ -173,7 +213,9 @@ def test_twenty_megabyte_file_works(scratch_db, tree):
     rows = ", ".join(f"({i}, '{'x' * 90}')" for i in range(1000))
     statement = f"INSERT INTO big_t (id, payload) VALUES {rows};\n"
     count = 20 * 1024 * 1024 // len(statement) + 1
-    path = tree.write("data/001_big_up.sql", "CREATE TABLE big_t (id int, payload text);\n" + statement * count)
+    path = tree.write(
+        "data/001_big_up.sql", "CREATE TABLE big_t (id int, payload text);\n" + statement * count
+    )
     tree.write("data/001_big_down.sql", "DROP TABLE big_t;\n")
     assert path.stat().st_size >= 20 * 1024 * 1024
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
@@ -187,8 +229,9 @@ def test_ten_thousand_files_work(scratch_db, tree):
     for n in range(1, 5001):
         folder = tree.path / modules[n % 20]
         folder.mkdir(exist_ok=True)
-        (folder / f"{n:05d}_step_up.sql").write_text(f"CREATE TABLE t{n} (id int);\n" if n % 500 == 0 else
-                                                     f"COMMENT ON SCHEMA public IS 'step {n}';\n")
+        (folder / f"{n:05d}_step_up.sql").write_text(
+            f"CREATE TABLE t{n} (id int);\n" if n % 500 == 0 else f"COMMENT ON SCHEMA public IS 'step {n}';\n"
+        )
         (folder / f"{n:05d}_step_down.sql").write_text(f"DROP TABLE t{n};\n" if n % 500 == 0 else "")
     out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(tree), json=True)
     assert rc == 0, err
@@ -233,12 +276,14 @@ def test_tracking_table_without_nixmig_columns_is_upgraded_in_place(scratch_db, 
 
 def test_tracking_table_with_a_duplicated_row_is_refused_with_the_delete_to_run(scratch_db, tree):
     _applied(scratch_db, tree)
-    scratch_db.sql("DROP INDEX migrations_module_name_key; "
-                   "INSERT INTO migrations (name, module, applied_at) VALUES ('001_users', 'auth', now())")
+    scratch_db.sql(
+        "DROP INDEX migrations_module_name_key; "
+        "INSERT INTO migrations (name, module, applied_at) VALUES ('001_users', 'auth', now())"
+    )
     row = scratch_db.value("SELECT max(id) FROM migrations")
     proc = _cmd(scratch_db, "sqlmigrate_up", "--dir", str(tree))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert f"records auth/001_users twice" in proc.stderr
+    assert "records auth/001_users twice" in proc.stderr
     assert f"DELETE FROM migrations WHERE id = {row};" in proc.stderr
     assert "roles" not in scratch_db.tables()
 
@@ -274,11 +319,16 @@ def test_tracking_table_whose_id_lost_its_default_fails_the_migration_cleanly(sc
 
 def test_tracking_table_replaced_by_a_view_is_refused(scratch_db, tree):
     _applied(scratch_db, tree)
-    scratch_db.sql("ALTER TABLE migrations RENAME TO migrations_old; "
-                   "CREATE VIEW migrations AS SELECT id, name, applied_at FROM migrations_old")
+    scratch_db.sql(
+        "ALTER TABLE migrations RENAME TO migrations_old; "
+        "CREATE VIEW migrations AS SELECT id, name, applied_at FROM migrations_old"
+    )
     proc = _cmd(scratch_db, "sqlmigrate_up", "--dir", str(tree), manage=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "Can't create or upgrade the tracking table migrations" in proc.stderr and "replaced by a view" in proc.stderr
+    assert (
+        "Can't create or upgrade the tracking table migrations" in proc.stderr
+        and "replaced by a view" in proc.stderr
+    )
     assert "roles" not in scratch_db.tables()
 
 

@@ -10,24 +10,34 @@ from nixmig import api
 @pytest.fixture
 def three(tree):
     tree.table_pair("auth/001_create_users", "users")
-    tree.pair("orgs/002_create_orgs", "CREATE TABLE orgs (id serial PRIMARY KEY, owner int);\n",
-              "DROP TABLE orgs;\n")
+    tree.pair(
+        "orgs/002_create_orgs",
+        "CREATE TABLE orgs (id serial PRIMARY KEY, owner int);\n",
+        "DROP TABLE orgs;\n",
+    )
     tree.table_pair("auth/003_create_tokens", "tokens")
     return tree
 
 
 # -- sqlmigrate_up -------------------------------------------------------------------------
 
+
 def test_up_applies_everything_in_order_with_django_style_lines(scratch_db, three):
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three))
     assert rc == 0, err
     lines = [line for line in out.splitlines() if "Applying" in line]
     assert [line.split("Applying ")[1].split("...")[0] for line in lines] == [
-        "auth/001_create_users", "orgs/002_create_orgs", "auth/003_create_tokens"]
+        "auth/001_create_users",
+        "orgs/002_create_orgs",
+        "auth/003_create_tokens",
+    ]
     assert all(line.rstrip().endswith(" ms)") and "... OK (" in line for line in lines)
     assert out.rstrip().splitlines()[-1].startswith("Applied 3 migration(s) in ")
-    assert scratch_db.records() == [("auth", "001_create_users"), ("orgs", "002_create_orgs"),
-                                    ("auth", "003_create_tokens")]
+    assert scratch_db.records() == [
+        ("auth", "001_create_users"),
+        ("orgs", "002_create_orgs"),
+        ("auth", "003_create_tokens"),
+    ]
     assert {"users", "orgs", "tokens", "migrations"} <= scratch_db.tables()
 
 
@@ -47,8 +57,10 @@ def test_up_to_stops_after_that_migration(scratch_db, three):
 def test_up_plan_lists_ids_in_order_and_changes_nothing(scratch_db, three):
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three), plan=True)
     assert rc == 0, err
-    assert out == ("Planned: apply 3 migration(s), in order:\n  auth/001_create_users\n  orgs/002_create_orgs\n"
-                   "  auth/003_create_tokens\n")
+    assert out == (
+        "Planned: apply 3 migration(s), in order:\n  auth/001_create_users\n  orgs/002_create_orgs\n"
+        "  auth/003_create_tokens\n"
+    )
     assert scratch_db.tables() == set()
 
 
@@ -70,15 +82,22 @@ def test_atomic_applies_all_or_nothing(scratch_db, three):
 
 
 def test_a_failure_rolls_back_that_migration_keeps_earlier_ones_and_attempts_no_later_one(scratch_db, three):
-    three.pair("orgs/002_create_orgs", "CREATE TABLE orgs (id serial);\n\nINSERT INTO orgs VALUES (1);\n"
-                                       "SELECT nope FROM orgs;\n", "DROP TABLE orgs;")
+    three.pair(
+        "orgs/002_create_orgs",
+        "CREATE TABLE orgs (id serial);\n\nINSERT INTO orgs VALUES (1);\nSELECT nope FROM orgs;\n",
+        "DROP TABLE orgs;",
+    )
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three))
     assert rc == 1
     path = three.path / "orgs" / "002_create_orgs_up.sql"
-    assert f"Applying orgs/002_create_orgs failed at {path} line 4: column \"nope\" does not exist " \
-           "(SQLSTATE 42703)" in err
-    assert "1 migration(s) applied before it in this run stay so (auth/001_create_users); later ones were not " \
-           "attempted." in err
+    assert (
+        f'Applying orgs/002_create_orgs failed at {path} line 4: column "nope" does not exist '
+        "(SQLSTATE 42703)" in err
+    )
+    assert (
+        "1 migration(s) applied before it in this run stay so (auth/001_create_users); later ones were not "
+        "attempted." in err
+    )
     assert out.rstrip().endswith("Applying orgs/002_create_orgs... FAILED")
     assert scratch_db.records() == [("auth", "001_create_users")]
     assert "orgs" not in scratch_db.tables() and "tokens" not in scratch_db.tables()
@@ -90,11 +109,13 @@ def test_a_failure_through_manage_py_exits_1_with_no_traceback(scratch_db, three
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "CommandError: Applying orgs/002_create_orgs failed at" in proc.stderr
-    assert "line 1: syntax error at or near \";\" (SQLSTATE 42601)" in proc.stderr
+    assert 'line 1: syntax error at or near ";" (SQLSTATE 42601)' in proc.stderr
 
 
 def test_files_are_sent_untouched_percent_dollar_quotes_unicode_and_a_final_comment(scratch_db, tree):
-    tree.pair("misc/001_tricky", """
+    tree.pair(
+        "misc/001_tricky",
+        """
         CREATE TABLE notes (body text);
         INSERT INTO notes VALUES ('100% sure, 50%% off, %s and %(x)s stay'), ('naïve café ☕');
         CREATE FUNCTION shout() RETURNS trigger AS $fn$
@@ -105,27 +126,43 @@ def test_files_are_sent_untouched_percent_dollar_quotes_unicode_and_a_final_comm
         $fn$ LANGUAGE plpgsql;
         CREATE TRIGGER notes_shout BEFORE INSERT ON notes FOR EACH ROW EXECUTE FUNCTION shout();
         INSERT INTO notes VALUES ('quiet');
-        -- the end, no newline""".rstrip(), "DROP TABLE notes; DROP FUNCTION shout();")
+        -- the end, no newline""".rstrip(),
+        "DROP TABLE notes; DROP FUNCTION shout();",
+    )
     (tree.path / "misc/001_tricky_up.sql").write_text(
-        (tree.path / "misc/001_tricky_up.sql").read_text().rstrip("\n"), encoding="utf-8")
+        (tree.path / "misc/001_tricky_up.sql").read_text().rstrip("\n"), encoding="utf-8"
+    )
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert rc == 0, err
     assert [r[0] for r in scratch_db.sql("SELECT body FROM notes ORDER BY body")] == [
-        "100% sure, 50%% off, %s and %(x)s stay", "QUIET", "naïve café ☕"]
+        "100% sure, 50%% off, %s and %(x)s stay",
+        "QUIET",
+        "naïve café ☕",
+    ]
 
 
 def test_the_tracking_table_keeps_go_columns_plus_module_checksum_and_time(scratch_db, three):
     scratch_db.run("sqlmigrate_up", dir=str(three))
-    cols = scratch_db.sql("SELECT column_name, data_type FROM information_schema.columns "
-                          "WHERE table_name = 'migrations' ORDER BY ordinal_position")
-    assert cols == [("id", "bigint"), ("name", "character varying"), ("applied_at", "timestamp with time zone"),
-                    ("module", "character varying"), ("checksum", "character varying"),
-                    ("execution_ms", "double precision")]
-    row = scratch_db.sql("SELECT name, module, length(checksum), execution_ms >= 0 FROM migrations ORDER BY id")[0]
+    cols = scratch_db.sql(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = 'migrations' ORDER BY ordinal_position"
+    )
+    assert cols == [
+        ("id", "bigint"),
+        ("name", "character varying"),
+        ("applied_at", "timestamp with time zone"),
+        ("module", "character varying"),
+        ("checksum", "character varying"),
+        ("execution_ms", "double precision"),
+    ]
+    row = scratch_db.sql(
+        "SELECT name, module, length(checksum), execution_ms >= 0 FROM migrations ORDER BY id"
+    )[0]
     assert row == ("001_create_users", "auth", 64, True)
 
 
 # -- sqlmigrate_down -----------------------------------------------------------------------
+
 
 def test_down_rolls_back_the_most_recently_applied_by_application_order(scratch_db, tree):
     tree.table_pair("auth/001_create_users", "users")
@@ -167,9 +204,14 @@ def test_down_all_asks_for_confirmation_and_refuses_without_a_terminal(scratch_d
 def test_down_plan_and_fake(scratch_db, three):
     scratch_db.run("sqlmigrate_up", dir=str(three))
     out, err, rc = scratch_db.run("sqlmigrate_down", dir=str(three), steps=2, plan=True)
-    assert out == "Planned: roll back 2 migration(s), in order:\n  auth/003_create_tokens\n  orgs/002_create_orgs\n"
+    assert (
+        out
+        == "Planned: roll back 2 migration(s), in order:\n  auth/003_create_tokens\n  orgs/002_create_orgs\n"
+    )
     assert len(scratch_db.records()) == 3
-    out, err, rc = scratch_db.run("sqlmigrate_down", dir=str(three), everything=True, fake=True, interactive=False)
+    out, err, rc = scratch_db.run(
+        "sqlmigrate_down", dir=str(three), everything=True, fake=True, interactive=False
+    )
     assert rc == 0, err
     assert scratch_db.records() == []
     assert {"users", "orgs", "tokens"} <= scratch_db.tables()  # --fake ran no SQL
@@ -180,9 +222,11 @@ def test_down_refuses_an_irreversible_migration_naming_it(scratch_db, tree):
     scratch_db.run("sqlmigrate_up", dir=str(tree))
     out, err, rc = scratch_db.run("sqlmigrate_down", dir=str(tree))
     assert rc == 1
-    assert err.startswith("Nothing can be rolled back: the most recently applied migration, auth/001_create_users, "
-                          "is irreversible (it has no down file, auth/001_create_users_down.sql). Nothing was rolled "
-                          "back.")
+    assert err.startswith(
+        "Nothing can be rolled back: the most recently applied migration, auth/001_create_users, "
+        "is irreversible (it has no down file, auth/001_create_users_down.sql). Nothing was rolled "
+        "back."
+    )
     assert scratch_db.records() == [("auth", "001_create_users")]
 
 
@@ -195,6 +239,7 @@ def test_an_empty_down_file_is_a_no_op_rollback(scratch_db, tree):
 
 
 # -- sqlmigrate_status ---------------------------------------------------------------------
+
 
 def test_status_groups_by_module_with_states_and_a_summary(scratch_db, three):
     scratch_db.run("sqlmigrate_up", dir=str(three), to="orgs/002_create_orgs")
@@ -209,8 +254,9 @@ def test_status_groups_by_module_with_states_and_a_summary(scratch_db, three):
     assert lines[4].startswith(" [X] 002_create_orgs ")
     assert lines[5] == "Problems:"
     assert lines[6].startswith("  warning: auth/009_stray_down.sql: matches no up file")
-    assert lines[-1] == ("3 migration(s): 2 applied, 1 pending, 0 changed, 0 missing, 0 partly applied, "
-                         "0 partly rolled back.")
+    assert lines[-1] == (
+        "3 migration(s): 2 applied, 1 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back."
+    )
 
 
 def test_status_json_lists_migrations_in_run_order_and_problems(scratch_db, three):
@@ -222,8 +268,11 @@ def test_status_json_lists_migrations_in_run_order_and_problems(scratch_db, thre
     assert [(m["id"], m["module"], m["name"], m["state"]) for m in data["migrations"]] == [
         ("auth/001_create_users", "auth", "001_create_users", "changed"),
         ("orgs/002_create_orgs", "orgs", "002_create_orgs", "pending"),
-        ("auth/003_create_tokens", "auth", "003_create_tokens", "pending")]
-    assert data["migrations"][0]["applied_at"].startswith("20") and data["migrations"][1]["applied_at"] is None
+        ("auth/003_create_tokens", "auth", "003_create_tokens", "pending"),
+    ]
+    assert (
+        data["migrations"][0]["applied_at"].startswith("20") and data["migrations"][1]["applied_at"] is None
+    )
     assert [(p["file"], p["level"]) for p in data["problems"]] == [("bad/x.sql", "error")]
 
 
@@ -254,6 +303,7 @@ def test_any_command_creates_the_tracking_table(scratch_db, three):
 
 # -- sqlmigrate_new ------------------------------------------------------------------------
 
+
 def test_new_numbers_after_the_highest_number_of_the_whole_tree(scratch_db, three):
     out, err, rc = scratch_db.run("sqlmigrate_new", "billing", "create_invoices", dir=str(three))
     assert rc == 0, err
@@ -280,11 +330,14 @@ def test_new_refuses_bad_names(scratch_db, tree):
 
 # -- errors and verbosity ------------------------------------------------------------------
 
+
 def test_a_missing_dir_is_a_one_line_error(scratch_db, tmp_path):
     proc = scratch_db.manage("sqlmigrate_up", "--dir", str(tmp_path / "nope"))
     assert proc.returncode == 1
-    assert proc.stderr.strip() == (f"CommandError: The migrations directory {tmp_path / 'nope'} does not exist; "
-                                   "create it, set NIXMIG['MIGRATIONS_DIR'], or pass --dir.")
+    assert proc.stderr.strip() == (
+        f"CommandError: The migrations directory {tmp_path / 'nope'} does not exist; "
+        "create it, set NIXMIG['MIGRATIONS_DIR'], or pass --dir."
+    )
 
 
 def test_an_unreachable_database_is_a_one_line_error(scratch_db, three):
@@ -317,6 +370,7 @@ def test_django_migrate_before_and_after_does_not_fail(scratch_db, three):
 
 # -- the Python API ------------------------------------------------------------------------
 
+
 def test_python_api_twins_of_the_go_api(scratch_db, three):
     db = scratch_db.alias
     tree = api.load_tree(three.path)
@@ -327,7 +381,10 @@ def test_python_api_twins_of_the_go_api(scratch_db, three):
     assert events.count("success") == 3
     assert [(r.module, r.name) for r in api.applied_migrations(db)] == scratch_db.records()
     assert api.rollback(directory=three.path, database=db).ids == ["auth/003_create_tokens"]
-    assert api.rollback(2, directory=three.path, database=db).ids == ["orgs/002_create_orgs", "auth/001_create_users"]
+    assert api.rollback(2, directory=three.path, database=db).ids == [
+        "orgs/002_create_orgs",
+        "auth/001_create_users",
+    ]
     api.migrate_up(directory=three.path, database=db)
     assert len(api.rollback_all(directory=three.path, database=db).ids) == 3
     api.migrate_up(directory=three.path, database=db)

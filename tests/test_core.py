@@ -18,11 +18,15 @@ def record(row_id, module, name, checksum=None):
 
 # -- the tree ------------------------------------------------------------------------------
 
+
 def test_ids_are_module_slash_name_and_nested_modules_keep_their_path(tree):
     tree.table_pair("auth/001_create_users", "users")
     tree.table_pair("integrations/github/006_create_github_connector", "gh")
     t = load_tree(tree.path)
-    assert [m.id for m in t.migrations] == ["auth/001_create_users", "integrations/github/006_create_github_connector"]
+    assert [m.id for m in t.migrations] == [
+        "auth/001_create_users",
+        "integrations/github/006_create_github_connector",
+    ]
     assert t.migrations[1].module == "integrations/github"
     assert t.migrations[1].name == "006_create_github_connector"
 
@@ -42,8 +46,15 @@ def test_same_name_in_two_modules_is_two_migrations(tree):
 
 def test_non_sql_hidden_and_backup_files_are_ignored(tree):
     tree.table_pair("auth/001_create_users", "users")
-    for name in ["README.md", "auth/notes.txt", "auth/.001_x_up.sql", "auth/001_create_users_up.sql~",
-                 "auth/#001_create_users_up.sql#", "auth/.001_create_users_up.sql.swp", ".hidden/001_a_up.sql"]:
+    for name in [
+        "README.md",
+        "auth/notes.txt",
+        "auth/.001_x_up.sql",
+        "auth/001_create_users_up.sql~",
+        "auth/#001_create_users_up.sql#",
+        "auth/.001_create_users_up.sql.swp",
+        ".hidden/001_a_up.sql",
+    ]:
         tree.write(name, "garbage")
     t = load_tree(tree.path)
     assert [m.id for m in t.migrations] == ["auth/001_create_users"]
@@ -65,8 +76,10 @@ def test_orphan_down_is_a_warning_and_missing_down_makes_a_migration_irreversibl
     t = load_tree(tree.path)
     assert not t.migrations[0].reversible
     levels = {(p.code, p.level, p.file) for p in t.problems}
-    assert levels == {("orphan_down", "warning", "auth/002_create_tokens_down.sql"),
-                      ("irreversible", "info", "auth/001_create_users_up.sql")}
+    assert levels == {
+        ("orphan_down", "warning", "auth/002_create_tokens_down.sql"),
+        ("irreversible", "info", "auth/001_create_users_up.sql"),
+    }
     t.raise_for_errors()  # neither is an error
 
 
@@ -83,8 +96,11 @@ def test_checksum_ignores_line_endings_and_bom():
 
 
 def test_directives_are_read_from_the_leading_comment_lines(tree):
-    tree.write("a/001_x_up.sql", "-- adds an index\n-- nixmig:no-transaction\n-- nixmig:lock-timeout=5s\n"
-                                 "CREATE INDEX CONCURRENTLY i ON t (x);\n-- nixmig:statement-timeout=1s\n")
+    tree.write(
+        "a/001_x_up.sql",
+        "-- adds an index\n-- nixmig:no-transaction\n-- nixmig:lock-timeout=5s\n"
+        "CREATE INDEX CONCURRENTLY i ON t (x);\n-- nixmig:statement-timeout=1s\n",
+    )
     d = load_tree(tree.path).migrations[0].up.directives
     assert d.no_transaction and d.lock_timeout == "5s" and d.statement_timeout is None
 
@@ -96,11 +112,14 @@ def test_an_unknown_directive_is_an_error_with_file_and_line(tree):
 
 
 def test_a_missing_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(TreeError, match="does not exist; create it, set NIXMIG\\['MIGRATIONS_DIR'\\], or pass --dir"):
+    with pytest.raises(
+        TreeError, match="does not exist; create it, set NIXMIG\\['MIGRATIONS_DIR'\\], or pass --dir"
+    ):
         load_tree(tmp_path / "nope")
 
 
 # -- planning ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def three(tree):
@@ -112,11 +131,20 @@ def three(tree):
 
 def test_states_applied_pending_changed_and_missing(three):
     m = three.migrations
-    status = resolve(three, [record(1, "auth", "001_users", m[0].checksum), record(2, "orgs", "002_orgs", "edited"),
-                             record(3, "gone", "000_old")])
+    status = resolve(
+        three,
+        [
+            record(1, "auth", "001_users", m[0].checksum),
+            record(2, "orgs", "002_orgs", "edited"),
+            record(3, "gone", "000_old"),
+        ],
+    )
     assert [(e.id, e.state) for e in status.entries] == [
-        ("gone/000_old", "missing"), ("auth/001_users", "applied"), ("orgs/002_orgs", "changed"),
-        ("auth/003_tokens", "pending")]
+        ("gone/000_old", "missing"),
+        ("auth/001_users", "applied"),
+        ("orgs/002_orgs", "changed"),
+        ("auth/003_tokens", "pending"),
+    ]
     assert not status.ok
 
 
@@ -144,12 +172,18 @@ def test_plan_down_follows_application_order_not_file_order(three):
 
 def test_plan_down_refuses_an_irreversible_migration_before_anything(three):
     status = resolve(three, [record(1, "auth", "001_users"), record(2, "auth", "003_tokens")])
-    with pytest.raises(PlanError, match=r"Nothing can be rolled back: the most recently applied migration, "
-                                        r"auth/003_tokens, is irreversible .*Nothing was rolled back"):
+    with pytest.raises(
+        PlanError,
+        match=r"Nothing can be rolled back: the most recently applied migration, "
+        r"auth/003_tokens, is irreversible .*Nothing was rolled back",
+    ):
         plan_down(status, steps=2)
     status = resolve(three, [record(1, "auth", "003_tokens"), record(2, "auth", "001_users")])
-    with pytest.raises(PlanError, match=r"auth/003_tokens is irreversible: it has no down file .*Roll back at "
-                                        r"most 1 step\(s\) \(--steps 1\)"):
+    with pytest.raises(
+        PlanError,
+        match=r"auth/003_tokens is irreversible: it has no down file .*Roll back at "
+        r"most 1 step\(s\) \(--steps 1\)",
+    ):
         plan_down(status, steps=2)
     status = resolve(three, [record(1, "auth", "001_users"), record(2, "auth", "003_tokens")])
     assert [e.id for e in plan_down(status, steps=2, fake=True)] == ["auth/003_tokens", "auth/001_users"]
@@ -169,9 +203,12 @@ def test_bare_go_names_match_their_file_and_ambiguous_ones_are_errors(tree):
 
 # -- statements ----------------------------------------------------------------------------
 
+
 def test_begin_inside_a_plpgsql_body_is_not_transaction_control():
-    sql = ("CREATE FUNCTION f() RETURNS trigger AS $$ BEGIN COMMIT; RETURN NEW; END; $$ LANGUAGE plpgsql;\n"
-           "SELECT 'BEGIN; COMMIT;';\n")
+    sql = (
+        "CREATE FUNCTION f() RETURNS trigger AS $$ BEGIN COMMIT; RETURN NEW; END; $$ LANGUAGE plpgsql;\n"
+        "SELECT 'BEGIN; COMMIT;';\n"
+    )
     a = analyze(sql)
     assert a.parsed and len(a.statements) == 2 and a.transaction_control == ()
 
@@ -185,7 +222,7 @@ def test_statements_that_cant_run_in_a_transaction_are_named_with_their_line():
 def test_statement_offsets_are_characters_even_after_non_ascii_text():
     sql = "-- café ☕\nSELECT 'naïve';\n/* c */ SELECT 2;"
     a = analyze(sql)
-    assert [sql[s.start:s.end] for s in a.statements] == ["SELECT 'naïve'", "SELECT 2"]
+    assert [sql[s.start : s.end] for s in a.statements] == ["SELECT 'naïve'", "SELECT 2"]
     assert [s.line for s in a.statements] == [2, 3]
 
 
@@ -204,6 +241,9 @@ def test_unparseable_sql_falls_back_to_the_scanner_and_lets_the_server_judge():
 
 def test_prepare_refuses_concurrently_without_the_directive(tree):
     tree.write("a/001_x_up.sql", "CREATE TABLE t (x int);\n\nCREATE INDEX CONCURRENTLY i ON t (x);\n")
-    with pytest.raises(TreeError, match=r"a/001_x_up.sql:3: CREATE INDEX CONCURRENTLY can't run inside a transaction"
-                                        r".*'-- nixmig:no-transaction'"):
+    with pytest.raises(
+        TreeError,
+        match=r"a/001_x_up.sql:3: CREATE INDEX CONCURRENTLY can't run inside a transaction"
+        r".*'-- nixmig:no-transaction'",
+    ):
         prepare(load_tree(tree.path).migrations[0].up)

@@ -48,8 +48,10 @@ def three(tree):
 @pytest.fixture
 def use_tree(settings):
     """Point NIXMIG['MIGRATIONS_DIR'] (and any other NIXMIG keys) at a test's tree."""
+
     def use(tree, **extra):
         settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path), **extra}
+
     return use
 
 
@@ -100,10 +102,19 @@ def wait_for(condition, what: str):
 
 
 def start_worker(db: ScratchDB, tree):
-    env = db.env(DJANGO_SETTINGS_MODULE="settings_startup", NIXMIG_TEST_MIGRATIONS_DIR=str(tree.path),
-                 PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
-    return subprocess.Popen([sys.executable, "-c", WORKER], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    env = db.env(
+        DJANGO_SETTINGS_MODULE="settings_startup",
+        NIXMIG_TEST_MIGRATIONS_DIR=str(tree.path),
+        PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_workers_starting_at_once_serialise_on_the_lock_and_apply_each_migration_once(scratch_db, three):
@@ -112,11 +123,17 @@ def test_workers_starting_at_once_serialise_on_the_lock_and_apply_each_migration
     workers = [start_worker(scratch_db, three) for _ in range(3)]
     try:
         # Each has tried the lock once and failed (its last query is the try or the holder look-up after it).
-        wait_for(lambda: scratch_db.value(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name LIKE 'nixmig sqlmigrate_up %%' "
-            "AND (query LIKE '%%pg_try_advisory_lock%%' OR query LIKE '%%pg_locks%%')") == 3,
-            "three workers waiting for the lock")
+        wait_for(
+            lambda: (
+                scratch_db.value(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name LIKE 'nixmig sqlmigrate_up %%' "
+                    "AND (query LIKE '%%pg_try_advisory_lock%%' OR query LIKE '%%pg_locks%%')"
+                )
+                == 3
+            ),
+            "three workers waiting for the lock",
+        )
         scratch_db.sql("SELECT pg_advisory_unlock(%s)", [key])
         results = [(w.wait(timeout=DEADLINE), *w.communicate(timeout=DEADLINE)) for w in workers]
     finally:
@@ -131,9 +148,13 @@ def test_workers_starting_at_once_serialise_on_the_lock_and_apply_each_migration
     assert sorted(re.sub(r"\(\d+ ms\)", "(n ms)", line) for line in applying) == [
         "  [1/3] Applying auth/001_create_users... OK (n ms)",
         "  [2/3] Applying orgs/002_create_orgs... OK (n ms)",
-        "  [3/3] Applying auth/003_create_tokens... OK (n ms)"]
-    assert scratch_db.records() == [("auth", "001_create_users"), ("orgs", "002_create_orgs"),
-                                    ("auth", "003_create_tokens")]
+        "  [3/3] Applying auth/003_create_tokens... OK (n ms)",
+    ]
+    assert scratch_db.records() == [
+        ("auth", "001_create_users"),
+        ("orgs", "002_create_orgs"),
+        ("auth", "003_create_tokens"),
+    ]
 
 
 def test_a_failing_migration_stops_startup_with_the_commands_error(scratch_db, tree):
@@ -144,21 +165,29 @@ def test_a_failing_migration_stops_startup_with_the_commands_error(scratch_db, t
     assert worker.returncode != 0
     assert out == ""  # it never served
     path = tree.path / "app" / "002_broken_up.sql"
-    message = (f'Applying app/002_broken failed at {path} line 2: relation "nope" does not exist (SQLSTATE 42P01). '
-               "It was rolled back and is not recorded. 1 migration(s) applied before it in this run stay so "
-               "(app/001_first); later ones were not attempted. Fix the SQL and run sqlmigrate_up again.")
+    message = (
+        f'Applying app/002_broken failed at {path} line 2: relation "nope" does not exist (SQLSTATE 42P01). '
+        "It was rolled back and is not recorded. 1 migration(s) applied before it in this run stay so "
+        "(app/001_first); later ones were not attempted. Fix the SQL and run sqlmigrate_up again."
+    )
     assert "  [2/2] Applying app/002_broken... FAILED\n" in err
-    assert (f"nixmig: SQL migrations of database 'default' failed at startup (NIXMIG['APPLY_ON_STARTUP']); "
-            f"not starting:\n{message}\n") in err
+    assert (
+        f"nixmig: SQL migrations of database 'default' failed at startup (NIXMIG['APPLY_ON_STARTUP']); "
+        f"not starting:\n{message}\n"
+    ) in err
     assert err.rstrip().endswith(f"nixmig.exceptions.MigrationFailed: {message}")
     assert scratch_db.records() == [("app", "001_first")]
 
 
-def test_apply_on_startup_applies_the_named_databases_then_closes_their_connections(scratch_db, three, use_tree):
+def test_apply_on_startup_applies_the_named_databases_then_closes_their_connections(
+    scratch_db, three, use_tree
+):
     use_tree(three, APPLY_ON_STARTUP=[scratch_db.alias])
     stream = io.StringIO()
     results = apply_on_startup(stream=stream)
-    assert [r.ids for r in results] == [["auth/001_create_users", "orgs/002_create_orgs", "auth/003_create_tokens"]]
+    assert [r.ids for r in results] == [
+        ["auth/001_create_users", "orgs/002_create_orgs", "auth/003_create_tokens"]
+    ]
     assert stream.getvalue().splitlines()[-1].startswith("Applied 3 migration(s) in ")
     assert scratch_db.connection.connection is None  # a pre-forking server's workers must not share it
     assert len(scratch_db.records()) == 3
@@ -184,7 +213,9 @@ def test_the_asgi_application_applies_even_when_loaded_inside_an_event_loop(scra
 # -- RUN_WITH_MIGRATE ------------------------------------------------------------------------
 
 
-def test_migrate_applies_sql_migrations_after_djangos_own_only_with_run_with_migrate(scratch_db, three, use_tree):
+def test_migrate_applies_sql_migrations_after_djangos_own_only_with_run_with_migrate(
+    scratch_db, three, use_tree
+):
     use_tree(three)
     out, err, rc = scratch_db.run("migrate", verbosity=1, interactive=False)
     assert rc == 0, err
@@ -195,26 +226,35 @@ def test_migrate_applies_sql_migrations_after_djangos_own_only_with_run_with_mig
     use_tree(three, RUN_WITH_MIGRATE=True)
     out, err, rc = scratch_db.run("migrate", verbosity=1, interactive=False)
     assert rc == 0, err
-    tail = out[out.index("SQL migrations (NIXMIG['RUN_WITH_MIGRATE']):"):]
+    tail = out[out.index("SQL migrations (NIXMIG['RUN_WITH_MIGRATE']):") :]
     assert re.sub(r"\d+ ms|\d+\.\d+ s", "n", tail) == (
         "SQL migrations (NIXMIG['RUN_WITH_MIGRATE']):\n"
         "Operations to perform:\n  Apply 3 SQL migration(s)\nRunning migrations:\n"
         "  [1/3] Applying auth/001_create_users... OK (n)\n"
         "  [2/3] Applying orgs/002_create_orgs... OK (n)\n"
         "  [3/3] Applying auth/003_create_tokens... OK (n)\n"
-        "Applied 3 migration(s) in n; skipped 0 already applied.\n")
+        "Applied 3 migration(s) in n; skipped 0 already applied.\n"
+    )
     assert len(scratch_db.records()) == 3
 
 
-def test_migrate_check_fails_while_sql_migrations_are_pending_with_run_with_migrate(scratch_db, three, use_tree):
+def test_migrate_check_fails_while_sql_migrations_are_pending_with_run_with_migrate(
+    scratch_db, three, use_tree
+):
     use_tree(three, RUN_WITH_MIGRATE=True)
-    out, err, rc = scratch_db.run("migrate", interactive=False, fake=True)  # Django's part done, SQL left alone
-    assert out.endswith("Skipped SQL migrations: --fake applies to Django's migrations only; use 'sqlmigrate_up "
-                        "--fake' to record SQL migrations without running them.\n")
+    out, err, rc = scratch_db.run(
+        "migrate", interactive=False, fake=True
+    )  # Django's part done, SQL left alone
+    assert out.endswith(
+        "Skipped SQL migrations: --fake applies to Django's migrations only; use 'sqlmigrate_up "
+        "--fake' to record SQL migrations without running them.\n"
+    )
     assert "migrations" not in scratch_db.tables()
     out, err, rc = scratch_db.run("migrate", plan=True)
-    assert out == ("Planned operations:\n  No planned migration operations.\nPlanned SQL migrations:\n"
-                   "  auth/001_create_users\n  orgs/002_create_orgs\n  auth/003_create_tokens\n")
+    assert out == (
+        "Planned operations:\n  No planned migration operations.\nPlanned SQL migrations:\n"
+        "  auth/001_create_users\n  orgs/002_create_orgs\n  auth/003_create_tokens\n"
+    )
     with pytest.raises(SystemExit) as exited:
         scratch_db.run("migrate", verbosity=0, check_unapplied=True)
     assert exited.value.code == 1
@@ -228,10 +268,14 @@ def test_migrate_check_fails_while_sql_migrations_are_pending_with_run_with_migr
 def test_check_warns_about_pending_sql_migrations_of_the_databases_it_is_given(scratch_db, three, use_tree):
     use_tree(three)
     assert check_sql_migrations(databases=None) == []  # 'manage.py check' without --database
-    assert check_sql_migrations(databases=[scratch_db.alias]) == [Warning(
-        f"You have 3 unapplied SQL migration(s) in database {scratch_db.alias!r}: auth/001_create_users, "
-        "orgs/002_create_orgs, auth/003_create_tokens. Your project may not work properly until you apply them.",
-        hint=f"Run 'python manage.py sqlmigrate_up --database {scratch_db.alias}'.", id="nixmig.W001")]
+    assert check_sql_migrations(databases=[scratch_db.alias]) == [
+        Warning(
+            f"You have 3 unapplied SQL migration(s) in database {scratch_db.alias!r}: auth/001_create_users, "
+            "orgs/002_create_orgs, auth/003_create_tokens. Your project may not work properly until you apply them.",
+            hint=f"Run 'python manage.py sqlmigrate_up --database {scratch_db.alias}'.",
+            id="nixmig.W001",
+        )
+    ]
     assert scratch_db.tables() == set()  # a check creates nothing
     scratch_db.run("sqlmigrate_up", dir=str(three.path))
     assert check_sql_migrations(databases=[scratch_db.alias]) == []
@@ -244,13 +288,16 @@ def test_check_warns_about_changed_files_and_tree_problems(scratch_db, three, us
     [warning] = check_sql_migrations(databases=[scratch_db.alias])
     assert warning.id == "nixmig.W002"
     assert warning.msg == f"The SQL migrations of database {scratch_db.alias!r} are not in order: 1 changed"
-    assert warning.hint == f"Run 'python manage.py sqlmigrate_status --database {scratch_db.alias}' for details."
+    assert (
+        warning.hint == f"Run 'python manage.py sqlmigrate_status --database {scratch_db.alias}' for details."
+    )
 
 
 def test_check_never_fails_because_a_database_is_unreachable(scratch_db, three, use_tree):
     use_tree(three)
-    connections.settings["nowhere"] = dict(scratch_db.settings, HOST="127.0.0.1", PORT="1",
-                                           OPTIONS={"connect_timeout": 2})
+    connections.settings["nowhere"] = dict(
+        scratch_db.settings, HOST="127.0.0.1", PORT="1", OPTIONS={"connect_timeout": 2}
+    )
     try:
         assert check_sql_migrations(databases=["nowhere"]) == []
     finally:
@@ -260,17 +307,24 @@ def test_check_never_fails_because_a_database_is_unreachable(scratch_db, three, 
 
 
 def test_manage_py_check_database_default_prints_the_warning_and_succeeds(scratch_db, three):
-    proc = scratch_db.manage("check", "--database", "default",
-                             env=scratch_db.env(DJANGO_SETTINGS_MODULE="settings_startup",
-                                                NIXMIG_TEST_MIGRATIONS_DIR=str(three.path),
-                                                PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}"))
+    proc = scratch_db.manage(
+        "check",
+        "--database",
+        "default",
+        env=scratch_db.env(
+            DJANGO_SETTINGS_MODULE="settings_startup",
+            NIXMIG_TEST_MIGRATIONS_DIR=str(three.path),
+            PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}",
+        ),
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == (
         "System check identified some issues:\n\nWARNINGS:\n"
         "?: (nixmig.W001) You have 3 unapplied SQL migration(s): auth/001_create_users, orgs/002_create_orgs, "
         "auth/003_create_tokens. Your project may not work properly until you apply them.\n"
         "\tHINT: Run 'python manage.py sqlmigrate_up'. NIXMIG['APPLY_ON_STARTUP'] is on, so the application "
-        "applies them when it starts.\n\nSystem check identified 1 issue (0 silenced).\n")
+        "applies them when it starts.\n\nSystem check identified 1 issue (0 silenced).\n"
+    )
     assert scratch_db.tables() == set()  # checking applied nothing, even with APPLY_ON_STARTUP on
 
 
@@ -282,7 +336,8 @@ def test_runserver_warns_about_pending_sql_migrations_like_django_does(scratch_d
     assert out.getvalue() == (
         f"\nYou have 3 unapplied SQL migration(s) in database {scratch_db.alias!r}: auth/001_create_users, "
         "orgs/002_create_orgs, auth/003_create_tokens. Your project may not work properly until you apply them.\n"
-        f"Run 'python manage.py sqlmigrate_up --database {scratch_db.alias}' to apply them.\n")
+        f"Run 'python manage.py sqlmigrate_up --database {scratch_db.alias}' to apply them.\n"
+    )
 
 
 def test_runserver_stays_quiet_when_up_to_date_or_the_database_is_unreachable(scratch_db, three, use_tree):
@@ -321,9 +376,11 @@ def router(settings):
 
 
 def test_up_applies_to_each_database_named_with_its_own_records_and_a_summary(scratch_db, more_dbs, three):
-    other, = more_dbs(1)
+    (other,) = more_dbs(1)
     scratch_db.run("sqlmigrate_up", dir=str(three.path), to="auth/001_create_users")
-    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three.path), database=[scratch_db.alias, other.alias])
+    out, err, rc = scratch_db.run(
+        "sqlmigrate_up", dir=str(three.path), database=[scratch_db.alias, other.alias]
+    )
     assert rc == 0, err
     text = re.sub(r"\d+ ms|\d+\.\d+ s", "n", out)
     assert text == (
@@ -340,12 +397,18 @@ def test_up_applies_to_each_database_named_with_its_own_records_and_a_summary(sc
         "Applied 3 migration(s) in n; skipped 0 already applied.\n"
         "Summary:\n"
         f"  {scratch_db.alias}: Applied 2 migration(s) in n; skipped 1 already applied.\n"
-        f"  {other.alias}: Applied 3 migration(s) in n; skipped 0 already applied.\n")
-    assert scratch_db.records() == other.records() == [
-        ("auth", "001_create_users"), ("orgs", "002_create_orgs"), ("auth", "003_create_tokens")]
+        f"  {other.alias}: Applied 3 migration(s) in n; skipped 0 already applied.\n"
+    )
+    assert (
+        scratch_db.records()
+        == other.records()
+        == [("auth", "001_create_users"), ("orgs", "002_create_orgs"), ("auth", "003_create_tokens")]
+    )
 
 
-def test_a_failure_on_one_database_does_not_stop_the_others_and_the_command_fails(scratch_db, more_dbs, three):
+def test_a_failure_on_one_database_does_not_stop_the_others_and_the_command_fails(
+    scratch_db, more_dbs, three
+):
     bad, good = more_dbs(2)
     bad.sql("CREATE TABLE orgs (id int)")  # 002 will fail there
     aliases = [bad.alias, good.alias]
@@ -353,8 +416,10 @@ def test_a_failure_on_one_database_does_not_stop_the_others_and_the_command_fail
     assert rc == 1
     assert f"Database {bad.alias!r}: Applying orgs/002_create_orgs failed at" in err
     assert 'relation "orgs" already exists (SQLSTATE 42P07)' in err
-    assert err.rstrip().endswith(f"1 of 2 database(s) failed: {bad.alias}. The others are done; see each "
-                                 "database's error above, fix it and run again.")
+    assert err.rstrip().endswith(
+        f"1 of 2 database(s) failed: {bad.alias}. The others are done; see each "
+        "database's error above, fix it and run again."
+    )
     assert "  [2/3] Applying orgs/002_create_orgs... FAILED\n" in out
     assert f"  {bad.alias}: FAILED\n" in out
     assert bad.records() == [("auth", "001_create_users")]
@@ -363,8 +428,9 @@ def test_a_failure_on_one_database_does_not_stop_the_others_and_the_command_fail
 
 def test_parallel_runs_report_each_database_as_one_block(scratch_db, more_dbs, three):
     dbs = more_dbs(3)
-    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three.path), database=[d.alias for d in dbs],
-                                  parallel=3)
+    out, err, rc = scratch_db.run(
+        "sqlmigrate_up", dir=str(three.path), database=[d.alias for d in dbs], parallel=3
+    )
     assert rc == 0, err
     blocks = re.split(r"^Database '", out.split("Summary:\n")[0], flags=re.M)[1:]
     assert sorted(b.split("'")[0] for b in blocks) == sorted(d.alias for d in dbs)
@@ -386,8 +452,10 @@ def test_all_databases_respects_the_routers(scratch_db, more_dbs, three, router)
     router.allowed = {scratch_db.alias, allowed.alias}
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three.path), database=None, all_databases=True)
     assert rc == 0, err
-    assert ("  default: skipped, the database routers don't allow migrating the nixmig app there (allow_migrate)"
-            in out)
+    assert (
+        "  default: skipped, the database routers don't allow migrating the nixmig app there (allow_migrate)"
+        in out
+    )
     assert f"  {refused.alias}: skipped, the database routers" in out
     assert len(scratch_db.records()) == len(allowed.records()) == 3
     assert refused.tables() == set()
@@ -395,7 +463,9 @@ def test_all_databases_respects_the_routers(scratch_db, more_dbs, three, router)
 
 def test_all_databases_leaves_out_databases_that_are_not_postgresql(scratch_db, three, router):
     router.allowed = {scratch_db.alias, "lite"}
-    connections.settings["lite"] = dict(scratch_db.settings, ENGINE="django.db.backends.sqlite3", NAME=":memory:")
+    connections.settings["lite"] = dict(
+        scratch_db.settings, ENGINE="django.db.backends.sqlite3", NAME=":memory:"
+    )
     try:
         out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three.path), database=None, all_databases=True)
     finally:
@@ -408,8 +478,12 @@ def test_all_databases_leaves_out_databases_that_are_not_postgresql(scratch_db, 
 
 def test_a_database_the_routers_exclude_is_skipped_with_a_note(scratch_db, three, router):
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three.path))
-    assert (out, err, rc) == (f"Skipped database {scratch_db.alias!r}: the database routers don't allow migrating "
-                              "the nixmig app there (allow_migrate).\n", "", 0)
+    assert (out, err, rc) == (
+        f"Skipped database {scratch_db.alias!r}: the database routers don't allow migrating "
+        "the nixmig app there (allow_migrate).\n",
+        "",
+        0,
+    )
     assert scratch_db.tables() == set()
 
 
@@ -421,14 +495,20 @@ def test_an_unknown_database_is_an_error_before_anything_runs(scratch_db, three)
 
 
 def test_status_check_covers_every_database(scratch_db, more_dbs, three):
-    other, = more_dbs(1)
+    (other,) = more_dbs(1)
     scratch_db.run("sqlmigrate_up", dir=str(three.path))
-    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(three.path), database=[scratch_db.alias, other.alias],
-                                  check=True)
+    out, err, rc = scratch_db.run(
+        "sqlmigrate_status", dir=str(three.path), database=[scratch_db.alias, other.alias], check=True
+    )
     assert rc == 1
-    assert f"  {scratch_db.alias}: up to date\n  {other.alias}: 3 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back\n" in out
-    assert err == (f"Not up to date: database {other.alias!r}: 3 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back, "
-                   "0 problem(s).")
+    assert (
+        f"  {scratch_db.alias}: up to date\n  {other.alias}: 3 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back\n"
+        in out
+    )
+    assert err == (
+        f"Not up to date: database {other.alias!r}: 3 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back, "
+        "0 problem(s)."
+    )
 
 
 # -- signals ---------------------------------------------------------------------------------
@@ -446,9 +526,12 @@ def test_signals_are_sent_per_run_and_per_migration(scratch_db, three):
                 kwargs["result"] = kwargs["result"].ids
             kwargs.pop("ms", None)
             seen.append((name, kwargs))
+
         return receiver
 
-    receivers = {name: on(name) for name in ("pre_sqlmigrate", "pre_migration", "post_migration", "post_sqlmigrate")}
+    receivers = {
+        name: on(name) for name in ("pre_sqlmigrate", "pre_migration", "post_migration", "post_sqlmigrate")
+    }
     for name, receiver in receivers.items():
         getattr(signals, name).connect(receiver)
     try:
@@ -459,19 +542,47 @@ def test_signals_are_sent_per_run_and_per_migration(scratch_db, three):
             getattr(signals, name).disconnect(receiver)
     db = scratch_db.alias
     assert seen == [
-        ("pre_sqlmigrate", {"direction": "up", "database": db, "plan": ["auth/001_create_users",
-                                                                       "orgs/002_create_orgs"], "fake": False}),
-        ("pre_migration", {"direction": "up", "database": db, "migration_id": "auth/001_create_users", "fake": False}),
-        ("post_migration", {"direction": "up", "database": db, "migration_id": "auth/001_create_users", "fake": False}),
-        ("pre_migration", {"direction": "up", "database": db, "migration_id": "orgs/002_create_orgs", "fake": False}),
-        ("post_migration", {"direction": "up", "database": db, "migration_id": "orgs/002_create_orgs", "fake": False}),
-        ("post_sqlmigrate", {"direction": "up", "database": db, "result": ["auth/001_create_users",
-                                                                          "orgs/002_create_orgs"]}),
-        ("pre_sqlmigrate", {"direction": "down", "database": db, "plan": ["orgs/002_create_orgs"], "fake": False}),
-        ("pre_migration", {"direction": "down", "database": db, "migration_id": "orgs/002_create_orgs",
-                           "fake": False}),
-        ("post_migration", {"direction": "down", "database": db, "migration_id": "orgs/002_create_orgs",
-                            "fake": False}),
+        (
+            "pre_sqlmigrate",
+            {
+                "direction": "up",
+                "database": db,
+                "plan": ["auth/001_create_users", "orgs/002_create_orgs"],
+                "fake": False,
+            },
+        ),
+        (
+            "pre_migration",
+            {"direction": "up", "database": db, "migration_id": "auth/001_create_users", "fake": False},
+        ),
+        (
+            "post_migration",
+            {"direction": "up", "database": db, "migration_id": "auth/001_create_users", "fake": False},
+        ),
+        (
+            "pre_migration",
+            {"direction": "up", "database": db, "migration_id": "orgs/002_create_orgs", "fake": False},
+        ),
+        (
+            "post_migration",
+            {"direction": "up", "database": db, "migration_id": "orgs/002_create_orgs", "fake": False},
+        ),
+        (
+            "post_sqlmigrate",
+            {"direction": "up", "database": db, "result": ["auth/001_create_users", "orgs/002_create_orgs"]},
+        ),
+        (
+            "pre_sqlmigrate",
+            {"direction": "down", "database": db, "plan": ["orgs/002_create_orgs"], "fake": False},
+        ),
+        (
+            "pre_migration",
+            {"direction": "down", "database": db, "migration_id": "orgs/002_create_orgs", "fake": False},
+        ),
+        (
+            "post_migration",
+            {"direction": "down", "database": db, "migration_id": "orgs/002_create_orgs", "fake": False},
+        ),
         ("post_sqlmigrate", {"direction": "down", "database": db, "result": ["orgs/002_create_orgs"]}),
     ]
 
@@ -498,11 +609,18 @@ def test_a_failed_migration_gets_pre_migration_but_no_post_signals(scratch_db, t
 
 def test_up_sql_prints_the_exact_queries_with_the_transaction_wrapper_and_runs_nothing(scratch_db, tree):
     tree.pair("auth/001_create_users", "CREATE TABLE users (id serial PRIMARY KEY);\n", "DROP TABLE users;\n")
-    tree.pair("app/002_index", "-- nixmig:no-transaction\nCREATE INDEX CONCURRENTLY users_id ON users (id);\n", "")
-    up1, up2 = checksum(tree.path / "auth/001_create_users_up.sql"), checksum(tree.path / "app/002_index_up.sql")
+    tree.pair(
+        "app/002_index", "-- nixmig:no-transaction\nCREATE INDEX CONCURRENTLY users_id ON users (id);\n", ""
+    )
+    up1, up2 = (
+        checksum(tree.path / "auth/001_create_users_up.sql"),
+        checksum(tree.path / "app/002_index_up.sql"),
+    )
     cic = hashlib.sha256(b"CREATE INDEX CONCURRENTLY users_id ON users (id)").hexdigest()
-    timing = ("clock_timestamp(), round((1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))"
-              "::numeric, 3)::float8)")
+    timing = (
+        "clock_timestamp(), round((1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))"
+        "::numeric, 3)::float8)"
+    )
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree.path), sql=True)
     assert (err, rc) == ("", 0)
     assert out == (
@@ -534,7 +652,8 @@ def test_up_sql_prints_the_exact_queries_with_the_transaction_wrapper_and_runs_n
         'BEGIN; INSERT INTO "migrations" (name, module, checksum, applied_at, execution_ms) VALUES '
         f"('002_index', 'app', '{up2}', {timing}; DELETE FROM \"migrations_progress\" WHERE module = 'app' "
         "AND name = '002_index'; COMMIT;\n"
-        "RESET lock_timeout; RESET statement_timeout;\n")
+        "RESET lock_timeout; RESET statement_timeout;\n"
+    )
     assert scratch_db.tables() == set()
 
 
@@ -543,8 +662,11 @@ def test_up_sql_with_atomic_wraps_the_whole_batch_in_one_transaction(scratch_db,
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three.path), sql=True, atomic=True)
     assert rc == 0, err
     lines = out.splitlines()
-    assert lines[:3] == ["-- orgs/002_create_orgs", "BEGIN;", "SET LOCAL lock_timeout = '10s'; "
-                                                            "SET LOCAL statement_timeout = '0';"]
+    assert lines[:3] == [
+        "-- orgs/002_create_orgs",
+        "BEGIN;",
+        "SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '0';",
+    ]
     assert lines[-1] == "COMMIT;"
     assert out.count("BEGIN;") == 1 and out.count("COMMIT;") == 1
     assert scratch_db.records() == [("auth", "001_create_users")]
@@ -556,18 +678,24 @@ def test_down_sql_prints_the_exact_rollback_and_runs_nothing(scratch_db, three):
     row = scratch_db.value("SELECT id FROM migrations WHERE name = '003_create_tokens'")
     out, err, rc = scratch_db.run("sqlmigrate_down", dir=str(three.path), sql=True)
     assert (err, rc) == ("", 0)
-    assert out == ("-- auth/003_create_tokens\n"
-                   "BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '0';\n"
-                   "DROP TABLE tokens;\n"
-                   "\n;\n"
-                   f'DELETE FROM "migrations" WHERE id = {row}; COMMIT;\n')
+    assert out == (
+        "-- auth/003_create_tokens\n"
+        "BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '0';\n"
+        "DROP TABLE tokens;\n"
+        "\n;\n"
+        f'DELETE FROM "migrations" WHERE id = {row}; COMMIT;\n'
+    )
     assert len(scratch_db.records()) == 3
     assert "tokens" in scratch_db.tables()
 
 
 def test_sql_with_nothing_to_run_says_so_as_an_sql_comment(scratch_db, three):
     scratch_db.run("sqlmigrate_up", dir=str(three.path))
-    assert scratch_db.run("sqlmigrate_up", dir=str(three.path), sql=True) == ("-- No migrations to apply.\n", "", 0)
+    assert scratch_db.run("sqlmigrate_up", dir=str(three.path), sql=True) == (
+        "-- No migrations to apply.\n",
+        "",
+        0,
+    )
 
 
 # -- progress and summary --------------------------------------------------------------------
@@ -581,4 +709,5 @@ def test_up_shows_progress_counters_and_a_summary_with_applied_skipped_and_time(
         "Operations to perform:\n  Apply 2 SQL migration(s)\nRunning migrations:\n"
         "  [1/2] Applying orgs/002_create_orgs... OK (n)\n"
         "  [2/2] Applying auth/003_create_tokens... OK (n)\n"
-        "Applied 2 migration(s) in n; skipped 1 already applied.\n")
+        "Applied 2 migration(s) in n; skipped 1 already applied.\n"
+    )

@@ -28,7 +28,9 @@ def sql_file(text: str, name: str = "app/001_change_up.sql") -> SqlFile:
 
 def run(*texts: str, settings: lint.Settings | None = None, pg: int | None = None, separate: bool = False):
     """Lint ``texts`` as the files of one plan, in order; return the findings."""
-    files = [(f"app/{i:03d}_change", sql_file(t, f"app/{i:03d}_change_up.sql")) for i, t in enumerate(texts, 1)]
+    files = [
+        (f"app/{i:03d}_change", sql_file(t, f"app/{i:03d}_change_up.sql")) for i, t in enumerate(texts, 1)
+    ]
     return lint.lint_files(files, pg_version=pg, settings=settings, separate=separate).findings
 
 
@@ -37,74 +39,128 @@ def rules(*texts: str, **options) -> list[str]:
 
 
 NO_TX = "-- nixmig:no-transaction\n"
-ALL_TYPES = lint.Settings.build({"prefer-bigint": "info", "prefer-identity": "info", "prefer-text": "info",
-                                 "prefer-timestamptz": "info"})
+ALL_TYPES = lint.Settings.build(
+    {"prefer-bigint": "info", "prefer-identity": "info", "prefer-text": "info", "prefer-timestamptz": "info"}
+)
 NO_RUNNER_TIMEOUT = lint.Settings.build({}, lock_timeout="0")
 
 # rule id -> (files that break it, files that are the safe way to write the same thing)
 CASES = {
-    "create-index-not-concurrently": (["CREATE INDEX users_email_idx ON users (email);"],
-                                      [NO_TX + "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);"]),
-    "drop-index-not-concurrently": (["DROP INDEX users_email_idx;"],
-                                    [NO_TX + "DROP INDEX CONCURRENTLY IF EXISTS users_email_idx;"]),
+    "create-index-not-concurrently": (
+        ["CREATE INDEX users_email_idx ON users (email);"],
+        [NO_TX + "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);"],
+    ),
+    "drop-index-not-concurrently": (
+        ["DROP INDEX users_email_idx;"],
+        [NO_TX + "DROP INDEX CONCURRENTLY IF EXISTS users_email_idx;"],
+    ),
     "reindex-not-concurrently": (["REINDEX TABLE users;"], [NO_TX + "REINDEX TABLE CONCURRENTLY users;"]),
-    "concurrently-in-transaction": (["CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);"],
-                                    [NO_TX + "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);"]),
+    "concurrently-in-transaction": (
+        ["CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);"],
+        [NO_TX + "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);"],
+    ),
     "add-constraint-without-not-valid": (
         ["ALTER TABLE users ADD CONSTRAINT users_org_fk FOREIGN KEY (org_id) REFERENCES orgs (id);"],
-        ["ALTER TABLE users ADD CONSTRAINT users_org_fk FOREIGN KEY (org_id) REFERENCES orgs (id) NOT VALID;",
-         "ALTER TABLE users VALIDATE CONSTRAINT users_org_fk;"]),
+        [
+            "ALTER TABLE users ADD CONSTRAINT users_org_fk FOREIGN KEY (org_id) REFERENCES orgs (id) NOT VALID;",
+            "ALTER TABLE users VALIDATE CONSTRAINT users_org_fk;",
+        ],
+    ),
     "validate-in-same-transaction": (
-        ["ALTER TABLE users ADD CONSTRAINT age_positive CHECK (age > 0) NOT VALID;\n"
-         "ALTER TABLE users VALIDATE CONSTRAINT age_positive;"],
-        ["ALTER TABLE users ADD CONSTRAINT age_positive CHECK (age > 0) NOT VALID;",
-         "ALTER TABLE users VALIDATE CONSTRAINT age_positive;"]),
-    "set-not-null": (["ALTER TABLE users ALTER COLUMN email SET NOT NULL;"],
-                     ["ALTER TABLE users ADD CONSTRAINT email_nn CHECK (email IS NOT NULL) NOT VALID;",
-                      "ALTER TABLE users VALIDATE CONSTRAINT email_nn;",
-                      "ALTER TABLE users ALTER COLUMN email SET NOT NULL;\nALTER TABLE users DROP CONSTRAINT email_nn;"]),
-    "add-column-not-null-without-default": (["ALTER TABLE users ADD COLUMN plan text NOT NULL;"],
-                                            ["ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free';"]),
-    "add-column-volatile-default": (["ALTER TABLE users ADD COLUMN token uuid DEFAULT gen_random_uuid();"],
-                                    ["ALTER TABLE users ADD COLUMN token uuid;\n"
-                                     "ALTER TABLE users ALTER COLUMN token SET DEFAULT gen_random_uuid();"]),
-    "alter-column-type": (["ALTER TABLE users ALTER COLUMN age TYPE bigint;"],
-                          ["ALTER TABLE users ADD COLUMN nick varchar(20);",
-                           "ALTER TABLE users ALTER COLUMN nick TYPE varchar(50);\n"
-                           "ALTER TABLE users ALTER COLUMN nick TYPE text;"]),
-    "add-unique-without-using-index": (["ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE (email);"],
-                                       [NO_TX + "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_email_key "
-                                                "ON users (email);",
-                                        "ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE USING INDEX "
-                                        "users_email_key;"]),
-    "add-serial-or-identity-column": (["ALTER TABLE events ADD COLUMN id bigserial PRIMARY KEY;"],
-                                      ["ALTER TABLE events ADD COLUMN id bigint;"]),
+        [
+            "ALTER TABLE users ADD CONSTRAINT age_positive CHECK (age > 0) NOT VALID;\n"
+            "ALTER TABLE users VALIDATE CONSTRAINT age_positive;"
+        ],
+        [
+            "ALTER TABLE users ADD CONSTRAINT age_positive CHECK (age > 0) NOT VALID;",
+            "ALTER TABLE users VALIDATE CONSTRAINT age_positive;",
+        ],
+    ),
+    "set-not-null": (
+        ["ALTER TABLE users ALTER COLUMN email SET NOT NULL;"],
+        [
+            "ALTER TABLE users ADD CONSTRAINT email_nn CHECK (email IS NOT NULL) NOT VALID;",
+            "ALTER TABLE users VALIDATE CONSTRAINT email_nn;",
+            "ALTER TABLE users ALTER COLUMN email SET NOT NULL;\nALTER TABLE users DROP CONSTRAINT email_nn;",
+        ],
+    ),
+    "add-column-not-null-without-default": (
+        ["ALTER TABLE users ADD COLUMN plan text NOT NULL;"],
+        ["ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free';"],
+    ),
+    "add-column-volatile-default": (
+        ["ALTER TABLE users ADD COLUMN token uuid DEFAULT gen_random_uuid();"],
+        [
+            "ALTER TABLE users ADD COLUMN token uuid;\n"
+            "ALTER TABLE users ALTER COLUMN token SET DEFAULT gen_random_uuid();"
+        ],
+    ),
+    "alter-column-type": (
+        ["ALTER TABLE users ALTER COLUMN age TYPE bigint;"],
+        [
+            "ALTER TABLE users ADD COLUMN nick varchar(20);",
+            "ALTER TABLE users ALTER COLUMN nick TYPE varchar(50);\n"
+            "ALTER TABLE users ALTER COLUMN nick TYPE text;",
+        ],
+    ),
+    "add-unique-without-using-index": (
+        ["ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE (email);"],
+        [
+            NO_TX + "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_email_key ON users (email);",
+            "ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE USING INDEX users_email_key;",
+        ],
+    ),
+    "add-serial-or-identity-column": (
+        ["ALTER TABLE events ADD COLUMN id bigserial PRIMARY KEY;"],
+        ["ALTER TABLE events ADD COLUMN id bigint;"],
+    ),
     "vacuum-full": ([NO_TX + "VACUUM FULL users;"], [NO_TX + "VACUUM (ANALYZE) users;"]),
     "cluster": (["CLUSTER users USING users_pkey;"], ["ANALYZE users;"]),
-    "lock-table": (["LOCK TABLE users;\nUPDATE users SET plan = 'free';"], ["UPDATE users SET plan = 'free';"]),
+    "lock-table": (
+        ["LOCK TABLE users;\nUPDATE users SET plan = 'free';"],
+        ["UPDATE users SET plan = 'free';"],
+    ),
     "drop-table": (["DROP TABLE users;"], ["CREATE TABLE scratch (id int);\nDROP TABLE scratch;"]),
-    "drop-column": (["ALTER TABLE users DROP COLUMN legacy;"],
-                    ["-- nixmig:allow drop-column: no code reads it since release 2.3\n"
-                     "ALTER TABLE users DROP COLUMN legacy;"]),
-    "rename-table": (["ALTER TABLE users RENAME TO accounts;"],
-                     ["CREATE TABLE draft (id int);\nALTER TABLE draft RENAME TO accounts;"]),
-    "rename-column": (["ALTER TABLE users RENAME COLUMN name TO full_name;"],
-                      ["ALTER TABLE users ADD COLUMN full_name text;"]),
-    "drop-not-null": (["ALTER TABLE users ALTER COLUMN bio DROP NOT NULL;"],
-                      ["ALTER TABLE users ALTER COLUMN bio SET DEFAULT '';"]),
+    "drop-column": (
+        ["ALTER TABLE users DROP COLUMN legacy;"],
+        [
+            "-- nixmig:allow drop-column: no code reads it since release 2.3\n"
+            "ALTER TABLE users DROP COLUMN legacy;"
+        ],
+    ),
+    "rename-table": (
+        ["ALTER TABLE users RENAME TO accounts;"],
+        ["CREATE TABLE draft (id int);\nALTER TABLE draft RENAME TO accounts;"],
+    ),
+    "rename-column": (
+        ["ALTER TABLE users RENAME COLUMN name TO full_name;"],
+        ["ALTER TABLE users ADD COLUMN full_name text;"],
+    ),
+    "drop-not-null": (
+        ["ALTER TABLE users ALTER COLUMN bio DROP NOT NULL;"],
+        ["ALTER TABLE users ALTER COLUMN bio SET DEFAULT '';"],
+    ),
     "truncate-cascade": (["TRUNCATE sessions CASCADE;"], ["TRUNCATE sessions;"]),
-    "transaction-control": (["BEGIN;\nALTER TABLE users ADD COLUMN bio text;\nCOMMIT;"],
-                            ["ALTER TABLE users ADD COLUMN bio text;"]),
+    "transaction-control": (
+        ["BEGIN;\nALTER TABLE users ADD COLUMN bio text;\nCOMMIT;"],
+        ["ALTER TABLE users ADD COLUMN bio text;"],
+    ),
     "identifier-too-long": ([f"CREATE TABLE {'x' * 64} (id int);"], [f"CREATE TABLE {'x' * 63} (id int);"]),
-    "create-without-if-not-exists": ([NO_TX + "CREATE INDEX CONCURRENTLY users_email_idx ON users (email);"],
-                                     [NO_TX + "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);"]),
-    "unparsed-statement": (["ALTER TABLE users ADD COLUMN bio text WITH NONSENSE;"],
-                           ["ALTER TABLE users ADD COLUMN bio text;"]),
+    "create-without-if-not-exists": (
+        [NO_TX + "CREATE INDEX CONCURRENTLY users_email_idx ON users (email);"],
+        [NO_TX + "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);"],
+    ),
+    "unparsed-statement": (
+        ["ALTER TABLE users ADD COLUMN bio text WITH NONSENSE;"],
+        ["ALTER TABLE users ADD COLUMN bio text;"],
+    ),
 }
 TYPE_CASES = {
     "prefer-bigint": ("CREATE TABLE t (n integer);", "CREATE TABLE t (n bigint);"),
-    "prefer-identity": ("CREATE TABLE t (id bigserial PRIMARY KEY);",
-                        "CREATE TABLE t (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY);"),
+    "prefer-identity": (
+        "CREATE TABLE t (id bigserial PRIMARY KEY);",
+        "CREATE TABLE t (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY);",
+    ),
     "prefer-text": ("CREATE TABLE t (name varchar(100));", "CREATE TABLE t (name text);"),
     "prefer-timestamptz": ("CREATE TABLE t (at timestamp);", "CREATE TABLE t (at timestamptz);"),
 }
@@ -145,19 +201,27 @@ def test_missing_lock_timeout_when_the_runner_sets_none():
     bad = "ALTER TABLE users ADD COLUMN bio text;"
     found = [f for f in run(bad, settings=NO_RUNNER_TIMEOUT) if f.rule == "missing-lock-timeout"]
     assert len(found) == 1 and found[0].lock == "ACCESS EXCLUSIVE" and found[0].table == "users"
-    assert "missing-lock-timeout" not in rules("-- nixmig:lock-timeout=5s\n" + bad, settings=NO_RUNNER_TIMEOUT)
+    assert "missing-lock-timeout" not in rules(
+        "-- nixmig:lock-timeout=5s\n" + bad, settings=NO_RUNNER_TIMEOUT
+    )
     assert "missing-lock-timeout" not in rules("SET lock_timeout = '5s';\n" + bad, settings=NO_RUNNER_TIMEOUT)
     # nixmig's own NIXMIG['LOCK_TIMEOUT'] (10s by default) counts as set
     assert "missing-lock-timeout" not in rules(bad)
     # a new table has no queue of readers behind it
-    assert "missing-lock-timeout" not in rules("CREATE TABLE t (id int);\nALTER TABLE t ADD COLUMN bio text;",
-                                               settings=NO_RUNNER_TIMEOUT)
+    assert "missing-lock-timeout" not in rules(
+        "CREATE TABLE t (id int);\nALTER TABLE t ADD COLUMN bio text;", settings=NO_RUNNER_TIMEOUT
+    )
 
 
 def test_finding_says_where_what_lock_on_which_table_why_and_the_fix():
-    f, = run("-- widen the index\n\n  CREATE INDEX users_email_idx\n    ON users (email);")
-    assert (f.rule, f.level, f.file, f.line, f.column) == ("create-index-not-concurrently", "error",
-                                                           "app/001_change_up.sql", 3, 3)
+    (f,) = run("-- widen the index\n\n  CREATE INDEX users_email_idx\n    ON users (email);")
+    assert (f.rule, f.level, f.file, f.line, f.column) == (
+        "create-index-not-concurrently",
+        "error",
+        "app/001_change_up.sql",
+        3,
+        3,
+    )
     assert f.statement == "CREATE INDEX users_email_idx ..."
     assert (f.lock, f.table) == ("SHARE", "users") and "scans" in f.effect
     assert "CONCURRENTLY" in f.fix and "-- nixmig:no-transaction" in f.fix
@@ -167,7 +231,7 @@ def test_finding_says_where_what_lock_on_which_table_why_and_the_fix():
 
 
 def test_not_valid_fix_names_the_two_step_way():
-    f, = run("ALTER TABLE users ADD CONSTRAINT users_org_fk FOREIGN KEY (org_id) REFERENCES orgs (id);")
+    (f,) = run("ALTER TABLE users ADD CONSTRAINT users_org_fk FOREIGN KEY (org_id) REFERENCES orgs (id);")
     assert "NOT VALID" in f.fix and "VALIDATE CONSTRAINT in a later migration" in f.fix
     assert f.lock == "SHARE ROW EXCLUSIVE" and "orgs" in f.message
 
@@ -178,7 +242,8 @@ def test_check_constraint_without_not_valid_is_found_too():
 
 def test_identity_column_is_found_like_serial():
     assert "add-serial-or-identity-column" in rules(
-        "ALTER TABLE events ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY;")
+        "ALTER TABLE events ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY;"
+    )
 
 
 def test_every_error_of_a_file_is_reported_not_just_the_first():
@@ -190,7 +255,8 @@ def test_every_error_of_a_file_is_reported_not_just_the_first():
 
 
 def test_a_table_created_earlier_in_the_same_file_is_new_so_nothing_is_found():
-    assert rules("""
+    assert (
+        rules("""
         CREATE TABLE orders (id bigint PRIMARY KEY, total int);
         CREATE INDEX orders_total_idx ON orders (total);
         ALTER TABLE orders ADD COLUMN note text NOT NULL;
@@ -198,7 +264,9 @@ def test_a_table_created_earlier_in_the_same_file_is_new_so_nothing_is_found():
         ALTER TABLE orders ADD CONSTRAINT total_positive CHECK (total > 0);
         ALTER TABLE orders RENAME COLUMN note TO remark;
         DROP INDEX orders_total_idx;
-    """) == []
+    """)
+        == []
+    )
 
 
 def test_a_table_created_by_an_earlier_migration_of_the_same_plan_is_new():
@@ -210,16 +278,21 @@ def test_a_table_created_by_an_earlier_migration_of_the_same_plan_is_new():
 
 
 def test_transaction_mode_decides_whether_concurrently_is_required_or_forbidden():
-    in_tx, = run("CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (email);")
+    (in_tx,) = run("CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (email);")
     assert in_tx.rule == "concurrently-in-transaction" and "-- nixmig:no-transaction" in in_tx.fix
-    no_tx, = run(NO_TX + "CREATE INDEX IF NOT EXISTS i ON users (email);")
+    (no_tx,) = run(NO_TX + "CREATE INDEX IF NOT EXISTS i ON users (email);")
     assert no_tx.rule == "create-index-not-concurrently" and "already runs outside a transaction" in no_tx.fix
     assert rules(NO_TX + "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (email);") == []
 
 
 def test_validate_in_a_no_transaction_file_is_its_own_transaction():
-    assert rules(NO_TX + "ALTER TABLE users ADD CONSTRAINT c CHECK (age > 0) NOT VALID;\n"
-                         "ALTER TABLE users VALIDATE CONSTRAINT c;") == []
+    assert (
+        rules(
+            NO_TX + "ALTER TABLE users ADD CONSTRAINT c CHECK (age > 0) NOT VALID;\n"
+            "ALTER TABLE users VALIDATE CONSTRAINT c;"
+        )
+        == []
+    )
 
 
 def test_pg_version_decides_version_dependent_rules():
@@ -227,28 +300,36 @@ def test_pg_version_decides_version_dependent_rules():
     assert rules(constant_default, pg=11) == []
     assert rules(constant_default, pg=10) == ["add-column-volatile-default"]
     assert "PostgreSQL 11" in run(constant_default, pg=10)[0].message
-    checked = ["ALTER TABLE users ADD CONSTRAINT nn CHECK (email IS NOT NULL) NOT VALID;",
-               "ALTER TABLE users VALIDATE CONSTRAINT nn;", "ALTER TABLE users ALTER COLUMN email SET NOT NULL;"]
+    checked = [
+        "ALTER TABLE users ADD CONSTRAINT nn CHECK (email IS NOT NULL) NOT VALID;",
+        "ALTER TABLE users VALIDATE CONSTRAINT nn;",
+        "ALTER TABLE users ALTER COLUMN email SET NOT NULL;",
+    ]
     assert rules(*checked, pg=12) == []
     assert rules(*checked, pg=11) == ["set-not-null"]  # before 12 SET NOT NULL always scans
-    reindex, = run("REINDEX TABLE users;", pg=11)
+    (reindex,) = run("REINDEX TABLE users;", pg=11)
     assert "PostgreSQL 12" in reindex.fix
 
 
 def test_set_not_null_in_the_transaction_that_validated_the_check_still_scans():
-    assert rules("ALTER TABLE users ADD CONSTRAINT nn CHECK (email IS NOT NULL);\n"
-                 "ALTER TABLE users ALTER COLUMN email SET NOT NULL;") == ["add-constraint-without-not-valid",
-                                                                          "set-not-null"]
+    assert rules(
+        "ALTER TABLE users ADD CONSTRAINT nn CHECK (email IS NOT NULL);\n"
+        "ALTER TABLE users ALTER COLUMN email SET NOT NULL;"
+    ) == ["add-constraint-without-not-valid", "set-not-null"]
 
 
 def test_alter_type_with_using_rewrites_even_between_compatible_types():
-    assert rules("ALTER TABLE users ADD COLUMN nick varchar(20);",
-                 "ALTER TABLE users ALTER COLUMN nick TYPE varchar(50) USING nick::varchar(50);") == ["alter-column-type"]
+    assert rules(
+        "ALTER TABLE users ADD COLUMN nick varchar(20);",
+        "ALTER TABLE users ALTER COLUMN nick TYPE varchar(50) USING nick::varchar(50);",
+    ) == ["alter-column-type"]
 
 
 def test_narrowing_a_varchar_rewrites():
-    assert rules("ALTER TABLE users ADD COLUMN nick varchar(50);",
-                 "ALTER TABLE users ALTER COLUMN nick TYPE varchar(20);") == ["alter-column-type"]
+    assert rules(
+        "ALTER TABLE users ADD COLUMN nick varchar(50);",
+        "ALTER TABLE users ALTER COLUMN nick TYPE varchar(20);",
+    ) == ["alter-column-type"]
 
 
 # -- suppression ----------------------------------------------------------------------------------------
@@ -264,8 +345,13 @@ def test_allow_with_a_reason_suppresses_the_finding_of_its_statement_only():
 
 
 def test_allow_as_a_trailing_comment_on_the_statement_line():
-    assert rules("ALTER TABLE users DROP COLUMN legacy; -- nixmig:allow drop-column: unused since 2.3\n"
-                 "ALTER TABLE users ADD COLUMN bio text;") == []
+    assert (
+        rules(
+            "ALTER TABLE users DROP COLUMN legacy; -- nixmig:allow drop-column: unused since 2.3\n"
+            "ALTER TABLE users ADD COLUMN bio text;"
+        )
+        == []
+    )
 
 
 def test_allow_without_a_reason_is_an_error_and_suppresses_nothing():
@@ -288,7 +374,9 @@ def test_allow_that_matches_nothing_is_a_warning():
 def test_allow_in_the_leading_comment_block_is_not_a_tree_error(tree):
     from nixmig.tree import load_tree
 
-    tree.pair("app/001_drop", "-- nixmig:allow drop-table: replaced by accounts in 2.0\nDROP TABLE users;\n", None)
+    tree.pair(
+        "app/001_drop", "-- nixmig:allow drop-table: replaced by accounts in 2.0\nDROP TABLE users;\n", None
+    )
     loaded = load_tree(tree.path)
     assert not loaded.errors
     assert lint.lint_tree(loaded, settings=lint.Settings.default()).findings == []
@@ -303,11 +391,14 @@ def test_settings_set_levels_and_turn_rules_off():
     assert [(f.rule, f.level) for f in found] == [("drop-column", "warning")]
 
 
-@pytest.mark.parametrize("value, message", [
-    ({"no-such-rule": "off"}, "unknown rule 'no-such-rule'"),
-    ({"drop-table": "fatal"}, "is not a level"),
-    (["drop-table"], "must be a dict"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ({"no-such-rule": "off"}, "unknown rule 'no-such-rule'"),
+        ({"drop-table": "fatal"}, "is not a level"),
+        (["drop-table"], "must be a dict"),
+    ],
+)
 def test_bad_lint_settings_say_what_to_write(value, message):
     with pytest.raises(lint.NixmigError, match=message):
         lint.Settings.build(value)
@@ -317,10 +408,19 @@ def test_bad_lint_settings_say_what_to_write(value, message):
 
 
 def write_tree(tree):
-    tree.pair("app/001_create_users", "CREATE TABLE users (id bigint PRIMARY KEY, email text);\n", "DROP TABLE users;\n")
-    tree.pair("app/002_index_users", "CREATE INDEX users_email_idx ON users (email);\n",
-              "DROP INDEX users_email_idx;\n")
-    tree.pair("app/003_bio", "ALTER TABLE users ADD COLUMN bio text;\n", "ALTER TABLE users DROP COLUMN bio;\n")
+    tree.pair(
+        "app/001_create_users",
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text);\n",
+        "DROP TABLE users;\n",
+    )
+    tree.pair(
+        "app/002_index_users",
+        "CREATE INDEX users_email_idx ON users (email);\n",
+        "DROP INDEX users_email_idx;\n",
+    )
+    tree.pair(
+        "app/003_bio", "ALTER TABLE users ADD COLUMN bio text;\n", "ALTER TABLE users DROP COLUMN bio;\n"
+    )
 
 
 def call(*args, **options):
@@ -343,9 +443,13 @@ def test_lint_all_reports_and_exits_1_on_errors(tree):
     write_tree(tree)
     out, err, rc = call("--all", dir=str(tree))
     assert rc == 1 and "Lint found 1 error(s)" in err
-    assert out.startswith("app/002_index_users_up.sql:1:1: error [create-index-not-concurrently] "
-                          "CREATE INDEX users_email_idx ON users (email)\n")
-    assert "1 finding(s) in 3 file(s): 1 error(s), 0 warning(s), 0 info (3 migration(s), PostgreSQL 14)." in out
+    assert out.startswith(
+        "app/002_index_users_up.sql:1:1: error [create-index-not-concurrently] "
+        "CREATE INDEX users_email_idx ON users (email)\n"
+    )
+    assert (
+        "1 finding(s) in 3 file(s): 1 error(s), 0 warning(s), 0 info (3 migration(s), PostgreSQL 14)." in out
+    )
 
 
 def test_lint_of_ids_only_reports_those_and_exits_0_without_errors(tree):
@@ -361,16 +465,23 @@ def test_lint_json_format(tree):
     out, err, rc = call("--all", "--format", "json", dir=str(tree))
     data = json.loads(out)
     assert rc == 1 and data["summary"] == {"error": 1, "warning": 0, "info": 0}
-    f, = data["findings"]
+    (f,) = data["findings"]
     assert {k: f[k] for k in ("rule", "level", "migration", "file", "line", "column", "lock", "table")} == {
-        "rule": "create-index-not-concurrently", "level": "error", "migration": "app/002_index_users",
-        "file": "app/002_index_users_up.sql", "line": 1, "column": 1, "lock": "SHARE", "table": "users"}
+        "rule": "create-index-not-concurrently",
+        "level": "error",
+        "migration": "app/002_index_users",
+        "file": "app/002_index_users_up.sql",
+        "line": 1,
+        "column": 1,
+        "lock": "SHARE",
+        "table": "users",
+    }
 
 
 def test_lint_github_format_annotates_the_file(tree):
     write_tree(tree)
     out, err, rc = call("--all", "--format", "github", dir=str(tree))
-    line, = out.splitlines()
+    (line,) = out.splitlines()
     assert line.startswith("::error file=") and "002_index_users_up.sql,line=1,col=1," in line
     assert "title=nixmig lint%3A create-index-not-concurrently::CREATE INDEX users_email_idx" in line
     assert "%0AFix: " in line
@@ -434,8 +545,12 @@ def lint_tree_of(directory):
 @pytest.fixture
 def big_and_small(scratch_db, tree):
     """A database with a table of 20,000 rows and one of 100, both analyzed; a tree that created them."""
-    tree.pair("app/001_tables", "CREATE TABLE big (id bigint PRIMARY KEY, v int, s varchar(20));\n"
-                                "CREATE TABLE small (id bigint PRIMARY KEY, v int);\n", None)
+    tree.pair(
+        "app/001_tables",
+        "CREATE TABLE big (id bigint PRIMARY KEY, v int, s varchar(20));\n"
+        "CREATE TABLE small (id bigint PRIMARY KEY, v int);\n",
+        None,
+    )
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree), verbosity=0)
     assert rc == 0, err
     scratch_db.sql("INSERT INTO big SELECT g, g, 'x' FROM generate_series(1, 20000) g")
@@ -459,7 +574,11 @@ def lint_db(db, *args, **options):
 
 
 def test_lock_findings_on_small_tables_are_downgraded_to_info(big_and_small, tree):
-    tree.pair("app/002_indexes", "CREATE INDEX big_v_idx ON big (v);\nCREATE INDEX small_v_idx ON small (v);\n", None)
+    tree.pair(
+        "app/002_indexes",
+        "CREATE INDEX big_v_idx ON big (v);\nCREATE INDEX small_v_idx ON small (v);\n",
+        None,
+    )
     out, err, rc = lint_db(big_and_small, dir=str(tree))
     assert rc == 1
     assert "app/002_indexes_up.sql:1:1: error [create-index-not-concurrently]" in out
@@ -482,11 +601,16 @@ def test_breaking_findings_are_not_downgraded_on_small_tables(big_and_small, tre
 
 def test_server_facts_clear_set_not_null_and_varchar_widening(big_and_small, tree):
     big_and_small.sql("ALTER TABLE big ADD CONSTRAINT v_nn CHECK (v IS NOT NULL)")  # validated already
-    tree.pair("app/002_tighten", "ALTER TABLE big ALTER COLUMN v SET NOT NULL;\n"
-                                 "ALTER TABLE big ALTER COLUMN s TYPE varchar(40);\n", None)
+    tree.pair(
+        "app/002_tighten",
+        "ALTER TABLE big ALTER COLUMN v SET NOT NULL;\nALTER TABLE big ALTER COLUMN s TYPE varchar(40);\n",
+        None,
+    )
     out, err, rc = lint_db(big_and_small, dir=str(tree))
-    assert (out, rc) == ("No findings in 1 pending migration(s) of database "
-                         f"'{big_and_small.alias}'.\n", 0), err
+    assert (out, rc) == (
+        f"No findings in 1 pending migration(s) of database '{big_and_small.alias}'.\n",
+        0,
+    ), err
     tree.pair("app/003_narrow", "ALTER TABLE big ALTER COLUMN s TYPE varchar(10);\n", None)
     out, err, rc = lint_db(big_and_small, dir=str(tree))
     assert rc == 1 and "error [alter-column-type]" in out
@@ -513,7 +637,9 @@ def test_up_refuses_a_plan_with_lint_errors_listing_all_and_runs_nothing(big_and
     assert "app/004_drop_up.sql:1:1: error [drop-column]" in err and "--no-lint" in err
     assert "Traceback" not in err
     assert big_and_small.records() == [("app", "001_tables")]  # not even the harmless 002 ran
-    assert big_and_small.value("SELECT count(*) FROM information_schema.columns WHERE column_name = 'bio'") == 0
+    assert (
+        big_and_small.value("SELECT count(*) FROM information_schema.columns WHERE column_name = 'bio'") == 0
+    )
 
 
 def test_up_with_no_lint_runs_and_says_lint_was_skipped(big_and_small, tree):
@@ -553,21 +679,29 @@ def test_api_runs_can_skip_lint_in_a_block(big_and_small, tree):
 
 
 def test_status_counts_the_findings_of_pending_migrations(big_and_small, tree):
-    tree.pair("app/002_index", "CREATE INDEX big_v_idx ON big (v);\nCREATE INDEX small_v_idx ON small (v);\n", None)
+    tree.pair(
+        "app/002_index", "CREATE INDEX big_v_idx ON big (v);\nCREATE INDEX small_v_idx ON small (v);\n", None
+    )
     out, err, rc = big_and_small.run("sqlmigrate_status", dir=str(tree))
     assert rc == 0, err
     lines = out.splitlines()
     note = "Lint: 1 error, 1 info in the pending migrations; 'python manage.py sqlmigrate_lint' shows them."
     assert note in lines and lines.index(note) < len(lines) - 1  # above the summary line
     out, err, rc = big_and_small.run("sqlmigrate_status", json=True, dir=str(tree))
-    assert json.loads(out)["lint"] == {"error": 1, "warning": 0, "info": 1,
-                                       "migrations": {"app/002_index": {"error": 1, "warning": 0, "info": 1}}}
+    assert json.loads(out)["lint"] == {
+        "error": 1,
+        "warning": 0,
+        "info": 1,
+        "migrations": {"app/002_index": {"error": 1, "warning": 0, "info": 1}},
+    }
 
 
 def test_status_without_pending_migrations_does_not_import_the_parser(big_and_small, tree):
-    code = ("import sys; from django.core.management import call_command; "
-            f"call_command('sqlmigrate_status', dir={str(tree.path)!r}, json=True); "
-            "print('pglast' in sys.modules)")
+    code = (
+        "import sys; from django.core.management import call_command; "
+        f"call_command('sqlmigrate_status', dir={str(tree.path)!r}, json=True); "
+        "print('pglast' in sys.modules)"
+    )
     done = big_and_small.manage("shell", "-c", code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("False"), done.stdout
@@ -594,31 +728,47 @@ def test_admin_pending_list_shows_lint_counts(admin_client, tree, settings):
 
 def test_fast_path_folds_names_like_postgresql():
     assert rules('CREATE TABLE "Orders" (id int);\nCREATE INDEX orders_idx ON "Orders" (id);') == []
-    assert rules('CREATE TABLE Orders (id int);\nCREATE INDEX orders_idx ON ORDERS (id);') == []
+    assert rules("CREATE TABLE Orders (id int);\nCREATE INDEX orders_idx ON ORDERS (id);") == []
     assert rules('CREATE TABLE "Orders" (id int);\nCREATE INDEX orders_idx ON orders (id);') == [
-        "create-index-not-concurrently"]  # "Orders" and orders are two tables
+        "create-index-not-concurrently"
+    ]  # "Orders" and orders are two tables
     assert rules("CREATE TABLE app.orders (id int);\nCREATE INDEX ON app . orders (id);") == []
     assert rules("CREATE TABLE app.orders (id int);\nCREATE INDEX ON other.orders (id);") == [
-        "create-index-not-concurrently"]
+        "create-index-not-concurrently"
+    ]
 
 
 def test_fast_path_keeps_what_later_statements_need():
     created = "CREATE TABLE orders (id int, note varchar(20), total int NOT NULL);"
-    assert rules(created, "ALTER TABLE orders ALTER COLUMN note TYPE varchar(40);\n"
-                          "ALTER TABLE orders ALTER COLUMN total SET NOT NULL;", separate=True) == []
+    assert (
+        rules(
+            created,
+            "ALTER TABLE orders ALTER COLUMN note TYPE varchar(40);\n"
+            "ALTER TABLE orders ALTER COLUMN total SET NOT NULL;",
+            separate=True,
+        )
+        == []
+    )
     assert rules(created, "ALTER TABLE orders ALTER COLUMN note TYPE int USING 0;", separate=True) == [
-        "alter-column-type"]
-    assert rules("CREATE TABLE t (id int);\nCREATE INDEX t_idx ON t (id);", "DROP INDEX t_idx;",
-                 separate=True) == ["drop-index-not-concurrently"]
-    found, = run("CREATE TABLE t (id int);\nCREATE INDEX t_idx ON t (id);", "DROP INDEX t_idx;", separate=True)
+        "alter-column-type"
+    ]
+    assert rules(
+        "CREATE TABLE t (id int);\nCREATE INDEX t_idx ON t (id);", "DROP INDEX t_idx;", separate=True
+    ) == ["drop-index-not-concurrently"]
+    (found,) = run(
+        "CREATE TABLE t (id int);\nCREATE INDEX t_idx ON t (id);", "DROP INDEX t_idx;", separate=True
+    )
     assert found.table == "t"
 
 
 def test_fast_path_still_reports_no_transaction_rules():
     assert rules(NO_TX + "CREATE TABLE t (id int);\nCREATE INDEX CONCURRENTLY t_idx ON t (id);") == [
-        "create-without-if-not-exists", "create-without-if-not-exists"]
+        "create-without-if-not-exists",
+        "create-without-if-not-exists",
+    ]
     assert rules("CREATE TABLE t (id int);\nCREATE INDEX CONCURRENTLY t_idx ON t (id);") == [
-        "concurrently-in-transaction"]
+        "concurrently-in-transaction"
+    ]
 
 
 def test_lint_all_with_a_database_sizes_the_tables(big_and_small, tree):

@@ -24,8 +24,11 @@ STATUS_MAX = 5
 def _write(tree, n: int, modules=("auth", "users", "rbac")) -> None:
     for i in range(1, n + 1):
         module = modules[i % len(modules)]
-        tree.pair(f"{module}/{i:04d}_create_t{i}", f"CREATE TABLE t{i} (id serial PRIMARY KEY);\n",
-                  f"DROP TABLE t{i};\n")
+        tree.pair(
+            f"{module}/{i:04d}_create_t{i}",
+            f"CREATE TABLE t{i} (id serial PRIMARY KEY);\n",
+            f"DROP TABLE t{i};\n",
+        )
 
 
 def _queries(scratch_db, command: str, **options) -> list[str]:
@@ -121,11 +124,16 @@ def _admin_queries(client, settings, tree, n: int) -> dict[str, int]:
     loaded = api.load_tree(tree.path)
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM migrations")
-        cursor.execute("INSERT INTO migrations (name, module, checksum, applied_at, execution_ms) "
-                       "SELECT u.name, u.module, u.checksum, now(), 1.0 "
-                       "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(name, module, checksum)",
-                       [[m.name for m in loaded.migrations], [m.module for m in loaded.migrations],
-                        [m.checksum for m in loaded.migrations]])
+        cursor.execute(
+            "INSERT INTO migrations (name, module, checksum, applied_at, execution_ms) "
+            "SELECT u.name, u.module, u.checksum, now(), 1.0 "
+            "FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(name, module, checksum)",
+            [
+                [m.name for m in loaded.migrations],
+                [m.module for m in loaded.migrations],
+                [m.checksum for m in loaded.migrations],
+            ],
+        )
     counts = {}
     middle = MigrationRecord.objects.order_by("id").values_list("pk", flat=True)[n // 2]
     for url in (CHANGELIST, f"{CHANGELIST}{middle}/change/"):
@@ -145,8 +153,9 @@ def _admin_queries(client, settings, tree, n: int) -> dict[str, int]:
 
 
 @pytest.mark.django_db  # the admin's test client works in the test database's transaction
-def test_admin_changelist_and_detail_send_the_same_queries_for_10_and_1000_records(admin_client, settings, tree,
-                                                                                  tmp_path):
+def test_admin_changelist_and_detail_send_the_same_queries_for_10_and_1000_records(
+    admin_client, settings, tree, tmp_path
+):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     small = _admin_queries(admin_client, settings, tree, 10)
     large = _admin_queries(admin_client, settings, type(tree)(tmp_path / "large"), 1000)

@@ -21,11 +21,20 @@ TRICKY = (
 
 
 def _key(analysis):
-    return ([(s.start, s.end, s.line, s.kind, s.no_transaction, s.transaction_control, s.builds_index)
-             for s in analysis.statements], analysis.parsed, analysis.parse_error, analysis.unscannable_line)
+    return (
+        [
+            (s.start, s.end, s.line, s.kind, s.no_transaction, s.transaction_control, s.builds_index)
+            for s in analysis.statements
+        ],
+        analysis.parsed,
+        analysis.parse_error,
+        analysis.unscannable_line,
+    )
 
 
-@pytest.mark.parametrize("text", [TRICKY, TRICKY * 3, "SELECT 1; SELEC 2; SELECT 3;", "SELECT 1; SELECT 'open"])
+@pytest.mark.parametrize(
+    "text", [TRICKY, TRICKY * 3, "SELECT 1; SELEC 2; SELECT 3;", "SELECT 1; SELECT 'open"]
+)
 def test_a_file_analysed_in_pieces_gives_the_statements_of_one_parse(monkeypatch, text):
     whole = _key(sqltext._analyze_whole(text))
     assert whole[0], "the sample has statements"
@@ -48,7 +57,11 @@ def test_down_files_are_read_only_when_used_and_fail_as_load_tree_did(tree):
 
 
 def test_a_good_down_file_reads_the_same_as_before(tree):
-    tree.pair("auth/001_users", "CREATE TABLE users (id int);\n", "-- nixmig:lock-timeout=5s\r\nDROP TABLE users;\r\n")
+    tree.pair(
+        "auth/001_users",
+        "CREATE TABLE users (id int);\n",
+        "-- nixmig:lock-timeout=5s\r\nDROP TABLE users;\r\n",
+    )
     down = load_tree(tree.path).migrations[0].down
     assert down.text == "-- nixmig:lock-timeout=5s\nDROP TABLE users;\n"
     assert down.directives.lock_timeout == "5s" and down.is_loaded and not down.is_empty
@@ -61,8 +74,13 @@ def test_one_migration_read_alone_equals_the_one_in_the_tree(tree):
     loaded = load_tree(tree.path)
     for m in loaded.migrations:
         alone = load_migration(tree.path, m.module, m.name)
-        assert (alone.module, alone.number, alone.name, alone.up, alone.down) == \
-            (m.module, m.number, m.name, m.up, m.down)
+        assert (alone.module, alone.number, alone.name, alone.up, alone.down) == (
+            m.module,
+            m.number,
+            m.name,
+            m.up,
+            m.down,
+        )
     assert load_migration(tree.path, ".hidden", "003_x") is None  # load_tree skips hidden folders
     assert load_migration(tree.path, "auth", "009_missing") is None
 

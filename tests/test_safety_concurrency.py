@@ -20,8 +20,14 @@ DEADLINE = 90  # seconds; only reached when something is broken
 
 def _connect(scratch_db, **kwargs) -> psycopg.Connection:
     s = scratch_db.settings
-    return psycopg.connect(dbname=scratch_db.name, host=s.get("HOST") or None, port=s.get("PORT") or None,
-                           user=s.get("USER") or None, password=s.get("PASSWORD") or None, **kwargs)
+    return psycopg.connect(
+        dbname=scratch_db.name,
+        host=s.get("HOST") or None,
+        port=s.get("PORT") or None,
+        user=s.get("USER") or None,
+        password=s.get("PASSWORD") or None,
+        **kwargs,
+    )
 
 
 def _wait_for(scratch_db, query: str, params=None, what: str = "", proc: subprocess.Popen | None = None):
@@ -44,18 +50,26 @@ def _runner_backend(scratch_db, proc: subprocess.Popen, extra: str = "") -> int:
         scratch_db,
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE %s "
         f"AND state = 'active' {extra.replace('%', '%%')}",
-        [f"nixmig sqlmigrate_up pid={proc.pid} %"], f"manage.py pid {proc.pid} to be running ({extra})", proc)
+        [f"nixmig sqlmigrate_up pid={proc.pid} %"],
+        f"manage.py pid {proc.pid} to be running ({extra})",
+        proc,
+    )
 
 
 def _wait_gone(scratch_db, backend_pid: int) -> None:
-    _wait_for(scratch_db, "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)", [backend_pid],
-              f"backend {backend_pid} to end")
+    _wait_for(
+        scratch_db,
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)",
+        [backend_pid],
+        f"backend {backend_pid} to end",
+    )
 
 
 def _lock_is_free(scratch_db) -> bool:
     return scratch_db.value(
         "SELECT count(*) = 0 FROM pg_locks WHERE locktype = 'advisory' "
-        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
 
 
 def _finish(procs, timeout=DEADLINE) -> list[tuple[int, str, str]]:
@@ -82,13 +96,20 @@ def _big_tree(tree) -> list[tuple[str, str]]:
         module = modules[n % 4]
         name = f"{n:03d}_table_{n}"
         sleep = "SELECT pg_sleep(0.1);\n" if n % 5 == 0 else ""
-        tree.pair(f"{module}/{name}", f"CREATE TABLE t{n} (id serial PRIMARY KEY, email citext);\n{sleep}"
-                  f"INSERT INTO t{n} (email) VALUES ('A@example.com');\n", f"DROP TABLE t{n};\n")
+        tree.pair(
+            f"{module}/{name}",
+            f"CREATE TABLE t{n} (id serial PRIMARY KEY, email citext);\n{sleep}"
+            f"INSERT INTO t{n} (email) VALUES ('A@example.com');\n",
+            f"DROP TABLE t{n};\n",
+        )
         ids.append((module, name))
-    tree.pair("audit/024_concurrent_index", "-- nixmig:no-transaction\n"
-              "CREATE INDEX CONCURRENTLY t3_email_idx ON t3 (email);\n"
-              "CREATE INDEX CONCURRENTLY t4_email_idx ON t4 (email);\n",
-              "-- nixmig:no-transaction\nDROP INDEX CONCURRENTLY t3_email_idx;\nDROP INDEX CONCURRENTLY t4_email_idx;\n")
+    tree.pair(
+        "audit/024_concurrent_index",
+        "-- nixmig:no-transaction\n"
+        "CREATE INDEX CONCURRENTLY t3_email_idx ON t3 (email);\n"
+        "CREATE INDEX CONCURRENTLY t4_email_idx ON t4 (email);\n",
+        "-- nixmig:no-transaction\nDROP INDEX CONCURRENTLY t3_email_idx;\nDROP INDEX CONCURRENTLY t4_email_idx;\n",
+    )
     ids.append(("audit", "024_concurrent_index"))
     return ids
 
@@ -103,11 +124,19 @@ def test_six_runners_started_together_apply_every_migration_exactly_once(scratch
         assert "Traceback" not in err
     applied = [out for rc, out, err in results if f"Applied {len(ids)} migration(s)" in out]
     idle = [out for rc, out, err in results if out.endswith("No migrations to apply.\n")]
-    assert (len(applied), len(idle)) == (1, 5)  # the lock winner did everything; the others re-read and found none
+    assert (len(applied), len(idle)) == (
+        1,
+        5,
+    )  # the lock winner did everything; the others re-read and found none
     assert sorted(scratch_db.records()) == sorted(ids)
     assert scratch_db.value("SELECT count(*) FROM pg_extension WHERE extname = 'citext'") == 1
-    assert scratch_db.value("SELECT count(*) FROM pg_index WHERE indexrelid::regclass::text LIKE 't%_email_idx' "
-                            "AND indisvalid") == 2
+    assert (
+        scratch_db.value(
+            "SELECT count(*) FROM pg_index WHERE indexrelid::regclass::text LIKE 't%_email_idx' "
+            "AND indisvalid"
+        )
+        == 2
+    )
     assert _lock_is_free(scratch_db)
 
 
@@ -132,8 +161,11 @@ def test_runners_and_status_racing_on_a_brand_new_database_create_table_and_exte
 def test_killed_runner_leaves_its_migration_unapplied_unrecorded_and_the_lock_free(scratch_db, tree):
     scratch_db.sql("CREATE TABLE nap (seconds float); INSERT INTO nap VALUES (30)")
     tree.table_pair("app/001_first", "first_t")
-    tree.pair("app/002_long", "CREATE TABLE long_t (id int);\nINSERT INTO long_t VALUES (1);\n"
-              "SELECT pg_sleep(seconds) FROM nap;\n", "DROP TABLE long_t;\n")
+    tree.pair(
+        "app/002_long",
+        "CREATE TABLE long_t (id int);\nINSERT INTO long_t VALUES (1);\nSELECT pg_sleep(seconds) FROM nap;\n",
+        "DROP TABLE long_t;\n",
+    )
     runner = scratch_db.popen("sqlmigrate_up", "--dir", str(tree))
     try:
         backend = _runner_backend(scratch_db, runner, "AND query LIKE '%pg_sleep%'")
@@ -159,13 +191,19 @@ def test_killed_runner_leaves_its_migration_unapplied_unrecorded_and_the_lock_fr
 
 def test_killed_runner_in_a_concurrent_index_build_resumes_and_rebuilds_the_index(scratch_db, tree):
     scratch_db.sql("CREATE TABLE items (id int, sku text)")
-    tree.pair("shop/001_indexes", "-- nixmig:no-transaction\nCREATE INDEX CONCURRENTLY items_id_idx ON items (id);\n"
-              "CREATE INDEX CONCURRENTLY items_sku_idx ON items (sku);\n", None)
+    tree.pair(
+        "shop/001_indexes",
+        "-- nixmig:no-transaction\nCREATE INDEX CONCURRENTLY items_id_idx ON items (id);\n"
+        "CREATE INDEX CONCURRENTLY items_sku_idx ON items (sku);\n",
+        None,
+    )
     app = _connect(scratch_db)
     app.execute("INSERT INTO items VALUES (1, 'a')")  # an open write transaction: CIC waits for it
     runner = scratch_db.popen("sqlmigrate_up", "--dir", str(tree))
     try:
-        backend = _runner_backend(scratch_db, runner, "AND query LIKE '%items_id_idx%' AND wait_event_type = 'Lock'")
+        backend = _runner_backend(
+            scratch_db, runner, "AND query LIKE '%items_id_idx%' AND wait_event_type = 'Lock'"
+        )
         runner.send_signal(signal.SIGKILL)
         runner.communicate(timeout=DEADLINE)
         _wait_gone(scratch_db, backend)
@@ -174,24 +212,34 @@ def test_killed_runner_in_a_concurrent_index_build_resumes_and_rebuilds_the_inde
             runner.kill()
         app.commit()
         app.close()
-    assert scratch_db.value("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('items_id_idx')") is False
+    assert (
+        scratch_db.value("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('items_id_idx')")
+        is False
+    )
     assert scratch_db.records() == []
     assert _lock_is_free(scratch_db)
     status = scratch_db.manage("sqlmigrate_status", "--dir", str(tree))
     assert " [!] 001_indexes" in status.stdout and "partly applied" in status.stdout
-    assert "statement 1, which can't run in a transaction, was running when its runner stopped" in status.stdout
+    assert (
+        "statement 1, which can't run in a transaction, was running when its runner stopped" in status.stdout
+    )
 
     proc = scratch_db.manage("sqlmigrate_up", "--dir", str(tree))
     assert proc.returncode == 0, proc.stderr
     assert "dropped the invalid index public.items_id_idx" in proc.stderr
-    assert scratch_db.value("SELECT count(*) FROM pg_index WHERE indrelid = 'items'::regclass AND indisvalid") == 2
+    assert (
+        scratch_db.value("SELECT count(*) FROM pg_index WHERE indrelid = 'items'::regclass AND indisvalid")
+        == 2
+    )
     assert scratch_db.records() == [("shop", "001_indexes")]
 
 
 def test_waiting_runner_names_the_holder_then_finds_nothing_left_to_do(scratch_db, tree):
     scratch_db.sql("CREATE TABLE gate (id int)")
-    tree.pair("app/001_gated", "-- nixmig:lock-timeout=2min\nLOCK TABLE gate IN ACCESS SHARE MODE;\n"
-              "CREATE TABLE gated (id int);\n")
+    tree.pair(
+        "app/001_gated",
+        "-- nixmig:lock-timeout=2min\nLOCK TABLE gate IN ACCESS SHARE MODE;\nCREATE TABLE gated (id int);\n",
+    )
     gate = _connect(scratch_db)
     gate.execute("LOCK TABLE gate IN ACCESS EXCLUSIVE MODE")
     first = scratch_db.popen("sqlmigrate_up", "--dir", str(tree))
@@ -229,8 +277,10 @@ def test_lock_wait_limit_gives_a_clear_error_naming_the_holder(scratch_db, tree)
         holder.close()
     assert proc.returncode == 1
     assert f"Waiting for the migration lock, held by pid {pid} (deploy-replica-3)" in proc.stderr
-    assert f"for the migration lock, held by pid {pid} (deploy-replica-3). Another runner is still migrating" \
+    assert (
+        f"for the migration lock, held by pid {pid} (deploy-replica-3). Another runner is still migrating"
         in proc.stderr
+    )
     assert f"SELECT pg_terminate_backend({pid});" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""

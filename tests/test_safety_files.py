@@ -4,6 +4,7 @@ reordered files, and per-file timeouts: each against a real PostgreSQL database.
 from __future__ import annotations
 
 import json
+
 import psycopg
 import pytest
 from django.test import override_settings
@@ -36,8 +37,14 @@ def _status_json(scratch_db, tree) -> dict:
 
 def _connect(scratch_db, **kwargs) -> psycopg.Connection:
     s = scratch_db.settings
-    return psycopg.connect(dbname=scratch_db.name, host=s.get("HOST") or None, port=s.get("PORT") or None,
-                           user=s.get("USER") or None, password=s.get("PASSWORD") or None, **kwargs)
+    return psycopg.connect(
+        dbname=scratch_db.name,
+        host=s.get("HOST") or None,
+        port=s.get("PORT") or None,
+        user=s.get("USER") or None,
+        password=s.get("PASSWORD") or None,
+        **kwargs,
+    )
 
 
 # -- no-transaction files --------------------------------------------------------------
@@ -46,9 +53,13 @@ def _connect(scratch_db, **kwargs) -> psycopg.Connection:
 def test_splitter_keeps_semicolons_inside_quotes_identifiers_and_comments(tree):
     path = tree.write("idx/001_tricky_up.sql", TRICKY_NO_TX)
     prepared = prepare(load_tree(tree.path).get("idx/001_tricky").up)
-    texts = [prepared.body[s.start:s.end] for s in prepared.analysis.statements]
+    texts = [prepared.body[s.start : s.end] for s in prepared.analysis.statements]
     assert [s.kind for s in prepared.analysis.statements] == [
-        "CreateStmt", "InsertStmt", "CreateFunctionStmt", "IndexStmt"]
+        "CreateStmt",
+        "InsertStmt",
+        "CreateFunctionStmt",
+        "IndexStmt",
+    ]
     assert [s.line for s in prepared.analysis.statements] == [3, 4, 6, 11]
     assert texts[1].startswith("INSERT INTO \"semi;colon\" VALUES (E'it\\'s; escaped')")
     assert texts[2].endswith("$body$") and "RETURN (SELECT" in texts[2]
@@ -57,20 +68,30 @@ def test_splitter_keeps_semicolons_inside_quotes_identifiers_and_comments(tree):
 
 def test_no_transaction_file_runs_each_statement_alone_and_records_after_the_last(scratch_db, tree):
     tree.table_pair("base/001_first", "first_t")
-    tree.pair("idx/002_tricky", TRICKY_NO_TX, '-- nixmig:no-transaction\nDROP INDEX CONCURRENTLY semi_v_idx;\n'
-              'DROP FUNCTION semi_count(); DROP TABLE "semi;colon";\n')
+    tree.pair(
+        "idx/002_tricky",
+        TRICKY_NO_TX,
+        "-- nixmig:no-transaction\nDROP INDEX CONCURRENTLY semi_v_idx;\n"
+        'DROP FUNCTION semi_count(); DROP TABLE "semi;colon";\n',
+    )
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert rc == 0, err
     assert scratch_db.value("SELECT semi_count()") == 2
     assert scratch_db.value("SELECT v FROM \"semi;colon\" WHERE v LIKE 'it%'") == "it's; escaped"
-    assert scratch_db.value("SELECT indisvalid FROM pg_index WHERE indexrelid = 'semi_v_idx'::regclass") is True
+    assert (
+        scratch_db.value("SELECT indisvalid FROM pg_index WHERE indexrelid = 'semi_v_idx'::regclass") is True
+    )
     assert scratch_db.records() == [("base", "001_first"), ("idx", "002_tricky")]
     assert scratch_db.value("SELECT count(*) FROM migrations_progress") == 0
 
 
 def test_no_transaction_directive_works_in_down_files(scratch_db, tree):
-    tree.pair("idx/001_tricky", TRICKY_NO_TX, '-- nixmig:no-transaction\nDROP INDEX CONCURRENTLY semi_v_idx;\n'
-              'DROP FUNCTION semi_count();\nDROP TABLE "semi;colon";\n')
+    tree.pair(
+        "idx/001_tricky",
+        TRICKY_NO_TX,
+        "-- nixmig:no-transaction\nDROP INDEX CONCURRENTLY semi_v_idx;\n"
+        'DROP FUNCTION semi_count();\nDROP TABLE "semi;colon";\n',
+    )
     assert scratch_db.run("sqlmigrate_up", dir=str(tree))[2] == 0
     out, err, rc = scratch_db.run("sqlmigrate_down", dir=str(tree))
     assert rc == 0, err
@@ -105,7 +126,9 @@ def test_no_transaction_failure_names_statement_and_line_and_status_shows_partly
     assert entry["progress"]["statements_done"] == 2 and entry["progress"]["statements_total"] == 4
     text, _, rc = scratch_db.run("sqlmigrate_status", dir=str(tree))
     assert " [!] 001_parts" in text and "partly applied" in text
-    assert "statements 1..2 (lines 2 to 3) of 4 of its no-transaction up file idx/001_parts_up.sql ran" in text
+    assert (
+        "statements 1..2 (lines 2 to 3) of 4 of its no-transaction up file idx/001_parts_up.sql ran" in text
+    )
 
 
 def test_next_run_resumes_a_failed_no_transaction_file_at_the_failed_statement(scratch_db, tree):
@@ -138,25 +161,35 @@ def test_resume_drops_the_invalid_index_a_failed_create_index_concurrently_left(
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert rc == 1 and "failed at statement 2 of 2" in err
     # PostgreSQL leaves an INVALID index behind when CREATE INDEX CONCURRENTLY fails.
-    assert scratch_db.value("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('dup_v_key')") is False
+    assert (
+        scratch_db.value("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('dup_v_key')")
+        is False
+    )
     scratch_db.sql("DELETE FROM dup WHERE ctid <> (SELECT min(ctid) FROM dup)")
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert rc == 0, err
     assert "invalid index" in out + err
-    assert scratch_db.value("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('dup_v_key')") is True
+    assert (
+        scratch_db.value("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('dup_v_key')")
+        is True
+    )
     assert scratch_db.records() == [("idx", "001_unique")]
 
 
-@pytest.mark.parametrize("statement, what", [
-    ("CREATE INDEX CONCURRENTLY t_v_idx ON t (v);", "CREATE INDEX CONCURRENTLY"),
-    ("DROP INDEX CONCURRENTLY IF EXISTS t_v_idx;", "DROP INDEX CONCURRENTLY"),
-    ("REINDEX TABLE CONCURRENTLY t;", "REINDEX ... CONCURRENTLY"),
-    ("VACUUM (ANALYZE) t;", "VACUUM"),
-    ("ALTER SYSTEM SET work_mem = '8MB';", "ALTER SYSTEM"),
-    ("CREATE DATABASE nixmig_never_created;", "CREATE DATABASE"),
-])
-def test_statement_that_cant_run_in_a_transaction_is_refused_before_anything_runs(scratch_db, tree, statement,
-                                                                                   what):
+@pytest.mark.parametrize(
+    "statement, what",
+    [
+        ("CREATE INDEX CONCURRENTLY t_v_idx ON t (v);", "CREATE INDEX CONCURRENTLY"),
+        ("DROP INDEX CONCURRENTLY IF EXISTS t_v_idx;", "DROP INDEX CONCURRENTLY"),
+        ("REINDEX TABLE CONCURRENTLY t;", "REINDEX ... CONCURRENTLY"),
+        ("VACUUM (ANALYZE) t;", "VACUUM"),
+        ("ALTER SYSTEM SET work_mem = '8MB';", "ALTER SYSTEM"),
+        ("CREATE DATABASE nixmig_never_created;", "CREATE DATABASE"),
+    ],
+)
+def test_statement_that_cant_run_in_a_transaction_is_refused_before_anything_runs(
+    scratch_db, tree, statement, what
+):
     tree.table_pair("base/001_first", "first_t")
     tree.pair("base/002_bad", f"-- no directive here\nCREATE TABLE t (v int);\n{statement}\n", None)
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
@@ -177,8 +210,11 @@ def test_analyze_is_not_fooled_by_vacuum_in_a_string_or_analyze_alone():
 
 def test_own_begin_commit_files_never_leave_records_out_of_step_with_the_schema(scratch_db, tree):
     tree.pair("own/001_good", "BEGIN;\nCREATE TABLE own_good (id int);\nCOMMIT;\n", "DROP TABLE own_good;\n")
-    tree.pair("own/002_bad", "BEGIN;\nCREATE TABLE own_bad (id int);\nSELECT 1/0;\nCOMMIT;\n",
-              "DROP TABLE own_bad;\n")
+    tree.pair(
+        "own/002_bad",
+        "BEGIN;\nCREATE TABLE own_bad (id int);\nSELECT 1/0;\nCOMMIT;\n",
+        "DROP TABLE own_bad;\n",
+    )
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert rc == 1
     assert "Applying own/002_bad failed at " in err and "002_bad_up.sql" in err
@@ -189,8 +225,12 @@ def test_own_begin_commit_files_never_leave_records_out_of_step_with_the_schema(
 
 
 def test_own_commit_in_the_middle_of_a_file_does_not_commit_half_of_it(scratch_db, tree):
-    tree.pair("own/001_two_tx", "BEGIN;\nCREATE TABLE half_a (id int);\nCOMMIT;\n"
-              "START TRANSACTION;\nCREATE TABLE half_b (id int);\nINSERT INTO nowhere VALUES (1);\nEND;\n", None)
+    tree.pair(
+        "own/001_two_tx",
+        "BEGIN;\nCREATE TABLE half_a (id int);\nCOMMIT;\n"
+        "START TRANSACTION;\nCREATE TABLE half_b (id int);\nINSERT INTO nowhere VALUES (1);\nEND;\n",
+        None,
+    )
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert rc == 1 and 'relation "nowhere" does not exist' in err
     assert {"half_a", "half_b"} & scratch_db.tables() == set()
@@ -229,7 +269,10 @@ def test_top_level_rollback_is_refused_before_anything_runs(scratch_db, tree):
 def test_line_endings_and_bom_are_not_edits(scratch_db, tree):
     tree.pair("auth/001_users", "CREATE TABLE users (id int);\nCREATE TABLE roles (id int);\n")
     assert scratch_db.run("sqlmigrate_up", dir=str(tree))[2] == 0
-    tree.write("auth/001_users_up.sql", raw=b"\xef\xbb\xbfCREATE TABLE users (id int);\r\nCREATE TABLE roles (id int);\r\n")
+    tree.write(
+        "auth/001_users_up.sql",
+        raw=b"\xef\xbb\xbfCREATE TABLE users (id int);\r\nCREATE TABLE roles (id int);\r\n",
+    )
     assert _status_json(scratch_db, tree)["auth/001_users"]["state"] == "applied"
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert (out, rc) == ("No migrations to apply.\n", 0)
@@ -244,7 +287,10 @@ def test_edited_applied_file_is_refused_until_allowed_or_repaired(scratch_db, tr
 
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert rc == 1
-    assert "1 applied migration(s) were edited after they were applied:\n  - auth/001_users (auth/001_users_up.sql)" in err
+    assert (
+        "1 applied migration(s) were edited after they were applied:\n  - auth/001_users (auth/001_users_up.sql)"
+        in err
+    )
     assert "sqlmigrate_repair" in err and "--allow-changed" in err
     assert "roles" not in scratch_db.tables()
 
@@ -284,11 +330,17 @@ def test_out_of_order_migration_is_refused_until_allowed(scratch_db, tree):
 
 
 def test_lock_and_statement_timeouts_are_set_per_migration_and_overridable_per_file(scratch_db, tree):
-    tree.pair("t/001_default", "CREATE TABLE seen_default AS SELECT current_setting('lock_timeout') AS lt, "
-              "current_setting('statement_timeout') AS st;\n")
-    tree.pair("t/002_override", "-- nixmig:lock-timeout=250ms\n-- nixmig:statement-timeout=5min\n"
-              "CREATE TABLE seen_override AS SELECT current_setting('lock_timeout') AS lt, "
-              "current_setting('statement_timeout') AS st;\n")
+    tree.pair(
+        "t/001_default",
+        "CREATE TABLE seen_default AS SELECT current_setting('lock_timeout') AS lt, "
+        "current_setting('statement_timeout') AS st;\n",
+    )
+    tree.pair(
+        "t/002_override",
+        "-- nixmig:lock-timeout=250ms\n-- nixmig:statement-timeout=5min\n"
+        "CREATE TABLE seen_override AS SELECT current_setting('lock_timeout') AS lt, "
+        "current_setting('statement_timeout') AS st;\n",
+    )
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
     assert rc == 0, err
     assert scratch_db.sql("SELECT lt, st FROM seen_default") == [("10s", "0")]

@@ -5,8 +5,21 @@ from pathlib import Path
 from nixmig.tree import load_tree
 
 SAMPLE = Path(__file__).resolve().parent.parent / "migrations_sql"
-MODULES = {"auth", "users", "organizations", "rbac", "applications", "containers", "terminal", "notifications",
-           "integrations/github", "dashboard", "domains", "feature-flags", "audit"}
+MODULES = {
+    "auth",
+    "users",
+    "organizations",
+    "rbac",
+    "applications",
+    "containers",
+    "terminal",
+    "notifications",
+    "integrations/github",
+    "dashboard",
+    "domains",
+    "feature-flags",
+    "audit",
+}
 
 # The schema as the catalog describes it: names, columns, defaults, constraints, indexes,
 # triggers, functions and types of the public schema, minus the tracking table.
@@ -68,8 +81,10 @@ def test_sample_data_works_with_cross_module_keys_and_triggers(scratch_db):
     scratch_db.run("sqlmigrate_up", dir=str(SAMPLE))
     scratch_db.sql("INSERT INTO users (email, username, password_hash) VALUES ('a@b.c', 'a', 'x')")
     scratch_db.sql("INSERT INTO organizations (name) VALUES ('acme')")
-    scratch_db.sql("INSERT INTO applications (name, repository, port, user_id, organization_id) "
-                   "SELECT 'web', 'git@x', 8080, u.id, o.id FROM users u, organizations o")
+    scratch_db.sql(
+        "INSERT INTO applications (name, repository, port, user_id, organization_id) "
+        "SELECT 'web', 'git@x', 8080, u.id, o.id FROM users u, organizations o"
+    )
     assert scratch_db.value("SELECT count(*) FROM audit_logs WHERE action = 'create'") == 1
     before = scratch_db.value("SELECT updated_at FROM users")
     scratch_db.sql("UPDATE users SET username = 'b'")

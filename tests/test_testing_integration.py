@@ -19,16 +19,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, _url
 from django.core.management import call_command
 from django.db import connections
 
-from conftest import ROOT, _url
 from nixmig import api, testing
 from nixmig.recorder import Recorder
 
 PREFIX = f"t12_{os.getpid()}_"
 
-SETTINGS = '''
+SETTINGS = """
 import os
 from pathlib import Path
 
@@ -47,9 +47,9 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 NIXMIG = {"MIGRATIONS_DIR": BASE_DIR / "migrations_sql",
           "TEST_REBUILD_CHANGED": os.environ.get("SHOP_REBUILD") == "1",
           "TEST_SPARES": int(os.environ.get("SHOP_SPARES", "0"))}  # the tests that need spares ask for them
-'''
+"""
 
-MODELS = '''
+MODELS = """
 from django.db import models
 
 
@@ -60,9 +60,9 @@ class Product(models.Model):
     class Meta:
         managed = False  # the table comes from migrations_sql/catalog/001_create_products_up.sql
         db_table = "products"
-'''
+"""
 
-DJANGO_MIGRATION = '''
+DJANGO_MIGRATION = """
 from django.db import migrations, models
 
 
@@ -77,7 +77,7 @@ class Migration(migrations.Migration):
             options={"db_table": "products", "managed": False},
         ),
     ]
-'''
+"""
 
 DJANGO_TESTS = '''
 import sys
@@ -125,7 +125,7 @@ class FlushTest(TransactionTestCase):
         Product.objects.filter(name="flush-probe").delete()
 '''
 
-PYTEST_TESTS = '''
+PYTEST_TESTS = """
 import pytest
 from django.db import connection
 
@@ -151,7 +151,7 @@ def test_empty_database_for_migrations(nixmig_empty_db):
         assert cursor.fetchone()[0] == 0
     result = api.migrate_up(database=nixmig_empty_db.alias)
     assert result.ids[0] == "catalog/001_create_products"
-'''
+"""
 
 
 def write(path: Path, text: str) -> None:
@@ -166,7 +166,7 @@ class Project:
         self.path = path
         self.url = url
 
-    def copy(self, dest: Path) -> "Project":
+    def copy(self, dest: Path) -> Project:
         shutil.copytree(self.path, dest)
         return Project(dest, self.url)
 
@@ -174,20 +174,35 @@ class Project:
         write(self.path / "migrations_sql" / f"{name}_up.sql", up)
         write(self.path / "migrations_sql" / f"{name}_down.sql", down)
 
-    def run(self, db: str, *args: str, timeout: float = 180, url: str | None = None,
-            **env) -> subprocess.CompletedProcess:
-        environment = dict(os.environ, DATABASE_URL=url or self.url, SHOP_TEST_DB=PREFIX + db,
-                           PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **env)
+    def run(
+        self, db: str, *args: str, timeout: float = 180, url: str | None = None, **env
+    ) -> subprocess.CompletedProcess:
+        environment = dict(
+            os.environ,
+            DATABASE_URL=url or self.url,
+            SHOP_TEST_DB=PREFIX + db,
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+            **env,
+        )
         environment.pop("DJANGO_SETTINGS_MODULE", None)
         environment.pop("PYTEST_XDIST_WORKER", None)
-        return subprocess.run([sys.executable, *args], cwd=self.path, env=environment, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=self.path,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def manage(self, db: str, *args: str, **env) -> subprocess.CompletedProcess:
         return self.run(db, "manage.py", *args, **env)
 
     def pytest(self, db: str, *args: str, **env) -> subprocess.CompletedProcess:
-        return self.run(db, "-m", "pytest", "-p", "nixmig.pytest_plugin", "-p", "no:cacheprovider", *args, **env)
+        return self.run(
+            db, "-m", "pytest", "-p", "nixmig.pytest_plugin", "-p", "no:cacheprovider", *args, **env
+        )
 
 
 def server(query: str, params=None, database: str = "postgres"):
@@ -195,8 +210,14 @@ def server(query: str, params=None, database: str = "postgres"):
     import psycopg
 
     settings = connections["default"].settings_dict
-    with psycopg.connect(host=settings["HOST"] or None, port=settings["PORT"] or None, user=settings["USER"],
-                         password=settings["PASSWORD"] or None, dbname=database, autocommit=True) as conn:
+    with psycopg.connect(
+        host=settings["HOST"] or None,
+        port=settings["PORT"] or None,
+        user=settings["USER"],
+        password=settings["PASSWORD"] or None,
+        dbname=database,
+        autocommit=True,
+    ) as conn:
         cursor = conn.execute(query, params)
         return cursor.fetchall() if cursor.description else None
 
@@ -204,8 +225,12 @@ def server(query: str, params=None, database: str = "postgres"):
 def family(db: str) -> dict[str, bool]:
     """Return {name: datallowconn} of the templates and spare copies of test database ``db``."""
     prefix = testing.template_prefix(PREFIX + db)
-    return dict(server("SELECT datname, datallowconn FROM pg_database WHERE left(datname, length(%s)) = %s",
-                       [prefix, prefix]))
+    return dict(
+        server(
+            "SELECT datname, datallowconn FROM pg_database WHERE left(datname, length(%s)) = %s",
+            [prefix, prefix],
+        )
+    )
 
 
 def templates(db: str) -> list[str]:
@@ -223,7 +248,9 @@ def ok(proc: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, django_db_blocker):
     path = tmp_path_factory.mktemp("shop")
-    write(path / "manage.py", '''
+    write(
+        path / "manage.py",
+        """
         import os
         import sys
 
@@ -232,7 +259,8 @@ def project(tmp_path_factory, django_db_blocker):
             from django.core.management import execute_from_command_line
 
             execute_from_command_line(sys.argv)
-    ''')
+    """,
+    )
     write(path / "settings.py", SETTINGS)
     write(path / "pytest.ini", "[pytest]\nDJANGO_SETTINGS_MODULE = settings\npython_files = test_*.py\n")
     write(path / "shop" / "__init__.py", "")
@@ -244,22 +272,28 @@ def project(tmp_path_factory, django_db_blocker):
     with django_db_blocker.unblock():
         url = _url(connections["default"].settings_dict, "postgres")
         shop = Project(path, url)
-        shop.sql("catalog/001_create_products", """
+        shop.sql(
+            "catalog/001_create_products",
+            """
             CREATE TABLE products (
                 id bigserial PRIMARY KEY,
                 name text NOT NULL,
                 price_cents integer NOT NULL CHECK (price_cents >= 0)
             );
-        """, "DROP TABLE products;\n")
+        """,
+            "DROP TABLE products;\n",
+        )
         try:
             yield shop
         finally:
-            for (name,) in server("SELECT datname FROM pg_database WHERE left(datname, length(%s)) = %s",
-                                  [PREFIX, PREFIX]):
+            for (name,) in server(
+                "SELECT datname FROM pg_database WHERE left(datname, length(%s)) = %s", [PREFIX, PREFIX]
+            ):
                 server(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --- manage.py test -------------------------------------------------------------------------------
+
 
 def test_manage_py_test_builds_the_template_once_then_takes_copies(project, tmp_path):
     shop = project.copy(tmp_path / "shop")
@@ -301,20 +335,29 @@ def test_migrate_false_still_applies_the_sql_tree(project):
 
 # --- --keepdb -------------------------------------------------------------------------------------
 
+
 def test_keepdb_applies_new_sql_migrations_and_stops_on_edited_ones(project, tmp_path):
     shop = project.copy(tmp_path / "shop")
     kept = PREFIX + "e"
     ok(shop.manage("e", "test", "--keepdb"))
-    shop.sql("catalog/002_add_sku", "ALTER TABLE products ADD COLUMN sku text;\n",
-             "ALTER TABLE products DROP COLUMN sku;\n")
+    shop.sql(
+        "catalog/002_add_sku",
+        "ALTER TABLE products ADD COLUMN sku text;\n",
+        "ALTER TABLE products DROP COLUMN sku;\n",
+    )
     out = ok(shop.manage("e", "test", "--keepdb", "-v", "2"))
     assert "Using existing test database" in out
     assert "Applying catalog/002_add_sku... OK" in out
     assert "Ran 5 tests" in out
     assert server("SELECT module, name FROM migrations ORDER BY id", database=kept) == [
-        ("catalog", "001_create_products"), ("catalog", "002_add_sku")]
-    assert server("SELECT column_name FROM information_schema.columns WHERE table_name = 'products' "
-                  "AND column_name = 'sku'", database=kept) == [("sku",)]
+        ("catalog", "001_create_products"),
+        ("catalog", "002_add_sku"),
+    ]
+    assert server(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'products' "
+        "AND column_name = 'sku'",
+        database=kept,
+    ) == [("sku",)]
 
     # an applied file edited: the run stops with sqlmigrate_up's own message
     up = shop.path / "migrations_sql" / "catalog" / "001_create_products_up.sql"
@@ -322,13 +365,17 @@ def test_keepdb_applies_new_sql_migrations_and_stops_on_edited_ones(project, tmp
     proc = shop.manage("e", "test", "--keepdb")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    direct = shop.manage("e", "sqlmigrate_up", url=shop.url.rsplit("/", 1)[0] + f"/{kept}")  # the kept database
+    direct = shop.manage(
+        "e", "sqlmigrate_up", url=shop.url.rsplit("/", 1)[0] + f"/{kept}"
+    )  # the kept database
     assert direct.returncode == 1
     message = direct.stderr.strip().removeprefix("CommandError: ")
     assert "catalog/001_create_products" in message and "edited" in message
-    assert proc.stderr.startswith("Using existing test database for alias 'default'...\nTestDatabaseError: The SQL "
-                                  f"migrations could not be applied to the test database '{kept}' (alias "
-                                  "'default'); no test ran. ")
+    assert proc.stderr.startswith(
+        "Using existing test database for alias 'default'...\nTestDatabaseError: The SQL "
+        f"migrations could not be applied to the test database '{kept}' (alias "
+        "'default'); no test ran. "
+    )
     assert message in proc.stderr
     assert "NIXMIG['TEST_REBUILD_CHANGED'] = True" in proc.stderr
     rebuilt = ok(shop.manage("e", "test", "--keepdb", SHOP_REBUILD="1"))
@@ -337,6 +384,7 @@ def test_keepdb_applies_new_sql_migrations_and_stops_on_edited_ones(project, tmp
 
 
 # --- pytest-django and pytest-xdist ---------------------------------------------------------------
+
 
 def test_pytest_django(project):
     out = ok(project.pytest("g", "-q"))
@@ -354,6 +402,7 @@ def test_pytest_xdist_workers_share_one_template(project):
 
 # --- errors and integrity -------------------------------------------------------------------------
 
+
 def test_a_failing_sql_migration_stops_the_run_with_nixmigs_message(project, tmp_path):
     shop = project.copy(tmp_path / "shop")
     shop.sql("catalog/002_bad", "ALTER TABLE products ADD COLUMN sku text;\nINSERT INTO nope VALUES (1);\n")
@@ -361,9 +410,11 @@ def test_a_failing_sql_migration_stops_the_run_with_nixmigs_message(project, tmp
     proc = shop.manage("i", "test", "--noinput")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert (f"TestDatabaseError: The SQL migrations could not be applied to the test database '{PREFIX}i' (alias "
-            f"'default'); no test ran. Applying catalog/002_bad failed at {where}: relation \"nope\" does not exist "
-            "(SQLSTATE 42P01).") in proc.stderr
+    assert (
+        f"TestDatabaseError: The SQL migrations could not be applied to the test database '{PREFIX}i' (alias "
+        f"'default'); no test ran. Applying catalog/002_bad failed at {where}: relation \"nope\" does not exist "
+        "(SQLSTATE 42P01)."
+    ) in proc.stderr
     assert "The test database was dropped; run the tests again once the SQL is fixed." in proc.stderr
     assert f"{PREFIX}i" not in {r[0] for r in server("SELECT datname FROM pg_database")}
     assert templates("i") == []  # no template from a failed build
@@ -390,6 +441,7 @@ def test_a_template_changed_after_it_was_built_is_rebuilt(project):
 
 
 # --- in this process ------------------------------------------------------------------------------
+
 
 def test_migrate_called_by_a_test_is_not_test_database_creation():
     assert testing.test_database_creation() is None
@@ -434,15 +486,19 @@ def test_djangos_flush_keeps_the_tracking_table(scratch_db, tree, settings):
     call_command("flush", database=scratch_db.alias, interactive=False, verbosity=0)
     assert scratch_db.value("SELECT count(*) FROM auth_group") == 0
     assert scratch_db.records() == [("auth", "001_create_users")]
-    assert scratch_db.value("SELECT count(*) FROM users") == 1  # tables of the SQL tree are not Django's to flush
+    assert (
+        scratch_db.value("SELECT count(*) FROM users") == 1
+    )  # tables of the SQL tree are not Django's to flush
 
 
 def test_empty_database_is_created_and_dropped(django_db_blocker):
     with django_db_blocker.unblock():
         with testing.empty_database() as db:
             with db.connection.cursor() as cursor:
-                cursor.execute("SELECT current_database(), (SELECT count(*) FROM pg_class WHERE relnamespace = "
-                               "'public'::regnamespace)")
+                cursor.execute(
+                    "SELECT current_database(), (SELECT count(*) FROM pg_class WHERE relnamespace = "
+                    "'public'::regnamespace)"
+                )
                 assert cursor.fetchone() == (db.name, 0)
             db.connection.close()
         assert server("SELECT 1 FROM pg_database WHERE datname = %s", [db.name]) == []

@@ -10,17 +10,31 @@ what came before it untouched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .adoption import DEFAULT_TABLES, AdoptResult, SourceState, read_source_state, record
 from .planner import ImportPlan, PlannedMigration, plan_import, write_import
 from .readers import TOOLS, Source, SourceMigration, read_source
 
-__all__ = ["TOOLS", "DEFAULT_TABLES", "ImportResult", "ImportPlan", "PlannedMigration", "Source",
-           "SourceMigration", "SourceState", "AdoptResult", "import_migrations", "read_source", "plan_import",
-           "write_import", "read_source_state", "record"]
+__all__ = [
+    "TOOLS",
+    "DEFAULT_TABLES",
+    "ImportResult",
+    "ImportPlan",
+    "PlannedMigration",
+    "Source",
+    "SourceMigration",
+    "SourceState",
+    "AdoptResult",
+    "import_migrations",
+    "read_source",
+    "plan_import",
+    "write_import",
+    "read_source_state",
+    "record",
+]
 
 
 @dataclass
@@ -34,10 +48,19 @@ class ImportResult:
     dry_run: bool = False
 
 
-def import_migrations(tool: str, source_dir: str | Path, *, directory: str | Path | None = None,
-                      module: str | None = None, dry_run: bool = False, adopt: bool = False,
-                      database: str = "default", source_table: str | None = None, lock_wait: float | None = None,
-                      progress: Callable[..., None] | None = None) -> ImportResult:
+def import_migrations(
+    tool: str,
+    source_dir: str | Path,
+    *,
+    directory: str | Path | None = None,
+    module: str | None = None,
+    dry_run: bool = False,
+    adopt: bool = False,
+    database: str = "default",
+    source_table: str | None = None,
+    lock_wait: float | None = None,
+    progress: Callable[..., None] | None = None,
+) -> ImportResult:
     """Import another tool's tree into ``<directory>/<module>/``; with ``adopt``, record what it applied.
 
     Running it again is safe: migrations imported before (same module, version and name,
@@ -63,6 +86,7 @@ def import_migrations(tool: str, source_dir: str | Path, *, directory: str | Pat
     def write() -> None:
         result.written = write_import(plan)
 
-    result.adopted = record(connection, plan, result.source_state, lock_wait=lock_wait, progress=progress,
-                            write=write)
+    result.adopted = record(
+        connection, plan, result.source_state, lock_wait=lock_wait, progress=progress, write=write
+    )
     return result

@@ -20,9 +20,9 @@ time zone, the one the tool's own session had.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 
 from django.db import DatabaseError, transaction
 
@@ -71,36 +71,52 @@ def read_source_state(connection, source: Source, table: str | None = None) -> S
     qtable = _quote_table(connection, table)
     where = f"database {connection.settings_dict.get('NAME')!r}"
     with connection.cursor() as cursor:
-        cursor.execute("SELECT to_regclass(%s) IS NOT NULL, ARRAY(SELECT attname::text FROM pg_attribute "
-                       "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped)", [qtable, qtable])
+        cursor.execute(
+            "SELECT to_regclass(%s) IS NOT NULL, ARRAY(SELECT attname::text FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped)",
+            [qtable, qtable],
+        )
         exists, columns = cursor.fetchone()
         if not exists:
-            raise AdoptionError(f"There is no table {table} in {where}, so there is nothing of {tool} to adopt. Check "
-                                f"that DATABASE_URL / --database points at the database {tool} migrated, and pass "
-                                "--source-table if the tool was configured with another table name.")
+            raise AdoptionError(
+                f"There is no table {table} in {where}, so there is nothing of {tool} to adopt. Check "
+                f"that DATABASE_URL / --database points at the database {tool} migrated, and pass "
+                "--source-table if the tool was configured with another table name."
+            )
         missing = COLUMNS[tool] - set(columns)
         if tool == "dbmate" and "dirty" in columns:
-            raise AdoptionError(f"The table {table} in {where} has a 'dirty' column: it is golang-migrate's table, "
-                                "not dbmate's (both are called schema_migrations). Pass --from golang-migrate with "
-                                "golang-migrate's folder, or --source-table with dbmate's table.")
+            raise AdoptionError(
+                f"The table {table} in {where} has a 'dirty' column: it is golang-migrate's table, "
+                "not dbmate's (both are called schema_migrations). Pass --from golang-migrate with "
+                "golang-migrate's folder, or --source-table with dbmate's table."
+            )
         if missing:
-            hint = (" dbmate's table has the same name: did you mean --from dbmate?" if tool == "golang-migrate"
-                    and columns else "")
-            raise AdoptionError(f"The table {table} in {where} has no column(s) {', '.join(sorted(missing))}, so it "
-                                f"is not {tool}'s tracking table (expected {', '.join(sorted(COLUMNS[tool]))}).{hint} "
-                                "Pass the right --from, or --source-table with the table the tool used.")
+            hint = (
+                " dbmate's table has the same name: did you mean --from dbmate?"
+                if tool == "golang-migrate" and columns
+                else ""
+            )
+            raise AdoptionError(
+                f"The table {table} in {where} has no column(s) {', '.join(sorted(missing))}, so it "
+                f"is not {tool}'s tracking table (expected {', '.join(sorted(COLUMNS[tool]))}).{hint} "
+                "Pass the right --from, or --source-table with the table the tool used."
+            )
         try:
             applied = _READ[tool](cursor, qtable, table, source)
         except DatabaseError as exc:
-            raise AdoptionError(f"Can't read {tool}'s table {table} in {where} "
-                                f"({str(exc).strip().splitlines()[0]}); check that it is the tool's table.") from None
+            raise AdoptionError(
+                f"Can't read {tool}'s table {table} in {where} "
+                f"({str(exc).strip().splitlines()[0]}); check that it is the tool's table."
+            ) from None
     versions = source.by_version()
     unknown = sorted(v for v in applied if v not in versions)
     if unknown:
         shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-        raise AdoptionError(f"{tool}'s table {table} records {len(unknown)} applied version(s) that {source.directory} "
-                            f"has no migration for: {shown}. Point SRC at the migrations folder that migrated this "
-                            "database (all of it, at the same release); nothing was recorded.")
+        raise AdoptionError(
+            f"{tool}'s table {table} records {len(unknown)} applied version(s) that {source.directory} "
+            f"has no migration for: {shown}. Point SRC at the migrations folder that migrated this "
+            "database (all of it, at the same release); nothing was recorded."
+        )
     return SourceState(tool, table, applied)
 
 
@@ -108,20 +124,26 @@ def _golang_migrate(cursor, qtable, table, source):
     cursor.execute(f"SELECT version::bigint, dirty FROM {qtable}")
     rows = cursor.fetchall()
     if len(rows) > 1:
-        raise AdoptionError(f"golang-migrate's table {table} has {len(rows)} rows; golang-migrate keeps exactly one. "
-                            "Check that it is golang-migrate's table (dbmate uses the same name: --from dbmate?).")
+        raise AdoptionError(
+            f"golang-migrate's table {table} has {len(rows)} rows; golang-migrate keeps exactly one. "
+            "Check that it is golang-migrate's table (dbmate uses the same name: --from dbmate?)."
+        )
     if not rows:
         return {}
     version, dirty = rows[0]
     if dirty:
-        raise AdoptionError(f"golang-migrate marked version {version} dirty in {table}: that migration failed "
-                            "half-way and the schema may be partly changed. Check the schema against version "
-                            f"{version}'s up file, finish or undo it by hand, then run 'migrate force {version}' "
-                            "(or the version before it) and adopt again; nothing was recorded.")
+        raise AdoptionError(
+            f"golang-migrate marked version {version} dirty in {table}: that migration failed "
+            "half-way and the schema may be partly changed. Check the schema against version "
+            f"{version}'s up file, finish or undo it by hand, then run 'migrate force {version}' "
+            "(or the version before it) and adopt again; nothing was recorded."
+        )
     if str(version) not in source.by_version():
-        raise AdoptionError(f"golang-migrate's table {table} says the database is at version {version}, but the "
-                            f"folder {source.directory} has no migration {version}; point SRC at the folder that "
-                            "migrated this database. Nothing was recorded.")
+        raise AdoptionError(
+            f"golang-migrate's table {table} says the database is at version {version}, but the "
+            f"folder {source.directory} has no migration {version}; point SRC at the folder that "
+            "migrated this database. Nothing was recorded."
+        )
     return {m.version: None for m in source.migrations if int(m.version) <= version}
 
 
@@ -146,8 +168,10 @@ def _diesel(cursor, qtable, table, source):
 
 
 def _flyway(cursor, qtable, table, source):
-    cursor.execute(f"SELECT installed_rank, version, type, script, checksum, installed_on {_LOCAL_TIME}, success "
-                   f"FROM {qtable} ORDER BY installed_rank")
+    cursor.execute(
+        f"SELECT installed_rank, version, type, script, checksum, installed_on {_LOCAL_TIME}, success "
+        f"FROM {qtable} ORDER BY installed_rank"
+    )
     by_key = {flyway_version_key(m.version): m for m in source.migrations}
     applied: dict[str, datetime | None] = {}
     for rank, version, kind, script, checksum, installed_on, success in cursor.fetchall():
@@ -155,10 +179,12 @@ def _flyway(cursor, qtable, table, source):
             continue  # the schema-creation marker, or a repeatable migration
         key = flyway_version_key(version)
         if not success:
-            raise AdoptionError(f"Flyway's table {table} records a failed migration: version {version} ({script}, "
-                                f"installed_rank {rank}). Check what of it reached the schema, finish or undo it by "
-                                "hand, then run 'flyway repair' (which removes the failed row) and adopt again; "
-                                "nothing was recorded.")
+            raise AdoptionError(
+                f"Flyway's table {table} records a failed migration: version {version} ({script}, "
+                f"installed_rank {rank}). Check what of it reached the schema, finish or undo it by "
+                "hand, then run 'flyway repair' (which removes the failed row) and adopt again; "
+                "nothing was recorded."
+            )
         migration = by_key.get(key)
         if kind == "BASELINE":
             for k, m in by_key.items():
@@ -172,11 +198,18 @@ def _flyway(cursor, qtable, table, source):
         if migration is None:
             applied[version] = installed_on  # reported as unknown by the caller
             continue
-        if kind == "SQL" and checksum is not None and migration.checksum is not None and checksum != migration.checksum:
-            raise AdoptionError(f"{migration.up_origin} was edited after Flyway applied it: its checksum is "
-                                f"{migration.checksum}, Flyway recorded {checksum} (installed_rank {rank}); "
-                                "'flyway validate' fails on this too. Restore the applied text (or accept the edit "
-                                "with 'flyway repair') and adopt again; nothing was recorded.")
+        if (
+            kind == "SQL"
+            and checksum is not None
+            and migration.checksum is not None
+            and checksum != migration.checksum
+        ):
+            raise AdoptionError(
+                f"{migration.up_origin} was edited after Flyway applied it: its checksum is "
+                f"{migration.checksum}, Flyway recorded {checksum} (installed_rank {rank}); "
+                "'flyway validate' fails on this too. Restore the applied text (or accept the edit "
+                "with 'flyway repair') and adopt again; nothing was recorded."
+            )
         applied[migration.version] = installed_on
     return applied
 
@@ -198,8 +231,15 @@ class AdoptResult:
     not_applied: list[str]  # ids the source tool has not applied (pending in nixmig)
 
 
-def record(connection, plan, state: SourceState, *, lock_wait: float | None = None,
-           progress: Callable[..., None] | None = None, write: Callable[[], object] | None = None) -> AdoptResult:
+def record(
+    connection,
+    plan,
+    state: SourceState,
+    *,
+    lock_wait: float | None = None,
+    progress: Callable[..., None] | None = None,
+    write: Callable[[], object] | None = None,
+) -> AdoptResult:
     """Record the plan's migrations that ``state`` says are applied, under the migration lock.
 
     ``write`` (writing the plan's files) runs once the lock is held, so a runner that holds
@@ -212,7 +252,9 @@ def record(connection, plan, state: SourceState, *, lock_wait: float | None = No
 
     recorder = Recorder(connection)
     emit = progress or (lambda event, **data: None)
-    with MigrationLock(connection, recorder.table, wait=lock_wait, callback=emit, command="sqlmigrate_import"):
+    with MigrationLock(
+        connection, recorder.table, wait=lock_wait, callback=emit, command="sqlmigrate_import"
+    ):
         if write is not None:
             write()
         tree = api.load_tree(plan.directory)
@@ -235,7 +277,9 @@ def record(connection, plan, state: SourceState, *, lock_wait: float | None = No
                 with transaction.atomic(using=connection.alias):
                     recorder.record_adopted(rows)
         except DatabaseError as exc:
-            raise AdoptionError(f"Recording the adopted migrations failed ({str(exc).strip().splitlines()[0]}); "
-                                "nothing was recorded. The imported files stay written: once the cause is fixed, "
-                                "run the same command again, it keeps them and records the rest.") from None
+            raise AdoptionError(
+                f"Recording the adopted migrations failed ({str(exc).strip().splitlines()[0]}); "
+                "nothing was recorded. The imported files stay written: once the cause is fixed, "
+                "run the same command again, it keeps them and records the rest."
+            ) from None
     return AdoptResult([m.id for m, _ in rows], already, not_applied)

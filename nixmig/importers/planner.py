@@ -95,7 +95,7 @@ def _with_directives(text: str, directives: tuple[str, ...]) -> bytes:
     newline = _newline(text)
     head = "".join(d + newline for d in directives)
     bom = "\ufeff" if text.startswith("\ufeff") and head else ""  # a BOM stays the first character
-    return (bom + head + text[len(bom):]).encode("utf-8", "surrogateescape")
+    return (bom + head + text[len(bom) :]).encode("utf-8", "surrogateescape")
 
 
 def _is_empty(text: str) -> bool:
@@ -113,8 +113,10 @@ def _is_empty(text: str) -> bool:
 def check_module(module: str) -> str:
     module = module.strip().strip("/")
     if not module or not all(MODULE_SEGMENT_RE.match(s) and set(s) != {"."} for s in module.split("/")):
-        raise SourceTreeError(f"{module!r} is not a valid module: use folder names of letters, digits, '_', '-' and "
-                              "'.', separated by '/' (pass --module).")
+        raise SourceTreeError(
+            f"{module!r} is not a valid module: use folder names of letters, digits, '_', '-' and "
+            "'.', separated by '/' (pass --module)."
+        )
     return module
 
 
@@ -125,8 +127,10 @@ def plan_import(source: Source, directory: str | Path, module: str) -> ImportPla
     tree = load_tree(root) if root.exists() else Tree(root, ())
     if tree.errors:
         lines = "\n".join(f"  - {p.message}" for p in tree.errors)
-        raise SourceTreeError(f"The migration tree {root} has {len(tree.errors)} error(s) already; fix them before "
-                              f"importing into it (nothing was written):\n{lines}")
+        raise SourceTreeError(
+            f"The migration tree {root} has {len(tree.errors)} error(s) already; fix them before "
+            f"importing into it (nothing was written):\n{lines}"
+        )
     # A migration imported by an earlier run (same version and name in the module) is kept, not written again.
     earlier = {m.name.split("_", 1)[1]: m for m in tree.migrations if m.module == module and "_" in m.name}
     number = tree.highest_number()
@@ -138,38 +142,68 @@ def plan_import(source: Source, directory: str | Path, module: str) -> ImportPla
             up_directives.append(NO_TRANSACTION)
         if _is_empty(migration.up):
             up_directives = [EMPTY]  # nothing to run: the tool records it and runs nothing
-        down_directives = [NO_TRANSACTION] if migration.down_no_transaction and migration.down is not None else []
+        down_directives = (
+            [NO_TRANSACTION] if migration.down_no_transaction and migration.down is not None else []
+        )
         up = _with_directives(migration.up, tuple(up_directives))
-        down = _with_directives(migration.down, tuple(down_directives)) if migration.down is not None else None
+        down = (
+            _with_directives(migration.down, tuple(down_directives)) if migration.down is not None else None
+        )
         key = nixmig_name(0, migration).split("_", 1)[1]
         previous = earlier.get(key)
         if previous is not None:
-            same = (previous.up.path.read_bytes() == up and
-                    (previous.down.path.read_bytes() if previous.down else None) == down)
+            same = (
+                previous.up.path.read_bytes() == up
+                and (previous.down.path.read_bytes() if previous.down else None) == down
+            )
             if not same:
-                problems.append(f"{previous.up.relpath}: was imported from {migration.up_origin} before and differs "
-                                "from what an import writes now (the source or the file was edited); nixmig does not "
-                                "overwrite it. Compare the two, then move the nixmig file away to import it again, or "
-                                "keep it and leave the source alone.")
+                problems.append(
+                    f"{previous.up.relpath}: was imported from {migration.up_origin} before and differs "
+                    "from what an import writes now (the source or the file was edited); nixmig does not "
+                    "overwrite it. Compare the two, then move the nixmig file away to import it again, or "
+                    "keep it and leave the source alone."
+                )
                 continue
-            planned.append(PlannedMigration(migration, module, previous.number, previous.name, up, down,
-                                            tuple(up_directives), tuple(down_directives), existing=True))
+            planned.append(
+                PlannedMigration(
+                    migration,
+                    module,
+                    previous.number,
+                    previous.name,
+                    up,
+                    down,
+                    tuple(up_directives),
+                    tuple(down_directives),
+                    existing=True,
+                )
+            )
             continue
         number += 1
         name = nixmig_name(number, migration)
-        if not FILE_RE.match(f"{name}_up.sql"):  # cannot happen with _UNSAFE, but never write a name nixmig refuses
-            problems.append(f"{migration.up_origin}: makes the nixmig name {name!r}, which nixmig can't read.")
+        if not FILE_RE.match(
+            f"{name}_up.sql"
+        ):  # cannot happen with _UNSAFE, but never write a name nixmig refuses
+            problems.append(
+                f"{migration.up_origin}: makes the nixmig name {name!r}, which nixmig can't read."
+            )
             continue
-        planned.append(PlannedMigration(migration, module, number, name, up, down, tuple(up_directives),
-                                        tuple(down_directives)))
+        planned.append(
+            PlannedMigration(
+                migration, module, number, name, up, down, tuple(up_directives), tuple(down_directives)
+            )
+        )
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
-        raise SourceTreeError(f"Can't import {source.directory} into {root / module}; nothing was written:\n{lines}")
+        raise SourceTreeError(
+            f"Can't import {source.directory} into {root / module}; nothing was written:\n{lines}"
+        )
     for m in planned:
         for path in (m.up_path, m.down_path):
             if path and not m.existing and (root / path).exists():
-                raise SourceTreeError(f"{root / path} exists already; nixmig does not overwrite files. Move it away, "
-                                      "or import into another --module.")
+                raise SourceTreeError(
+                    f"{root / path} exists already; nixmig does not overwrite files. Move it away, "
+                    "or import into another --module."
+                )
     warnings = check_new_files(planned)
     planned = [replace(m, warnings=tuple(warnings.get(m.id, ()))) for m in planned]
     return ImportPlan(source, root, module, tuple(planned), source.notes)
@@ -179,15 +213,19 @@ def _as_sql_file(data: bytes, relpath: str) -> tuple[SqlFile | None, list[str]]:
     """Read planned bytes the way nixmig reads a file (tree.read_sql_file), without touching the disk."""
     if b"\x00" in data:
         line = data.count(b"\n", 0, data.index(b"\x00")) + 1
-        return None, [f"{relpath}:{line}: contains a NUL byte, which PostgreSQL can't accept in SQL; the file is "
-                      "probably binary or UTF-16: save it as UTF-8 text."]
+        return None, [
+            f"{relpath}:{line}: contains a NUL byte, which PostgreSQL can't accept in SQL; the file is "
+            "probably binary or UTF-16: save it as UTF-8 text."
+        ]
     normalised = normalise(data)
     try:
         text = normalised.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = normalised.count(b"\n", 0, exc.start) + 1
-        return None, [f"{relpath}:{line}: is not valid UTF-8 (byte 0x{normalised[exc.start]:02x} at offset "
-                      f"{exc.start}); re-save the file as UTF-8."]
+        return None, [
+            f"{relpath}:{line}: is not valid UTF-8 (byte 0x{normalised[exc.start]:02x} at offset "
+            f"{exc.start}); re-save the file as UTF-8."
+        ]
     directives, problems = parse_directives(text, relpath)
     if problems:
         return None, [p.message for p in problems]
@@ -207,7 +245,10 @@ def check_new_files(planned: list[PlannedMigration]) -> dict[str, list[str]]:
     for m in planned:
         if m.existing:
             continue
-        for rel, data, origin in ((m.up_path, m.up, m.source.up_origin), (m.down_path, m.down, m.source.down_origin)):
+        for rel, data, origin in (
+            (m.up_path, m.up, m.source.up_origin),
+            (m.down_path, m.down, m.source.down_origin),
+        ):
             if rel is None:
                 continue
             sql_file, problems = _as_sql_file(data, rel)
@@ -220,7 +261,9 @@ def check_new_files(planned: list[PlannedMigration]) -> dict[str, list[str]]:
                 warnings.setdefault(m.id, []).append(str(exc))
     if errors:
         lines = "\n".join(f"  - {e}" for e in errors)
-        raise SourceTreeError(f"The imported files would not make a valid nixmig tree; nothing was written:\n{lines}")
+        raise SourceTreeError(
+            f"The imported files would not make a valid nixmig tree; nothing was written:\n{lines}"
+        )
     return warnings
 
 
@@ -232,8 +275,10 @@ def write_import(plan: ImportPlan) -> list[Path]:
     root = plan.directory
     for rel, _ in files:
         if (root / rel).exists():
-            raise SourceTreeError(f"{root / rel} exists already; nixmig does not overwrite files. Move it away, or "
-                                  "import into another --module. Nothing was written.")
+            raise SourceTreeError(
+                f"{root / rel} exists already; nixmig does not overwrite files. Move it away, or "
+                "import into another --module. Nothing was written."
+            )
     # Write, then the whole target tree must load without errors, or everything written goes again.
     created_dirs = set()
     for rel, _ in files:
@@ -252,8 +297,10 @@ def write_import(plan: ImportPlan) -> list[Path]:
         errors = load_tree(root).errors
         if errors:
             lines = "\n".join(f"  - {p.message}" for p in errors)
-            raise SourceTreeError(f"After the import the tree {root} would have {len(errors)} error(s); the imported "
-                                  f"files were removed again:\n{lines}")
+            raise SourceTreeError(
+                f"After the import the tree {root} would have {len(errors)} error(s); the imported "
+                f"files were removed again:\n{lines}"
+            )
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

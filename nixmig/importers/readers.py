@@ -58,16 +58,21 @@ def read_source(tool: str, directory: str | os.PathLike) -> Source:
         raise SourceTreeError(f"Unknown source tool {tool!r}; use one of {', '.join(TOOLS)}.")
     root = Path(directory)
     if not root.is_dir():
-        raise SourceTreeError(f"The {tool} migrations folder {root} does not exist or is not a folder; pass the "
-                              "folder that holds the tool's migration files.")
+        raise SourceTreeError(
+            f"The {tool} migrations folder {root} does not exist or is not a folder; pass the "
+            "folder that holds the tool's migration files."
+        )
     migrations, notes, errors = _READERS[tool](root)
     if errors:
         lines = "\n".join(f"  - {e}" for e in errors)
-        raise SourceTreeError(f"The {tool} tree {root} can't be imported ({len(errors)} problem(s)); nothing was "
-                              f"written:\n{lines}")
+        raise SourceTreeError(
+            f"The {tool} tree {root} can't be imported ({len(errors)} problem(s)); nothing was "
+            f"written:\n{lines}"
+        )
     if not migrations:
-        raise SourceTreeError(f"Found no {tool} migrations in {root}; check the folder and --from "
-                              f"({_EXPECTED[tool]}).")
+        raise SourceTreeError(
+            f"Found no {tool} migrations in {root}; check the folder and --from ({_EXPECTED[tool]})."
+        )
     migrations.sort(key=lambda m: m.order)
     return Source(tool, root, tuple(migrations), tuple(notes))
 
@@ -124,7 +129,9 @@ def _golang_migrate(root: Path):
     for path in _sql_files(root, recursive=False):
         match = _GOLANG_RE.match(path.name)
         if not match:
-            notes.append(f"{path.name}: skipped, as golang-migrate skips it (not <version>_<title>.up|down.<ext>)")
+            notes.append(
+                f"{path.name}: skipped, as golang-migrate skips it (not <version>_<title>.up|down.<ext>)"
+            )
             continue
         if match[4] != "sql":
             notes.append(f"{path.name}: skipped (not an .sql file)")
@@ -132,8 +139,10 @@ def _golang_migrate(root: Path):
         version, direction = int(match[1]), match[3]
         target = ups if direction == "up" else downs
         if version in target:
-            errors.append(f"{path.name} and {target[version].name} are both {direction} files of version {version}; "
-                          "golang-migrate refuses that too ('duplicate migration file'): remove one.")
+            errors.append(
+                f"{path.name} and {target[version].name} are both {direction} files of version {version}; "
+                "golang-migrate refuses that too ('duplicate migration file'): remove one."
+            )
             continue
         target[version] = path
     migrations = []
@@ -141,13 +150,24 @@ def _golang_migrate(root: Path):
         down = downs.get(version)
         title = _GOLANG_RE.match(up.name)[2]
         text = _read(up)
-        migrations.append(SourceMigration(
-            str(version), _GOLANG_RE.match(up.name)[1], title, text, _read(down) if down else None, up.name,
-            down.name if down else None, order=(version,)))
+        migrations.append(
+            SourceMigration(
+                str(version),
+                _GOLANG_RE.match(up.name)[1],
+                title,
+                text,
+                _read(down) if down else None,
+                up.name,
+                down.name if down else None,
+                order=(version,),
+            )
+        )
     for version, down in downs.items():
         if version not in ups:
-            errors.append(f"{down.name}: a down file of version {version}, which has no up file; add the up file or "
-                          "delete this one.")
+            errors.append(
+                f"{down.name}: a down file of version {version}, which has no up file; add the up file or "
+                "delete this one."
+            )
     return migrations, notes, errors
 
 
@@ -170,13 +190,17 @@ def _goose(root: Path):
                 notes.append(f"{path.name}: skipped, as goose skips it (not <version>_<name>.sql)")
             continue
         if match[3] == "go":
-            errors.append(f"{path.name}: is a Go migration, which nixmig can't run; rewrite it as SQL "
-                          f"({match[1]}_{match[2]}.sql) or apply it by other means, then import again.")
+            errors.append(
+                f"{path.name}: is a Go migration, which nixmig can't run; rewrite it as SQL "
+                f"({match[1]}_{match[2]}.sql) or apply it by other means, then import again."
+            )
             continue
         version = int(match[1])
         if version in seen:
-            errors.append(f"{path.name} and {seen[version]} share version {version}; goose refuses that too: "
-                          "renumber one.")
+            errors.append(
+                f"{path.name} and {seen[version]} share version {version}; goose refuses that too: "
+                "renumber one."
+            )
             continue
         seen[version] = path.name
         text = _read(path)
@@ -194,22 +218,39 @@ def _goose(root: Path):
                 elif word == "no transaction":
                     no_tx = True
                 elif word == "envsub on":
-                    errors.append(f"{path.name}:{lineno}: turns on goose's environment substitution (ENVSUB ON); "
-                                  "nixmig runs files as they are. Write the values into the file, drop the "
-                                  "annotation, and import again.")
+                    errors.append(
+                        f"{path.name}:{lineno}: turns on goose's environment substitution (ENVSUB ON); "
+                        "nixmig runs files as they are. Write the values into the file, drop the "
+                        "annotation, and import again."
+                    )
             offset += len(line)
         if up_at is None:
-            errors.append(f"{path.name}: has no '-- +goose Up' line, which goose requires; add it above the up SQL.")
+            errors.append(
+                f"{path.name}: has no '-- +goose Up' line, which goose requires; add it above the up SQL."
+            )
             continue
         if down_at is not None and down_at < up_at:
-            errors.append(f"{path.name}:{_line_at(text, down_at)}: '-- +goose Down' comes before '-- +goose Up'; put "
-                          "the up section first.")
+            errors.append(
+                f"{path.name}:{_line_at(text, down_at)}: '-- +goose Down' comes before '-- +goose Up'; put "
+                "the up section first."
+            )
             continue
         up, down = (text, None) if down_at is None else (text[:down_at], text[down_at:])
-        migrations.append(SourceMigration(
-            str(version), match[1], match[2], up, down, f"{path.name} (up section)",
-            f"{path.name} (down section)" if down is not None else None, no_tx, no_tx,
-            "-- +goose NO TRANSACTION" if no_tx else "", order=(version,)))
+        migrations.append(
+            SourceMigration(
+                str(version),
+                match[1],
+                match[2],
+                up,
+                down,
+                f"{path.name} (up section)",
+                f"{path.name} (down section)" if down is not None else None,
+                no_tx,
+                no_tx,
+                "-- +goose NO TRANSACTION" if no_tx else "",
+                order=(version,),
+            )
+        )
     return migrations, notes, errors
 
 
@@ -234,34 +275,59 @@ def _dbmate(root: Path):
         match = _DBMATE_FILE_RE.match(path.name)
         if not match:
             if path.suffix == ".sql":
-                notes.append(f"{path.name}: skipped, as dbmate skips it (the name does not start with a version)")
+                notes.append(
+                    f"{path.name}: skipped, as dbmate skips it (the name does not start with a version)"
+                )
             continue
         version = match[1]
         if version in seen:
-            errors.append(f"{path.name} and {seen[version]} share version {version}; dbmate would record only one of "
-                          "them: renumber one.")
+            errors.append(
+                f"{path.name} and {seen[version]} share version {version}; dbmate would record only one of "
+                "them: renumber one."
+            )
             continue
         seen[version] = path.name
         text = _read(path)
         up_m = _DBMATE_UP_RE.search(text)
         if up_m is None:
-            errors.append(f"{path.name}: has no '-- migrate:up' line, which dbmate requires; add it above the up SQL.")
+            errors.append(
+                f"{path.name}: has no '-- migrate:up' line, which dbmate requires; add it above the up SQL."
+            )
             continue
         down_m = _DBMATE_DOWN_RE.search(text)
         up_at, down_at = up_m.start(), down_m.start() if down_m else None
         if down_at is not None and down_at < up_at:
-            errors.append(f"{path.name}:{_line_at(text, down_at)}: '-- migrate:down' comes before '-- migrate:up'; "
-                          "dbmate refuses that too: put the up section first.")
+            errors.append(
+                f"{path.name}:{_line_at(text, down_at)}: '-- migrate:down' comes before '-- migrate:up'; "
+                "dbmate refuses that too: put the up section first."
+            )
             continue
         up, down = (text, None) if down_at is None else (text[:down_at], text[down_at:])
         up_no_tx = _dbmate_no_transaction(up_m.group(0))
         down_no_tx = bool(down_m) and _dbmate_no_transaction(down_m.group(0))
-        why = " / ".join(x for x, on in (("-- migrate:up transaction:false", up_no_tx),
-                                          ("-- migrate:down transaction:false", down_no_tx)) if on)
-        migrations.append(SourceMigration(
-            version, version, match[2].lstrip("_"), up, down, f"{path.name} (up section)",
-            f"{path.name} (down section)" if down is not None else None, up_no_tx, down_no_tx, why,
-            order=(path.name,)))  # dbmate runs files in file-name order
+        why = " / ".join(
+            x
+            for x, on in (
+                ("-- migrate:up transaction:false", up_no_tx),
+                ("-- migrate:down transaction:false", down_no_tx),
+            )
+            if on
+        )
+        migrations.append(
+            SourceMigration(
+                version,
+                version,
+                match[2].lstrip("_"),
+                up,
+                down,
+                f"{path.name} (up section)",
+                f"{path.name} (down section)" if down is not None else None,
+                up_no_tx,
+                down_no_tx,
+                why,
+                order=(path.name,),
+            )
+        )  # dbmate runs files in file-name order
     return migrations, notes, errors
 
 
@@ -285,18 +351,30 @@ def _diesel(root: Path):
             continue
         version = match[1].replace("-", "")
         if version in seen:
-            errors.append(f"{path.name}/ and {seen[version]}/ share version {version}; Diesel refuses that too: "
-                          "rename one.")
+            errors.append(
+                f"{path.name}/ and {seen[version]}/ share version {version}; Diesel refuses that too: "
+                "rename one."
+            )
             continue
         seen[version] = path.name
         down = path / "down.sql"
         metadata = path / "metadata.toml"
         no_tx = metadata.is_file() and bool(_DIESEL_NO_TX_RE.search(_read(metadata)))
-        migrations.append(SourceMigration(
-            version, match[1], match[2], _read(up), _read(down) if down.is_file() else None, f"{path.name}/up.sql",
-            f"{path.name}/down.sql" if down.is_file() else None, no_tx, no_tx,
-            "run_in_transaction = false (metadata.toml)" if no_tx else "",
-            order=(version,)))  # Diesel compares versions as strings
+        migrations.append(
+            SourceMigration(
+                version,
+                match[1],
+                match[2],
+                _read(up),
+                _read(down) if down.is_file() else None,
+                f"{path.name}/up.sql",
+                f"{path.name}/down.sql" if down.is_file() else None,
+                no_tx,
+                no_tx,
+                "run_in_transaction = false (metadata.toml)" if no_tx else "",
+                order=(version,),
+            )
+        )  # Diesel compares versions as strings
     return migrations, notes, errors
 
 
@@ -347,26 +425,34 @@ def _flyway(root: Path):
             continue
         match = _FLYWAY_RE.match(path.name)
         if not match or (match[1] != "R" and not match[2]):
-            errors.append(f"{rel}: is not a Flyway migration name (V<version>__<description>.sql); a callback or "
-                          "helper script has no place in a nixmig tree: move it out of the folder, or rename it.")
+            errors.append(
+                f"{rel}: is not a Flyway migration name (V<version>__<description>.sql); a callback or "
+                "helper script has no place in a nixmig tree: move it out of the folder, or rename it."
+            )
             continue
         if match[1] == "R":
-            errors.append(f"{rel}: is a repeatable migration, which Flyway re-runs whenever it changes; nixmig runs "
-                          "each migration once. Turn it into a versioned migration (V<next>__...sql), or move it "
-                          "out of the folder and apply it by other means.")
+            errors.append(
+                f"{rel}: is a repeatable migration, which Flyway re-runs whenever it changes; nixmig runs "
+                "each migration once. Turn it into a versioned migration (V<next>__...sql), or move it "
+                "out of the folder and apply it by other means."
+            )
             continue
         text = _read(path)
         placeholder = _FLYWAY_PLACEHOLDER_RE.search(text)
         if placeholder:
-            errors.append(f"{rel}:{_line_at(text, placeholder.start())}: uses the Flyway placeholder "
-                          f"{placeholder[0]}, which nixmig does not replace; write the value into the file.")
+            errors.append(
+                f"{rel}:{_line_at(text, placeholder.start())}: uses the Flyway placeholder "
+                f"{placeholder[0]}, which nixmig does not replace; write the value into the file."
+            )
             continue
         key = flyway_version_key(match[2])
         target = versioned if match[1] == "V" else undo
         if key in target:
             other = target[key][1] if match[1] == "V" else target[key]
-            errors.append(f"{rel} and {_rel(root, other)} have the same version {match[2]}; Flyway refuses that too: "
-                          "renumber one.")
+            errors.append(
+                f"{rel} and {_rel(root, other)} have the same version {match[2]}; Flyway refuses that too: "
+                "renumber one."
+            )
             continue
         target[key] = (match[2], path) if match[1] == "V" else path
     for key, (label, path) in versioned.items():
@@ -375,14 +461,27 @@ def _flyway(root: Path):
         down = _read(down_path) if down_path else None
         why_up = _flyway_no_transaction(path, up)
         why_down = _flyway_no_transaction(down_path, down) if down_path else ""
-        migrations.append(SourceMigration(
-            label.replace("_", "."), label, _FLYWAY_RE.match(path.name)[3], up, down, _rel(root, path),
-            _rel(root, down_path) if down_path else None, bool(why_up), bool(why_down),
-            " / ".join(w for w in (why_up, why_down) if w), order=(key,),
-            checksum=flyway_checksum(path.read_bytes())))
+        migrations.append(
+            SourceMigration(
+                label.replace("_", "."),
+                label,
+                _FLYWAY_RE.match(path.name)[3],
+                up,
+                down,
+                _rel(root, path),
+                _rel(root, down_path) if down_path else None,
+                bool(why_up),
+                bool(why_down),
+                " / ".join(w for w in (why_up, why_down) if w),
+                order=(key,),
+                checksum=flyway_checksum(path.read_bytes()),
+            )
+        )
     for key, path in undo.items():
-        errors.append(f"{_rel(root, path)}: an undo script of a version that has no V file; add the V file or "
-                      "delete this one.")
+        errors.append(
+            f"{_rel(root, path)}: an undo script of a version that has no V file; add the V file or "
+            "delete this one."
+        )
     return migrations, notes, errors
 
 
@@ -398,30 +497,40 @@ _OTHER_DIALECTS = {"cockroach", "cockroachdb", "crdb", "mysql", "mariadb", "sqli
 
 def _popx(root: Path):
     migrations, notes, errors = [], [], []
-    found: dict[tuple[str, str], dict[str, tuple[Path, bool, str]]] = {}  # (version, direction) -> dialect -> file
+    found: dict[
+        tuple[str, str], dict[str, tuple[Path, bool, str]]
+    ] = {}  # (version, direction) -> dialect -> file
     for path in _sql_files(root, recursive=True):
         rel = _rel(root, path)
         match = _POPX_RE.match(path.name)
         if not match:
             if path.suffix in (".sql", ".fizz"):
-                notes.append(f"{rel}: skipped, as popx skips it (not <version>_<name>[.<dialect>].up|down.sql)")
+                notes.append(
+                    f"{rel}: skipped, as popx skips it (not <version>_<name>[.<dialect>].up|down.sql)"
+                )
             continue
         dialect = (match[3] or ".all")[1:]
         if dialect in _OTHER_DIALECTS:
             continue  # another database's file
         if dialect != "all" and dialect not in _POSTGRES:
-            errors.append(f"{rel}: names the unknown dialect {dialect!r}; popx refuses it too: use postgres (or "
-                          "none, for all databases).")
+            errors.append(
+                f"{rel}: names the unknown dialect {dialect!r}; popx refuses it too: use postgres (or "
+                "none, for all databases)."
+            )
             continue
         if match[6] == "fizz":
-            errors.append(f"{rel}: is a fizz migration, which nixmig can't run; render it to SQL with pop and "
-                          "import again.")
+            errors.append(
+                f"{rel}: is a fizz migration, which nixmig can't run; render it to SQL with pop and "
+                "import again."
+            )
             continue
         slot = found.setdefault((match[1], match[5]), {})
         kind = "postgres" if dialect in _POSTGRES else "all"
         if kind in slot:
-            errors.append(f"{rel} and {_rel(root, slot[kind][0])} are both {match[5]} files of version {match[1]} "
-                          f"for {kind} databases; remove one.")
+            errors.append(
+                f"{rel} and {_rel(root, slot[kind][0])} are both {match[5]} files of version {match[1]} "
+                f"for {kind} databases; remove one."
+            )
             continue
         slot[kind] = (path, bool(match[4]), match[2])
     for (version, direction), slot in sorted(found.items()):
@@ -435,22 +544,38 @@ def _popx(root: Path):
             if path is not None:
                 text = _read(path)
                 if "{{" in text:
-                    errors.append(f"{_rel(root, path)}:{_line_at(text, text.index('{{'))}: popx renders this file as "
-                                  "a Go template; render the template into plain SQL and import again.")
+                    errors.append(
+                        f"{_rel(root, path)}:{_line_at(text, text.index('{{'))}: popx renders this file as "
+                        "a Go template; render the template into plain SQL and import again."
+                    )
                     problem = True
         if problem:
             continue
-        why = " / ".join(_rel(root, p) for p, auto in ((up_path, up_auto), (down_path, down_auto)) if p and auto)
-        migrations.append(SourceMigration(
-            version, version, name, _read(up_path), _read(down_path) if down_path else None, _rel(root, up_path),
-            _rel(root, down_path) if down_path else None, up_auto, down_auto,
-            f".autocommit. file name ({why})" if why else "",
-            order=(version,)))  # popx compares versions as strings
+        why = " / ".join(
+            _rel(root, p) for p, auto in ((up_path, up_auto), (down_path, down_auto)) if p and auto
+        )
+        migrations.append(
+            SourceMigration(
+                version,
+                version,
+                name,
+                _read(up_path),
+                _read(down_path) if down_path else None,
+                _rel(root, up_path),
+                _rel(root, down_path) if down_path else None,
+                up_auto,
+                down_auto,
+                f".autocommit. file name ({why})" if why else "",
+                order=(version,),
+            )
+        )  # popx compares versions as strings
     for (version, direction), slot in found.items():
         if direction == "down" and (version, "up") not in found:
             path = (slot.get("postgres") or slot["all"])[0]
-            notes.append(f"{_rel(root, path)}: skipped: a down file with no up file of version {version} for "
-                         "PostgreSQL, which popx never runs here either")
+            notes.append(
+                f"{_rel(root, path)}: skipped: a down file with no up file of version {version} for "
+                "PostgreSQL, which popx never runs here either"
+            )
     return migrations, notes, errors
 
 
@@ -475,10 +600,21 @@ def _golang_migrate_with_no_transaction(root: Path):
         why_up = _needs_no_transaction(m.up, all_statements=True)
         why_down = _needs_no_transaction(m.down, all_statements=True) if m.down else ""
         why = "; ".join(f"{part}: one {w} statement" for part, w in (("up", why_up), ("down", why_down)) if w)
-        out.append(SourceMigration(m.version, m.label, m.name, m.up, m.down, m.up_origin, m.down_origin,
-                                   bool(why_up), bool(why_down),
-                                   f"{why}; golang-migrate runs such a file outside a transaction" if why else "",
-                                   m.order))
+        out.append(
+            SourceMigration(
+                m.version,
+                m.label,
+                m.name,
+                m.up,
+                m.down,
+                m.up_origin,
+                m.down_origin,
+                bool(why_up),
+                bool(why_down),
+                f"{why}; golang-migrate runs such a file outside a transaction" if why else "",
+                m.order,
+            )
+        )
     return out, notes, errors
 
 

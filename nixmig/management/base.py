@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
@@ -19,33 +19,71 @@ from ..targets import Target
 def add_target_arguments(parser, *, rollout: bool = True) -> None:
     """Add the options that choose targets (databases, URLs, schemas) and how a rollout runs."""
     group = parser.add_argument_group("targets (databases, database URLs, schemas)")
-    group.add_argument("--database", action="append", metavar="ALIAS",
-                       help="Database alias to use (default: 'default'); repeat it for several databases.")
-    group.add_argument("--all-databases", action="store_true",
-                       help="Every PostgreSQL database in settings.DATABASES that the routers allow nixmig to "
-                            "migrate.")
-    group.add_argument("--schema", action="append", dest="schemas", metavar="NAME",
-                       help="Work on this schema of each database (schema per tenant); repeatable.")
-    group.add_argument("--schemas-from", dest="schemas_query", metavar="SQL",
-                       help="A query run on each database that returns schema names, e.g. "
-                            "\"SELECT schema_name FROM tenants\".")
-    group.add_argument("--targets-file", metavar="FILE",
-                       help="One target per line: alias, alias:schema, URL or 'URL schema', optionally followed "
-                            "by [canary].")
-    group.add_argument("--parallel", type=int, default=1, metavar="N",
-                       help="Work on N targets at once, with at most N connections per server (default 1).")
+    group.add_argument(
+        "--database",
+        action="append",
+        metavar="ALIAS",
+        help="Database alias to use (default: 'default'); repeat it for several databases.",
+    )
+    group.add_argument(
+        "--all-databases",
+        action="store_true",
+        help="Every PostgreSQL database in settings.DATABASES that the routers allow nixmig to migrate.",
+    )
+    group.add_argument(
+        "--schema",
+        action="append",
+        dest="schemas",
+        metavar="NAME",
+        help="Work on this schema of each database (schema per tenant); repeatable.",
+    )
+    group.add_argument(
+        "--schemas-from",
+        dest="schemas_query",
+        metavar="SQL",
+        help="A query run on each database that returns schema names, e.g. "
+        '"SELECT schema_name FROM tenants".',
+    )
+    group.add_argument(
+        "--targets-file",
+        metavar="FILE",
+        help="One target per line: alias, alias:schema, URL or 'URL schema', optionally followed "
+        "by [canary].",
+    )
+    group.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Work on N targets at once, with at most N connections per server (default 1).",
+    )
     if rollout:
-        group.add_argument("--canary", type=int, default=0, metavar="K",
-                           help="Run K targets first (those marked [canary] in the targets file, else the first "
-                                "K) and stop if any of them fails.")
-        group.add_argument("--on-error", choices=[rollouts.STOP, rollouts.CONTINUE], default=rollouts.STOP,
-                           help="After a target fails: start no more targets (stop, the default; running ones "
-                                "finish) or go on with the others (continue).")
-        group.add_argument("--report", metavar="FILE",
-                           help="Write a JSON report: per target its status, applied ids, error and duration.")
-        group.add_argument("--only-failed", metavar="REPORT",
-                           help="Run only the targets that failed, were interrupted or did not start in this "
-                                "report (of --report).")
+        group.add_argument(
+            "--canary",
+            type=int,
+            default=0,
+            metavar="K",
+            help="Run K targets first (those marked [canary] in the targets file, else the first "
+            "K) and stop if any of them fails.",
+        )
+        group.add_argument(
+            "--on-error",
+            choices=[rollouts.STOP, rollouts.CONTINUE],
+            default=rollouts.STOP,
+            help="After a target fails: start no more targets (stop, the default; running ones "
+            "finish) or go on with the others (continue).",
+        )
+        group.add_argument(
+            "--report",
+            metavar="FILE",
+            help="Write a JSON report: per target its status, applied ids, error and duration.",
+        )
+        group.add_argument(
+            "--only-failed",
+            metavar="REPORT",
+            help="Run only the targets that failed, were interrupted or did not start in this "
+            "report (of --report).",
+        )
 
 
 class EventRenderer:
@@ -69,7 +107,8 @@ class EventRenderer:
             self.stderr.write(
                 f"Waiting for the migration lock, held by pid {holder['pid']} "
                 f"({holder.get('application_name') or 'no application_name'}); giving up after "
-                f"{data['limit']:.0f} s (--lock-wait)...")
+                f"{data['limit']:.0f} s (--lock-wait)..."
+            )
         elif event == "lock_acquired" and v >= 1:
             self.stderr.write(f"Got the migration lock after {data['waited']:.1f} s.")
         elif event == "plan" and v >= 1:
@@ -102,23 +141,35 @@ class EventRenderer:
             out.write(f"    resuming at statement {data['statement']} of {data['total']}")
         elif event == "already_done":
             self.close_line()
-            self.stderr.write(self.style.WARNING(
-                f"    statement {data['statement']} (line {data['line']}), a {data['what']} that was running when "
-                "the last runner stopped, had finished, so it is not run again"))
+            self.stderr.write(
+                self.style.WARNING(
+                    f"    statement {data['statement']} (line {data['line']}), a {data['what']} that was running when "
+                    "the last runner stopped, had finished, so it is not run again"
+                )
+            )
         elif event == "invalid_index":
             self.close_line()
-            self.stderr.write(self.style.WARNING(
-                f"    dropped the invalid index {data['index']} that an interrupted CREATE INDEX CONCURRENTLY "
-                f"(line {data['line']}) left behind; building it again"))
+            self.stderr.write(
+                self.style.WARNING(
+                    f"    dropped the invalid index {data['index']} that an interrupted CREATE INDEX CONCURRENTLY "
+                    f"(line {data['line']}) left behind; building it again"
+                )
+            )
         elif event == "lint" and v >= 1:
             self.close_line()
             report = data["report"]
-            self.stderr.write(self.style.WARNING(
-                f"Lint: {report.summary()}, none blocking; 'python manage.py sqlmigrate_lint' shows them."))
+            self.stderr.write(
+                self.style.WARNING(
+                    f"Lint: {report.summary()}, none blocking; 'python manage.py sqlmigrate_lint' shows them."
+                )
+            )
         elif event == "retry":
             self.close_line()
-            self.stderr.write(self.style.WARNING(
-                f"    {data['reason']}; retry {data['attempt']}/{data['retries']} in {data['delay']} s"))
+            self.stderr.write(
+                self.style.WARNING(
+                    f"    {data['reason']}; retry {data['attempt']}/{data['retries']} in {data['delay']} s"
+                )
+            )
 
     def close_line(self) -> None:
         if self.open_line:
@@ -139,13 +190,18 @@ class NixmigCommand(BaseCommand):
     compact = False  # set during a rollout of tenants: one line per target, no blocks
 
     def add_arguments(self, parser):
-        parser.add_argument("--dir", dest="directory", metavar="PATH",
-                            help="Migrations directory (default: NIXMIG['MIGRATIONS_DIR'] or BASE_DIR/migrations_sql).")
+        parser.add_argument(
+            "--dir",
+            dest="directory",
+            metavar="PATH",
+            help="Migrations directory (default: NIXMIG['MIGRATIONS_DIR'] or BASE_DIR/migrations_sql).",
+        )
         if self.multi_database:
             add_target_arguments(parser, rollout=self.rollout_options)
         else:
-            parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
-                                help="Database alias to use (default: 'default').")
+            parser.add_argument(
+                "--database", default=DEFAULT_DB_ALIAS, help="Database alias to use (default: 'default')."
+            )
 
     def execute(self, *args, **options):
         try:
@@ -160,13 +216,17 @@ class NixmigCommand(BaseCommand):
             if renderer is not None:
                 renderer.fail_line()
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CommandError(f"The database failed: {first}. The tracking table says exactly what ran "
-                               "(sqlmigrate_status shows it); run the command again once the database "
-                               "answers.") from None
+            raise CommandError(
+                f"The database failed: {first}. The tracking table says exactly what ran "
+                "(sqlmigrate_status shows it); run the command again once the database "
+                "answers."
+            ) from None
         except KeyboardInterrupt:
-            raise CommandError("Interrupted. A transactional migration that was running was rolled back with its "
-                               "record; a no-transaction file keeps the statements that finished as progress "
-                               "(sqlmigrate_status shows it partly applied or partly rolled back).") from None
+            raise CommandError(
+                "Interrupted. A transactional migration that was running was rolled back with its "
+                "record; a no-transaction file keeps the statements that finished as progress "
+                "(sqlmigrate_status shows it partly applied or partly rolled back)."
+            ) from None
 
     # -- progress rendering ------------------------------------------------------------
 
@@ -191,9 +251,13 @@ class NixmigCommand(BaseCommand):
 
     def select_targets(self, options: dict) -> target_sources.Selection:
         """Return the targets the options name; with --only-failed, those of the report to run again."""
-        sources = dict(database=options.get("database"), all_databases=bool(options.get("all_databases")),
-                       schemas=options.get("schemas") or (), schemas_query=options.get("schemas_query"),
-                       targets_file=options.get("targets_file"))
+        sources = dict(
+            database=options.get("database"),
+            all_databases=bool(options.get("all_databases")),
+            schemas=options.get("schemas") or (),
+            schemas_query=options.get("schemas_query"),
+            targets_file=options.get("targets_file"),
+        )
         only_failed = options.get("only_failed")
         if not only_failed:
             return target_sources.select(**sources)
@@ -206,9 +270,15 @@ class NixmigCommand(BaseCommand):
         selection.skipped = []
         return selection
 
-    def for_each_target(self, options: dict, job: Callable[[Target, EventRenderer, Callable], rollouts.Outcome],
-                        *, done_label: str = "done", on_error: str | None = None,
-                        finish: Callable[[rollouts.Rollout], None] | None = None) -> rollouts.Rollout | None:
+    def for_each_target(
+        self,
+        options: dict,
+        job: Callable[[Target, EventRenderer, Callable], rollouts.Outcome],
+        *,
+        done_label: str = "done",
+        on_error: str | None = None,
+        finish: Callable[[rollouts.Rollout], None] | None = None,
+    ) -> rollouts.Rollout | None:
         """Run ``job(target, writer, progress)`` on every selected target and report per target.
 
         One database and no rollout option (the usual case): the job writes straight to the
@@ -225,18 +295,29 @@ class NixmigCommand(BaseCommand):
             raise CommandError("--canary must be 0 or more.")
         selection = self.select_targets(options)
         try:
-            return self._rollout(selection, options, job, parallel, done_label,
-                                 on_error or options.get("on_error") or rollouts.STOP, finish)
+            return self._rollout(
+                selection,
+                options,
+                job,
+                parallel,
+                done_label,
+                on_error or options.get("on_error") or rollouts.STOP,
+                finish,
+            )
         finally:
             selection.close()
 
-    def _rollout(self, selection, options, job, parallel, done_label, on_error, finish) -> rollouts.Rollout | None:
+    def _rollout(
+        self, selection, options, job, parallel, done_label, on_error, finish
+    ) -> rollouts.Rollout | None:
         found, skipped = selection.targets, selection.skipped
         asked = options.get("report") or options.get("only_failed") or options.get("canary")
         if options.get("only_failed") and not found:
             if self.verbosity >= 1:
-                self.stdout.write(f"Nothing to run again: no target of {options['only_failed']} failed, was "
-                                  "interrupted or was left not started.")
+                self.stdout.write(
+                    f"Nothing to run again: no target of {options['only_failed']} failed, was "
+                    "interrupted or was left not started."
+                )
             return None
         if len(found) + len(skipped) == 1 and not asked and not options.get("all_databases"):
             if skipped:
@@ -259,8 +340,11 @@ class NixmigCommand(BaseCommand):
                 if target.key not in writers:
                     if buffered:
                         out, err = io.StringIO(), io.StringIO()
-                        writers[target.key] = (EventRenderer(OutputWrapper(out), OutputWrapper(err), self.style,
-                                                             self.verbosity), out, err)
+                        writers[target.key] = (
+                            EventRenderer(OutputWrapper(out), OutputWrapper(err), self.style, self.verbosity),
+                            out,
+                            err,
+                        )
                     else:
                         writers[target.key] = (self.renderer, None, None)
                 return writers[target.key][0]
@@ -268,8 +352,11 @@ class NixmigCommand(BaseCommand):
         def run_job(target: Target, progress) -> rollouts.Outcome:
             writer = writer_for(target)
             if show_blocks and self.verbosity >= 1:
-                writer.stdout.write(self.style.MIGRATE_LABEL(
-                    f"Database {target.alias!r}:" if not compact else f"Target {target.key}:"))
+                writer.stdout.write(
+                    self.style.MIGRATE_LABEL(
+                        f"Database {target.alias!r}:" if not compact else f"Target {target.key}:"
+                    )
+                )
             try:
                 return job(target, writer, progress)
             except NixmigError as exc:
@@ -291,27 +378,45 @@ class NixmigCommand(BaseCommand):
                         label = result.target.schema if one_alias else result.target.key
                         self.stdout.write(self.target_line(result, label, data["finished"], data["total"]))
                     if result.error:
-                        self.stderr.write(self.style.ERROR(f"Target {result.target.key}: "
-                                                           f"{result.error['message']}"))
+                        self.stderr.write(
+                            self.style.ERROR(f"Target {result.target.key}: {result.error['message']}")
+                        )
             elif event == "phase" and self.verbosity >= 1:
-                self.stdout.write(self.style.MIGRATE_HEADING(
-                    f"Canary: {data['count']} target(s) first." if data["name"] == "canary" else
-                    f"Canary passed; the other {data['count']} target(s):"))
+                self.stdout.write(
+                    self.style.MIGRATE_HEADING(
+                        f"Canary: {data['count']} target(s) first."
+                        if data["name"] == "canary"
+                        else f"Canary passed; the other {data['count']} target(s):"
+                    )
+                )
             elif event == "stopping":
-                what = {"interrupt": "Interrupted (Ctrl-C): no more targets start, and running ones stop before "
-                                     "their next migration; press Ctrl-C again to stop waiting.",
-                        "canary": f"Stopping: {data['why']}; no other target starts.",
-                        "error": f"Stopping: {data['why']}; no more targets start (--on-error stop), running "
-                                 "ones finish."}[data["reason"]]
+                what = {
+                    "interrupt": "Interrupted (Ctrl-C): no more targets start, and running ones stop before "
+                    "their next migration; press Ctrl-C again to stop waiting.",
+                    "canary": f"Stopping: {data['why']}; no other target starts.",
+                    "error": f"Stopping: {data['why']}; no more targets start (--on-error stop), running "
+                    "ones finish.",
+                }[data["reason"]]
                 self.stderr.write(self.style.WARNING(what))
 
-        result = rollouts.run(found, run_job, parallel=parallel, canary=options.get("canary") or 0,
-                              on_error=on_error, progress_for=writer_for,
-                              callback=on_event, skipped=skipped)
+        result = rollouts.run(
+            found,
+            run_job,
+            parallel=parallel,
+            canary=options.get("canary") or 0,
+            on_error=on_error,
+            progress_for=writer_for,
+            callback=on_event,
+            skipped=skipped,
+        )
         report = options.get("report")
         if report:
-            rollouts.write_report(report, result, command=type(self).__module__.rsplit(".", 1)[-1],
-                                  directory=str(options.get("directory") or "") or None)
+            rollouts.write_report(
+                report,
+                result,
+                command=type(self).__module__.rsplit(".", 1)[-1],
+                directory=str(options.get("directory") or "") or None,
+            )
         self.render_rollout(result, compact, done_label)
         if finish is not None:
             finish(result)
@@ -333,8 +438,9 @@ class NixmigCommand(BaseCommand):
     def render_rollout(self, result: rollouts.Rollout, compact: bool, done_label: str = "done") -> None:
         if self.verbosity < 1:
             return
-        self.stdout.write(self.style.MIGRATE_HEADING("Summary:") + ("" if not compact else " " + result.summary(
-            done_label)))
+        self.stdout.write(
+            self.style.MIGRATE_HEADING("Summary:") + ("" if not compact else " " + result.summary(done_label))
+        )
         if compact:
             for r in result.with_status(rollouts.SKIPPED):
                 self.stdout.write(f"  {r.target.key}: skipped, {r.reason}")
@@ -354,25 +460,37 @@ class NixmigCommand(BaseCommand):
         """Raise a CommandError when a target failed, a canary stopped the rollout, or it was interrupted."""
         failed = result.with_status(rollouts.FAILED, rollouts.INTERRUPTED)
         waiting = result.with_status(rollouts.NOT_STARTED)
-        again = (f" Run again with --only-failed {report} to run only the failed, interrupted and not started "
-                 "ones." if report else "")
+        again = (
+            f" Run again with --only-failed {report} to run only the failed, interrupted and not started "
+            "ones."
+            if report
+            else ""
+        )
         if result.stopped == "interrupt":
             raise CommandError(
                 f"Interrupted (Ctrl-C): {result.summary().rstrip('.')}. Each target that was running stopped before "
                 "its next migration; the migration in progress was committed with its record or rolled back "
-                "with it, so nothing is half-done." + again, returncode=130)
+                "with it, so nothing is half-done." + again,
+                returncode=130,
+            )
         if not failed and result.stopped != "canary":
             return
         noun = "target" if compact else "database"
-        names = ", ".join(r.target.key for r in failed[:10]) + (f" and {len(failed) - 10} more"
-                                                                if len(failed) > 10 else "")
+        names = ", ".join(r.target.key for r in failed[:10]) + (
+            f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+        )
         if result.stopped == "canary":
-            first = (f"A canary failed ({names}); the rollout stopped there: {len(waiting)} {noun}(s) not "
-                     "started. See")
+            first = (
+                f"A canary failed ({names}); the rollout stopped there: {len(waiting)} {noun}(s) not "
+                "started. See"
+            )
         else:
             first = f"{len(failed)} of {len(result.results)} {noun}(s) failed: {names}."
-            first += (" The others are done; see" if not waiting else
-                      f" {len(waiting)} not started (--on-error stop); see")
+            first += (
+                " The others are done; see"
+                if not waiting
+                else f" {len(waiting)} not started (--on-error stop); see"
+            )
         raise CommandError(f"{first} each {noun}'s error above, fix it and run again.{again}")
 
     def write_sql(self, items, writer: EventRenderer, empty: str) -> None:

@@ -19,7 +19,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from pgcluster import pg_cluster  # noqa: F401  (the session fixture, parametrized over versions)
 
 from .model import Snapshot, snapshot
@@ -49,8 +48,19 @@ class Figures(dict):
     """Counters of one trial kind on one server version."""
 
     def __init__(self, kind: str, version: str, seed: int):
-        super().__init__(kind=kind, version=version, seed=seed, trials=0, violations=0, tracebacks=0, hangs=0,
-                         unclear_errors=0, recovery_failures=0, landed={}, examples=[])
+        super().__init__(
+            kind=kind,
+            version=version,
+            seed=seed,
+            trials=0,
+            violations=0,
+            tracebacks=0,
+            hangs=0,
+            unclear_errors=0,
+            recovery_failures=0,
+            landed={},
+            examples=[],
+        )
         self.started = time.monotonic()
 
     def add(self, counter: str, n: int = 1) -> None:
@@ -73,24 +83,34 @@ class Figures(dict):
         self[counter] += 1
         if "Traceback" in text:  # the head is Django's frames; the tail says where it broke
             lines = text.splitlines()
-            ours = [f"{line.strip()} | {lines[i + 1].strip() if i + 1 < len(lines) else ''}"
-                    for i, line in enumerate(lines) if "/nixmig/" in line and line.strip().startswith("File")]
+            ours = [
+                f"{line.strip()} | {lines[i + 1].strip() if i + 1 < len(lines) else ''}"
+                for i, line in enumerate(lines)
+                if "/nixmig/" in line and line.strip().startswith("File")
+            ]
             text = "\n".join(lines[:1] + ["innermost nixmig frames:"] + ours[-3:] + ["..."] + lines[-2:])
         if len(self["examples"]) < 25:
             self["examples"].append(f"[{counter}] trial {trial}: {text[:2000]}")
 
     @property
     def bad(self) -> int:
-        return self["violations"] + self["tracebacks"] + self["hangs"] + self["unclear_errors"] + \
-            self["recovery_failures"]
+        return (
+            self["violations"]
+            + self["tracebacks"]
+            + self["hangs"]
+            + self["unclear_errors"]
+            + self["recovery_failures"]
+        )
 
     def line(self) -> str:
         self["seconds"] = round(time.monotonic() - self.started, 1)
         landed = ", ".join(f"{k} {v}" for k, v in sorted(self["landed"].items()))
-        return (f"chaos PG{self['version']} {self['kind']}: {self['trials']} trials, {self['violations']} invariant "
-                f"violations, {self['tracebacks']} tracebacks, {self['hangs']} hangs, {self['unclear_errors']} "
-                f"unclear errors, {self['recovery_failures']} failed recoveries, {self['seconds']:.1f} s "
-                f"(seed {self['seed']}){'; landed: ' + landed if landed else ''}")
+        return (
+            f"chaos PG{self['version']} {self['kind']}: {self['trials']} trials, {self['violations']} invariant "
+            f"violations, {self['tracebacks']} tracebacks, {self['hangs']} hangs, {self['unclear_errors']} "
+            f"unclear errors, {self['recovery_failures']} failed recoveries, {self['seconds']:.1f} s "
+            f"(seed {self['seed']}){'; landed: ' + landed if landed else ''}"
+        )
 
 
 class ChaosDB:
@@ -104,8 +124,12 @@ class ChaosDB:
         self.conn = None
         self.windows: dict[str, float] = {}  # seconds of an undisturbed run, measured once per cluster
         self._forkserver: Forkserver | None = None
-        self.env = dict(os.environ, DATABASE_URL=cluster.url(self.name), PYTHONUNBUFFERED="1",
-                        DJANGO_SETTINGS_MODULE="project.settings")
+        self.env = dict(
+            os.environ,
+            DATABASE_URL=cluster.url(self.name),
+            PYTHONUNBUFFERED="1",
+            DJANGO_SETTINGS_MODULE="project.settings",
+        )
         self.env.pop("NIXMIG_DB_NAME", None)
 
     def connect(self) -> None:
@@ -190,8 +214,11 @@ def figures(request, pg_cluster, chaos_summary):  # noqa: F811
     kind = request.node.originalname.removeprefix("test_")
     seed = _SEED
     fig = Figures(kind, pg_cluster.version, seed)
-    print(f"\nchaos seed {seed} (replay: NIXMIG_CHAOS_SEED={seed} NIXMIG_CHAOS_VERSIONS={pg_cluster.version} "
-          f".venv/bin/python -m pytest tests/chaos -k {request.node.originalname} -s)", file=sys.stderr)
+    print(
+        f"\nchaos seed {seed} (replay: NIXMIG_CHAOS_SEED={seed} NIXMIG_CHAOS_VERSIONS={pg_cluster.version} "
+        f".venv/bin/python -m pytest tests/chaos -k {request.node.originalname} -s)",
+        file=sys.stderr,
+    )
     yield fig
     line = fig.line()
     chaos_summary["versions"].setdefault(pg_cluster.version, {})[kind] = dict(fig)

@@ -64,7 +64,9 @@ class Spec:
     def text(self, direction: str) -> str:
         stmts, nt = (self.up, self.up_nt) if direction == "up" else (self.down, self.down_nt)
         head = NT if nt else ""
-        return head + f"-- {self.id} {direction}\n" + "".join(s.sql.rstrip().rstrip(";") + ";\n" for s in stmts)
+        return (
+            head + f"-- {self.id} {direction}\n" + "".join(s.sql.rstrip().rstrip(";") + ";\n" for s in stmts)
+        )
 
 
 def _sleep(seconds: float) -> Stmt:
@@ -73,26 +75,35 @@ def _sleep(seconds: float) -> Stmt:
 
 def _table(name: str, rows: int = 0) -> Stmt:
     if rows:
-        return Stmt(f"CREATE TABLE {name} AS SELECT g AS id, g % 97 AS v, md5(g::text) AS w "
-                    f"FROM generate_series(1, {rows}) AS g", (f"table:{name}",))
+        return Stmt(
+            f"CREATE TABLE {name} AS SELECT g AS id, g % 97 AS v, md5(g::text) AS w "
+            f"FROM generate_series(1, {rows}) AS g",
+            (f"table:{name}",),
+        )
     return Stmt(f"CREATE TABLE {name} (id int PRIMARY KEY, note text DEFAULT 'a;b')", (f"table:{name}",))
 
 
 def _enum(name: str, *labels: str) -> Stmt:
     quoted = ", ".join(f"'{label}'" for label in labels)
-    return Stmt(f"CREATE TYPE {name} AS ENUM ({quoted})", (f"type:{name}", *(f"enum:{name}={x}" for x in labels)))
+    return Stmt(
+        f"CREATE TYPE {name} AS ENUM ({quoted})", (f"type:{name}", *(f"enum:{name}={x}" for x in labels))
+    )
 
 
 def _func(name: str, plpgsql: bool = False) -> Stmt:
     if plpgsql:
-        body = ("$body$\nBEGIN\n  PERFORM 1; -- a ';' and BEGIN inside the body\n  RETURN 2;\nEND;\n$body$")
+        body = "$body$\nBEGIN\n  PERFORM 1; -- a ';' and BEGIN inside the body\n  RETURN 2;\nEND;\n$body$"
         return Stmt(f"CREATE FUNCTION {name}() RETURNS int LANGUAGE plpgsql AS {body}", (f"func:{name}",))
     return Stmt(f"CREATE FUNCTION {name}() RETURNS int LANGUAGE sql AS $$ SELECT 1; $$", (f"func:{name}",))
 
 
 def _drop(kind: str, name: str, *also: str) -> Stmt:
-    sql = {"table": f"DROP TABLE {name}", "type": f"DROP TYPE {name}", "func": f"DROP FUNCTION {name}()",
-           "index": f"DROP INDEX CONCURRENTLY {name}"}[kind]
+    sql = {
+        "table": f"DROP TABLE {name}",
+        "type": f"DROP TYPE {name}",
+        "func": f"DROP FUNCTION {name}()",
+        "index": f"DROP INDEX CONCURRENTLY {name}",
+    }[kind]
     return Stmt(sql, (f"{kind}:{name}", *also), nontx=kind == "index")
 
 
@@ -101,48 +112,116 @@ def base_tree(pad: float = 0.02, rows: int = 50000) -> list[Spec]:
     P = pad
     cic_table = lambda n: _table(n, rows)  # noqa: E731
     return [
-        Spec("core", "001_base",
-             (_table("t_01_1"), _enum("e_01_2", "a", "b"), _sleep(3 * P), _func("f_01_4")),
-             (_drop("func", "f_01_4"), _drop("type", "e_01_2", "enum:e_01_2=a", "enum:e_01_2=b"),
-              _drop("table", "t_01_1"))),
-        Spec("core", "002_nt_tables",
-             (_table("t_02_1"), _sleep(2 * P), _table("t_02_3"), _func("f_02_4"), _sleep(2 * P),
-              Stmt("CREATE TABLE t_02_6 AS SELECT g FROM generate_series(1, 1000) AS g", ("table:t_02_6",))),
-             (_drop("table", "t_02_6"), _drop("func", "f_02_4"), _drop("table", "t_02_3"), _drop("table", "t_02_1")),
-             up_nt=True),
-        Spec("billing", "003_tx_pad",
-             (_table("t_03_1"), Stmt("INSERT INTO t_03_1 (id) SELECT generate_series(1, 500)"), _sleep(4 * P),
-              Stmt("CREATE INDEX i_03_4 ON t_03_1 (note)", ("index:i_03_4",))),
-             (Stmt("DROP TABLE t_03_1", ("table:t_03_1", "index:i_03_4")),)),
-        Spec("billing", "004_enum_values",
-             (_enum("e_04_1", "a"), Stmt("ALTER TYPE e_04_1 ADD VALUE 'b'", ("enum:e_04_1=b",)), _sleep(P),
-              Stmt("ALTER TYPE e_04_1 ADD VALUE 'c'", ("enum:e_04_1=c",))),
-             (_drop("type", "e_04_1", "enum:e_04_1=a", "enum:e_04_1=b", "enum:e_04_1=c"),),
-             up_nt=True),
-        Spec("teams", "005_tx",
-             (_table("t_05_1"), _sleep(3 * P), _table("t_05_3")),
-             (_drop("table", "t_05_3"), _drop("table", "t_05_1"))),
-        Spec("teams", "006_cic",
-             (cic_table("t_06_1"), Stmt("CREATE INDEX CONCURRENTLY i_06_2 ON t_06_1 (v)", ("index:i_06_2",), True),
-              _sleep(P), Stmt("CREATE INDEX CONCURRENTLY i_06_4 ON t_06_1 (w)", ("index:i_06_4",), True)),
-             (_drop("index", "i_06_4"), _drop("index", "i_06_2"), _drop("table", "t_06_1")),
-             up_nt=True, down_nt=True),
-        Spec("audit", "007_tx_plpgsql",
-             (_table("t_07_1"), _func("f_07_2", plpgsql=True), _sleep(3 * P)),
-             (_drop("func", "f_07_2"), _drop("table", "t_07_1"))),
-        Spec("audit", "008_nt_multi",
-             (_table("t_08_1"), _sleep(P), _table("t_08_3"), _enum("e_08_4", "q"), _sleep(P), _func("f_08_6")),
-             (_drop("func", "f_08_6"), _sleep(P), _drop("type", "e_08_4", "enum:e_08_4=q"), _drop("table", "t_08_3"),
-              _sleep(P), _drop("table", "t_08_1")),
-             up_nt=True, down_nt=True),
-        Spec("search", "009_cic_both_ways",
-             (cic_table("t_09_1"), Stmt("CREATE INDEX CONCURRENTLY i_09_2 ON t_09_1 (w)", ("index:i_09_2",), True),
-              Stmt("CREATE UNIQUE INDEX CONCURRENTLY i_09_3 ON t_09_1 (id)", ("index:i_09_3",), True)),
-             (_drop("index", "i_09_3"), _sleep(P), _drop("index", "i_09_2"), _drop("table", "t_09_1")),
-             up_nt=True, down_nt=True),
-        Spec("search", "010_tx_last",
-             (_table("t_10_1"), _sleep(3 * P), _table("t_10_3")),
-             (_drop("table", "t_10_3"), _sleep(2 * P), _drop("table", "t_10_1"))),
+        Spec(
+            "core",
+            "001_base",
+            (_table("t_01_1"), _enum("e_01_2", "a", "b"), _sleep(3 * P), _func("f_01_4")),
+            (
+                _drop("func", "f_01_4"),
+                _drop("type", "e_01_2", "enum:e_01_2=a", "enum:e_01_2=b"),
+                _drop("table", "t_01_1"),
+            ),
+        ),
+        Spec(
+            "core",
+            "002_nt_tables",
+            (
+                _table("t_02_1"),
+                _sleep(2 * P),
+                _table("t_02_3"),
+                _func("f_02_4"),
+                _sleep(2 * P),
+                Stmt("CREATE TABLE t_02_6 AS SELECT g FROM generate_series(1, 1000) AS g", ("table:t_02_6",)),
+            ),
+            (
+                _drop("table", "t_02_6"),
+                _drop("func", "f_02_4"),
+                _drop("table", "t_02_3"),
+                _drop("table", "t_02_1"),
+            ),
+            up_nt=True,
+        ),
+        Spec(
+            "billing",
+            "003_tx_pad",
+            (
+                _table("t_03_1"),
+                Stmt("INSERT INTO t_03_1 (id) SELECT generate_series(1, 500)"),
+                _sleep(4 * P),
+                Stmt("CREATE INDEX i_03_4 ON t_03_1 (note)", ("index:i_03_4",)),
+            ),
+            (Stmt("DROP TABLE t_03_1", ("table:t_03_1", "index:i_03_4")),),
+        ),
+        Spec(
+            "billing",
+            "004_enum_values",
+            (
+                _enum("e_04_1", "a"),
+                Stmt("ALTER TYPE e_04_1 ADD VALUE 'b'", ("enum:e_04_1=b",)),
+                _sleep(P),
+                Stmt("ALTER TYPE e_04_1 ADD VALUE 'c'", ("enum:e_04_1=c",)),
+            ),
+            (_drop("type", "e_04_1", "enum:e_04_1=a", "enum:e_04_1=b", "enum:e_04_1=c"),),
+            up_nt=True,
+        ),
+        Spec(
+            "teams",
+            "005_tx",
+            (_table("t_05_1"), _sleep(3 * P), _table("t_05_3")),
+            (_drop("table", "t_05_3"), _drop("table", "t_05_1")),
+        ),
+        Spec(
+            "teams",
+            "006_cic",
+            (
+                cic_table("t_06_1"),
+                Stmt("CREATE INDEX CONCURRENTLY i_06_2 ON t_06_1 (v)", ("index:i_06_2",), True),
+                _sleep(P),
+                Stmt("CREATE INDEX CONCURRENTLY i_06_4 ON t_06_1 (w)", ("index:i_06_4",), True),
+            ),
+            (_drop("index", "i_06_4"), _drop("index", "i_06_2"), _drop("table", "t_06_1")),
+            up_nt=True,
+            down_nt=True,
+        ),
+        Spec(
+            "audit",
+            "007_tx_plpgsql",
+            (_table("t_07_1"), _func("f_07_2", plpgsql=True), _sleep(3 * P)),
+            (_drop("func", "f_07_2"), _drop("table", "t_07_1")),
+        ),
+        Spec(
+            "audit",
+            "008_nt_multi",
+            (_table("t_08_1"), _sleep(P), _table("t_08_3"), _enum("e_08_4", "q"), _sleep(P), _func("f_08_6")),
+            (
+                _drop("func", "f_08_6"),
+                _sleep(P),
+                _drop("type", "e_08_4", "enum:e_08_4=q"),
+                _drop("table", "t_08_3"),
+                _sleep(P),
+                _drop("table", "t_08_1"),
+            ),
+            up_nt=True,
+            down_nt=True,
+        ),
+        Spec(
+            "search",
+            "009_cic_both_ways",
+            (
+                cic_table("t_09_1"),
+                Stmt("CREATE INDEX CONCURRENTLY i_09_2 ON t_09_1 (w)", ("index:i_09_2",), True),
+                Stmt("CREATE UNIQUE INDEX CONCURRENTLY i_09_3 ON t_09_1 (id)", ("index:i_09_3",), True),
+            ),
+            (_drop("index", "i_09_3"), _sleep(P), _drop("index", "i_09_2"), _drop("table", "t_09_1")),
+            up_nt=True,
+            down_nt=True,
+        ),
+        Spec(
+            "search",
+            "010_tx_last",
+            (_table("t_10_1"), _sleep(3 * P), _table("t_10_3")),
+            (_drop("table", "t_10_3"), _sleep(2 * P), _drop("table", "t_10_1")),
+        ),
     ]
 
 
@@ -191,23 +270,35 @@ class Snapshot:
 
 def snapshot(conn) -> Snapshot:
     snap = Snapshot()
-    has = conn.execute("SELECT to_regclass('public.migrations') IS NOT NULL, "
-                       "to_regclass('public.migrations_progress') IS NOT NULL").fetchone()
+    has = conn.execute(
+        "SELECT to_regclass('public.migrations') IS NOT NULL, "
+        "to_regclass('public.migrations_progress') IS NOT NULL"
+    ).fetchone()
     if has[0]:
         for module, name, n in conn.execute(
-                "SELECT module, name, count(*) FROM migrations GROUP BY module, name").fetchall():
+            "SELECT module, name, count(*) FROM migrations GROUP BY module, name"
+        ).fetchall():
             snap.records[f"{module}/{name}" if module else name] = n
     if has[1]:
         for module, name, direction, done, total, hashes in conn.execute(
-                "SELECT module, name, direction, statements_done, total, cardinality(statement_hashes) "
-                "FROM migrations_progress").fetchall():
-            snap.progress.append({"id": f"{module}/{name}", "direction": direction, "done": done, "total": total,
-                                  "in_flight": hashes > done})
+            "SELECT module, name, direction, statements_done, total, cardinality(statement_hashes) "
+            "FROM migrations_progress"
+        ).fetchall():
+            snap.progress.append(
+                {
+                    "id": f"{module}/{name}",
+                    "direction": direction,
+                    "done": done,
+                    "total": total,
+                    "in_flight": hashes > done,
+                }
+            )
     snap.objects = {name: valid for name, valid in conn.execute(CATALOG_SQL).fetchall()}
     return snap
 
 
 # -- the invariant --------------------------------------------------------------------------
+
 
 def _expect(spec: Spec, direction: str, k: int, nt: bool) -> tuple[set[str], set[str], set[str]]:
     """Return (must be present and valid, must be absent, may be in any state) after k statements."""
@@ -242,19 +333,31 @@ def check(specs: list[Spec], snap: Snapshot, *, unknown: frozenset[str] = frozen
             problems.append(f"{mid}: has both an up and a down progress row")
         for p in (up, down):
             if p and p["done"] < 1 and not p.get("in_flight"):
-                problems.append(f"{mid}: {p['direction']} progress row with statements_done = {p['done']} (< 1) "
-                                "and no statement in flight")
+                problems.append(
+                    f"{mid}: {p['direction']} progress row with statements_done = {p['done']} (< 1) "
+                    "and no statement in flight"
+                )
             if p and p.get("in_flight") and mid not in unknown:
                 stmts = spec.up if p["direction"] == "up" else spec.down
                 if p["done"] >= len(stmts) or not stmts[p["done"]].nontx:
-                    problems.append(f"{mid}: {p['direction']} progress row marks statement {p['done'] + 1} in "
-                                    "flight, but that statement can run in a transaction (it should commit with "
-                                    "its progress row)")
+                    problems.append(
+                        f"{mid}: {p['direction']} progress row marks statement {p['done'] + 1} in "
+                        "flight, but that statement can run in a transaction (it should commit with "
+                        "its progress row)"
+                    )
         if n and up:
-            problems.append(f"{mid}: recorded as applied but has an up progress row ({up['done']}/{up['total']})")
+            problems.append(
+                f"{mid}: recorded as applied but has an up progress row ({up['done']}/{up['total']})"
+            )
         if not n and down:
-            problems.append(f"{mid}: not recorded but has a down progress row ({down['done']}/{down['total']})")
-        mine = {o: v for o, v in snap.objects.items() if OBJECT_RE.search(o) and OBJECT_RE.search(o)[1] == spec.number}
+            problems.append(
+                f"{mid}: not recorded but has a down progress row ({down['done']}/{down['total']})"
+            )
+        mine = {
+            o: v
+            for o, v in snap.objects.items()
+            if OBJECT_RE.search(o) and OBJECT_RE.search(o)[1] == spec.number
+        }
         if mid in unknown:
             # A mutation may have copied or renamed the file: then a migration of another id but the
             # same number made these objects, and it is checked by its record, not here.
@@ -274,8 +377,12 @@ def check(specs: list[Spec], snap: Snapshot, *, unknown: frozenset[str] = frozen
         invalid = sorted(e for e in present if mine.get(e) is False)
         extra = sorted(e for e in absent if e in mine)
         stray = sorted(o for o in mine if o not in present | absent | loose)
-        for label, items in (("missing", missing), ("invalid", invalid), ("present but should not be", extra),
-                             ("unexpected objects", stray)):
+        for label, items in (
+            ("missing", missing),
+            ("invalid", invalid),
+            ("present but should not be", extra),
+            ("unexpected objects", stray),
+        ):
             if items:
                 problems.append(f"{mid} ({state}): {label}: {', '.join(items)}")
     return problems
@@ -288,8 +395,11 @@ def _number(mid: str) -> int | None:
 
 def final_problems(specs: list[Spec], snap: Snapshot) -> list[str]:
     """Return what keeps this database from 'every migration applied once, all effects, no progress'."""
-    problems = [f"{s.id}: recorded {snap.records.get(s.id, 0)} times, expected once" for s in specs
-                if snap.records.get(s.id, 0) != 1]
+    problems = [
+        f"{s.id}: recorded {snap.records.get(s.id, 0)} times, expected once"
+        for s in specs
+        if snap.records.get(s.id, 0) != 1
+    ]
     problems += [f"progress row left: {p}" for p in snap.progress]
     wanted = {e for s in specs for e in s.effects}
     problems += [f"missing effect {e}" for e in sorted(wanted - set(snap.objects))]

@@ -14,8 +14,19 @@ from pathlib import Path
 from .model import NT, Spec
 
 KEYWORDS = ["CREATE", "TABLE", "INDEX", "FUNCTION", "SELECT", "DROP", "TYPE", "AS", "ALTER", "INSERT", "FROM"]
-MISSPELT = {"CREATE": "CRAETE", "TABLE": "TABEL", "INDEX": "INDX", "FUNCTION": "FUNCTOIN", "SELECT": "SELCET",
-            "DROP": "DORP", "TYPE": "TPYE", "AS": "SA", "ALTER": "ALTRE", "INSERT": "INSRET", "FROM": "FORM"}
+MISSPELT = {
+    "CREATE": "CRAETE",
+    "TABLE": "TABEL",
+    "INDEX": "INDX",
+    "FUNCTION": "FUNCTOIN",
+    "SELECT": "SELCET",
+    "DROP": "DORP",
+    "TYPE": "TPYE",
+    "AS": "SA",
+    "ALTER": "ALTRE",
+    "INSERT": "INSRET",
+    "FROM": "FORM",
+}
 
 
 def _file(root: Path, spec: Spec, direction: str) -> Path:
@@ -32,7 +43,7 @@ def _insert(data: bytes, rng: random.Random, piece: bytes) -> bytes:
 def truncate(root, spec, rng, direction):
     f = _file(root, spec, direction)
     data = f.read_bytes()
-    f.write_bytes(data[:rng.randint(1, max(1, len(data) - 2))])
+    f.write_bytes(data[: rng.randint(1, max(1, len(data) - 2))])
     return f"truncated {f.name}"
 
 
@@ -68,7 +79,7 @@ def swap_keywords(root, spec, rng, direction):
     if not pairs:
         return misspell(root, spec, rng, direction)
     m = rng.choice(pairs)
-    f.write_text(text[:m.start()] + m[3] + m[2] + m[1] + text[m.end():], encoding="utf-8")
+    f.write_text(text[: m.start()] + m[3] + m[2] + m[1] + text[m.end() :], encoding="utf-8")
     return f"swapped '{m[1]} {m[3]}' in {f.name}"
 
 
@@ -79,7 +90,7 @@ def misspell(root, spec, rng, direction):
     if not hits:
         return truncate(root, spec, rng, direction)
     m = rng.choice(hits)
-    f.write_text(text[:m.start()] + MISSPELT[m[1]] + text[m.end():], encoding="utf-8")
+    f.write_text(text[: m.start()] + MISSPELT[m[1]] + text[m.end() :], encoding="utf-8")
     return f"misspelt {m[1]} in {f.name}"
 
 
@@ -101,8 +112,18 @@ def conflicting_name(root, spec, rng, direction):
 def malformed_name(root, spec, rng, direction):
     f = _file(root, spec, "up")
     n, rest = spec.name[:3], spec.name[4:]
-    new = rng.choice([f"{int(n)}_{rest}_up.sql", f"{n}-{rest}_up.sql", f"{n}_{rest}_upp.sql", f"{n}_{rest}.sql",
-                      f"{n}_{rest}_UP.sql", f"{n}_ {rest}_up.sql", f"{n}__up.sql", f"{n}_{rest}_up.sql.bak~"])
+    new = rng.choice(
+        [
+            f"{int(n)}_{rest}_up.sql",
+            f"{n}-{rest}_up.sql",
+            f"{n}_{rest}_upp.sql",
+            f"{n}_{rest}.sql",
+            f"{n}_{rest}_UP.sql",
+            f"{n}_ {rest}_up.sql",
+            f"{n}__up.sql",
+            f"{n}_{rest}_up.sql.bak~",
+        ]
+    )
     f.rename(f.parent / new)
     return f"{f.name} renamed to {new}"
 
@@ -111,7 +132,9 @@ def drop_directive(root, spec, rng, direction):
     f = _file(root, spec, direction)
     text = f.read_text(encoding="utf-8")
     if NT not in text:
-        text = text.replace("CREATE TABLE", "CREATE INDEX CONCURRENTLY i_99_9 ON t_01_1 (id);\nCREATE TABLE", 1)
+        text = text.replace(
+            "CREATE TABLE", "CREATE INDEX CONCURRENTLY i_99_9 ON t_01_1 (id);\nCREATE TABLE", 1
+        )
         f.write_text(text, encoding="utf-8")
         return f"CONCURRENTLY added to transactional {f.name}"
     f.write_text(text.replace(NT, ""), encoding="utf-8")
@@ -121,15 +144,22 @@ def drop_directive(root, spec, rng, direction):
 def misspelt_directive(root, spec, rng, direction):
     f = _file(root, spec, direction)
     text = f.read_text(encoding="utf-8")
-    f.write_text(("-- nixmig:no-transation\n" + text.replace(NT, "")) if rng.random() < 0.5 else
-                 ("-- nixmig:lock-timeout=soon\n" + text), encoding="utf-8")
+    f.write_text(
+        ("-- nixmig:no-transation\n" + text.replace(NT, ""))
+        if rng.random() < 0.5
+        else ("-- nixmig:lock-timeout=soon\n" + text),
+        encoding="utf-8",
+    )
     return f"bad directive in {f.name}"
 
 
 def top_level_rollback(root, spec, rng, direction):
     f = _file(root, spec, direction)
-    f.write_text(f.read_text(encoding="utf-8") + rng.choice(["ROLLBACK;\n", "COMMIT;\nROLLBACK;\n",
-                                                             "PREPARE TRANSACTION 'x';\n"]), encoding="utf-8")
+    f.write_text(
+        f.read_text(encoding="utf-8")
+        + rng.choice(["ROLLBACK;\n", "COMMIT;\nROLLBACK;\n", "PREPARE TRANSACTION 'x';\n"]),
+        encoding="utf-8",
+    )
     return f"top-level ROLLBACK in {f.name}"
 
 
@@ -142,8 +172,10 @@ def own_transaction(root, spec, rng, direction):
 
 def empty_up(root, spec, rng, direction):
     f = _file(root, spec, "up")
-    f.write_text(rng.choice(["", "\n\n", "-- TODO: write the migration\n", "/* nothing */\n", "   ;\n"]),
-                 encoding="utf-8")
+    f.write_text(
+        rng.choice(["", "\n\n", "-- TODO: write the migration\n", "/* nothing */\n", "   ;\n"]),
+        encoding="utf-8",
+    )
     return f"{f.name} emptied"
 
 
@@ -157,8 +189,17 @@ def runtime_error(root, spec, rng, direction):
     f = _file(root, spec, direction)
     lines = f.read_text(encoding="utf-8").splitlines(keepends=True)
     pos = rng.randint(2 if lines[0].startswith("--") else 0, len(lines))
-    lines.insert(pos, rng.choice(["SELECT * FROM nope_missing_table;\n", "DROP TABLE nope_missing_table;\n",
-                                  "SELECT 1/0;\n", "CREATE TABLE t_01_1 (id int);\n"]))
+    lines.insert(
+        pos,
+        rng.choice(
+            [
+                "SELECT * FROM nope_missing_table;\n",
+                "DROP TABLE nope_missing_table;\n",
+                "SELECT 1/0;\n",
+                "CREATE TABLE t_01_1 (id int);\n",
+            ]
+        ),
+    )
     f.write_text("".join(lines), encoding="utf-8")
     return f"failing statement inserted at line {pos + 1} of {f.name}"
 
@@ -174,9 +215,26 @@ def stray_file(root, spec, rng, direction):
     return f"stray {spec.module}/{name}"
 
 
-MUTATIONS = [truncate, invalid_utf8, nul_byte, utf16, unbalanced, swap_keywords, misspell, conflicting_name,
-             malformed_name, drop_directive, misspelt_directive, top_level_rollback, own_transaction, empty_up,
-             crlf_bom, runtime_error, no_down, stray_file]
+MUTATIONS = [
+    truncate,
+    invalid_utf8,
+    nul_byte,
+    utf16,
+    unbalanced,
+    swap_keywords,
+    misspell,
+    conflicting_name,
+    malformed_name,
+    drop_directive,
+    misspelt_directive,
+    top_level_rollback,
+    own_transaction,
+    empty_up,
+    crlf_bom,
+    runtime_error,
+    no_down,
+    stray_file,
+]
 
 UP_TOUCHING = {malformed_name, empty_up, conflicting_name}  # change the up file or the migration's identity
 UP_UNTOUCHED = {no_down, stray_file}  # leave the up file's statements as they were

@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-FORKSERVER_SRC = r'''
+FORKSERVER_SRC = r"""
 import json, os, sys, time, traceback
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 import django
@@ -71,7 +71,7 @@ for line in sys.stdin:
                 break
             time.sleep(0.005)
         reply.write(json.dumps({"rc": rc}) + "\n")
-'''
+"""
 
 
 class Runner:
@@ -113,8 +113,14 @@ class Runner:
 def spawn_manage(argv: list[str], env: dict, workdir: Path, tag: str) -> Runner:
     out, err = workdir / f"{tag}.out", workdir / f"{tag}.err"
     with open(out, "w") as fo, open(err, "w") as fe:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), *argv], cwd=ROOT, env=env,
-                                stdout=fo, stderr=fe, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=fo,
+            stderr=fe,
+            stdin=subprocess.DEVNULL,
+        )
 
     def waiter(timeout: float) -> int | None:
         try:
@@ -129,8 +135,15 @@ class Forkserver:
     """A Python process with Django and nixmig imported that forks runner processes on request."""
 
     def __init__(self, env: dict):
-        self.proc = subprocess.Popen([sys.executable, "-c", FORKSERVER_SRC], cwd=ROOT, env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", FORKSERVER_SRC],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         first = self.proc.stdout.readline()
         if not first:
             raise RuntimeError(f"the fork server did not start:\n{self.proc.stderr.read()}")
@@ -146,8 +159,9 @@ class Forkserver:
     def spawn(self, argv: list[str], workdir: Path, tag: str) -> Runner:
         out, err = workdir / f"{tag}.out", workdir / f"{tag}.err"
         pid = self._ask(op="spawn", argv=argv, stdout=str(out), stderr=str(err))["pid"]
-        return Runner(pid, out, err, lambda timeout: self._ask(op="wait", pid=pid, timeout=timeout)["rc"],
-                      "fork")
+        return Runner(
+            pid, out, err, lambda timeout: self._ask(op="wait", pid=pid, timeout=timeout)["rc"], "fork"
+        )
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -189,14 +203,16 @@ def run_inprocess(alias: str, command: str, *args: str) -> tuple[int, str, str, 
     return rc, out.getvalue(), err.getvalue(), tb
 
 
-def one_paragraph_problem(stderr: str, *, must_name_file: bool = False, files: tuple[str, ...] = ()) -> str | None:
+def one_paragraph_problem(
+    stderr: str, *, must_name_file: bool = False, files: tuple[str, ...] = ()
+) -> str | None:
     """Return why ``stderr`` of a failed run is not one clear error paragraph, or None when it is."""
     if "Traceback" in stderr:
         return "traceback on stderr"
     errors = [i for i, line in enumerate(stderr.splitlines()) if line.startswith("CommandError:")]
     if len(errors) != 1:
         return f"{len(errors)} 'CommandError:' paragraphs on stderr"
-    block = stderr.splitlines()[errors[0]:]
+    block = stderr.splitlines()[errors[0] :]
     while block and not block[-1].strip():
         block.pop()
     if any(not line.strip() for line in block):
@@ -212,8 +228,10 @@ def wait_backends_gone(conn, timeout: float = 30) -> bool:
     """Wait until no other client backend is connected to this database; False after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        n = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                         "AND pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchone()[0]
+        n = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        ).fetchone()[0]
         if not n:
             return True
         time.sleep(0.01)
@@ -224,8 +242,10 @@ def runner_backend(conn, runner: Runner, timeout: float = 30) -> tuple[int, floa
     """Wait until ``runner`` holds the migration lock (its application_name is set then); return (backend pid, when)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s",
-                           [f"nixmig sqlmigrate_% pid={runner.pid} %"]).fetchone()
+        row = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s",
+            [f"nixmig sqlmigrate_% pid={runner.pid} %"],
+        ).fetchone()
         if row:
             return row[0], time.monotonic()
         if runner.poll() is not None:

@@ -94,21 +94,27 @@ def _after_fault(db, specs, fig, trial, label) -> bool:
     with fig.phase("waiting for backends to end"):
         gone = db.backends_gone(HANG)
     if not gone:
-        rows = db.conn.execute("SELECT pid, application_name, state, query FROM pg_stat_activity "
-                               "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+        rows = db.conn.execute(
+            "SELECT pid, application_name, state, query FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
         fig.problem("hangs", trial, f"{label}: backends still there after {HANG} s: {rows}")
         return False
     with fig.phase("invariant check"):
         snap = db.snap()
         problems = check(specs, snap)
     for p in snap.progress:
-        fig.landed(f"{label}: left a partly {'applied' if p['direction'] == 'up' else 'rolled back'} migration")
+        fig.landed(
+            f"{label}: left a partly {'applied' if p['direction'] == 'up' else 'rolled back'} migration"
+        )
         if p["in_flight"]:
             fig.landed(f"{label}: left a CONCURRENTLY statement in flight")
     if any(valid is False for valid in snap.objects.values()):
         fig.landed(f"{label}: left an INVALID index")
     if problems:
-        fig.problem("violations", trial, f"{label}: {problems}; records={snap.records}; progress={snap.progress}")
+        fig.problem(
+            "violations", trial, f"{label}: {problems}; records={snap.records}; progress={snap.progress}"
+        )
     return True
 
 
@@ -151,13 +157,19 @@ def test_kill_up_and_down(chaos_db, figures, tmp_path):
         if any(p["direction"] == "down" for p in db.snap().progress):
             rc, out, err, tb = db.inprocess("sqlmigrate_down", "--steps", "1", "--dir", tree)
             if tb or rc != 0:
-                fig.problem("tracebacks" if tb else "recovery_failures", trial,
-                            f"down: finishing the partly rolled-back migration exited {rc}:\n{tb or err}")
+                fig.problem(
+                    "tracebacks" if tb else "recovery_failures",
+                    trial,
+                    f"down: finishing the partly rolled-back migration exited {rc}:\n{tb or err}",
+                )
             else:
                 problems = check(specs, db.snap())
                 if problems or db.snap().progress:
-                    fig.problem("violations", trial, f"down: after 'sqlmigrate_down --steps 1': {problems}, "
-                                                     f"progress {db.snap().progress}")
+                    fig.problem(
+                        "violations",
+                        trial,
+                        f"down: after 'sqlmigrate_down --steps 1': {problems}, progress {db.snap().progress}",
+                    )
         _recover_up(db, specs, tree, fig, trial, "down")
     assert fig.bad == 0, fig.line() + "\n" + "\n".join(fig["examples"])
 
@@ -184,7 +196,9 @@ def test_terminate_backend(chaos_db, figures, tmp_path):
             time.sleep(rng.uniform(0, window))
             still_running = runner.poll() is None
             hit = db.conn.execute("SELECT pg_terminate_backend(%s)", [found[0]]).fetchone()[0]
-            fig.landed("terminated while running" if hit and still_running else "finished before the terminate")
+            fig.landed(
+                "terminated while running" if hit and still_running else "finished before the terminate"
+            )
         with fig.phase("terminated runner exit"):
             rc = runner.wait(HANG)
         if rc is None:
@@ -193,7 +207,11 @@ def test_terminate_backend(chaos_db, figures, tmp_path):
             continue
         if rc == 0:
             if final_problems(specs, db.snap()):
-                fig.problem("violations", trial, f"exit 0 but not everything applied: {final_problems(specs, db.snap())}")
+                fig.problem(
+                    "violations",
+                    trial,
+                    f"exit 0 but not everything applied: {final_problems(specs, db.snap())}",
+                )
         else:
             why = one_paragraph_problem(runner.stderr)
             if rc != 1 or why:
@@ -233,9 +251,15 @@ def test_immediate_restart(chaos_db, figures, tmp_path):
         elif "Traceback" in runner.stderr:
             fig.problem("tracebacks", trial, runner.stderr)
         elif rc == 0 and still_running and final_problems(specs, db.snap()):
-            fig.problem("violations", trial, f"exit 0 but not everything applied: {final_problems(specs, db.snap())}")
+            fig.problem(
+                "violations", trial, f"exit 0 but not everything applied: {final_problems(specs, db.snap())}"
+            )
         elif rc != 0 and one_paragraph_problem(runner.stderr):
-            fig.problem("unclear_errors", trial, f"exit {rc}, {one_paragraph_problem(runner.stderr)}:\n{runner.stderr}")
+            fig.problem(
+                "unclear_errors",
+                trial,
+                f"exit {rc}, {one_paragraph_problem(runner.stderr)}:\n{runner.stderr}",
+            )
         if _after_fault(db, specs, fig, trial, "restart"):
             _recover_up(db, specs, tree, fig, trial, "restart")
     assert fig.bad == 0, fig.line() + "\n" + "\n".join(fig["examples"])
@@ -262,8 +286,10 @@ def test_twelve_runners_at_once(chaos_db, figures, tmp_path):
                 fig.problem("tracebacks", trial, r.stderr)
             elif rc != 0:
                 fig.problem("recovery_failures", trial, f"runner exited {rc}:\n{r.stderr}")
-        fig.landed(f"runners that applied something: "
-                   f"{sum(1 for r in runners if 'No migrations to apply' not in r.stdout)}")
+        fig.landed(
+            f"runners that applied something: "
+            f"{sum(1 for r in runners if 'No migrations to apply' not in r.stdout)}"
+        )
         if _after_fault(db, specs, fig, trial, "12 runners"):
             problems = final_problems(specs, db.snap())
             if problems:
@@ -284,7 +310,8 @@ def test_mutated_trees(chaos_db, figures, tmp_path):
         root = write_tree(specs, tmp_path / f"tree{trial}")
         descriptions, touched = mutate(root, specs, rng)
         files = tuple(p.name for p in root.rglob("*") if p.is_file()) + tuple(
-            p.name for p in root.iterdir() if p.is_dir())
+            p.name for p in root.iterdir() if p.is_dir()
+        )
         db.reset()
         fig.add("trials")
         label = "; ".join(descriptions) or "no mutation"
@@ -303,11 +330,17 @@ def test_mutated_trees(chaos_db, figures, tmp_path):
         elif rc == 0:
             fig.landed("applied")
             snap = db.snap()
-            missing = [s.id for s in specs if (root / s.module / f"{s.name}_up.sql").exists()
-                       and snap.records.get(s.id, 0) != 1]
+            missing = [
+                s.id
+                for s in specs
+                if (root / s.module / f"{s.name}_up.sql").exists() and snap.records.get(s.id, 0) != 1
+            ]
             if missing or snap.progress:
-                fig.problem("violations", trial, f"{label}: exit 0 but not applied once: {missing}, "
-                                                 f"progress {snap.progress}")
+                fig.problem(
+                    "violations",
+                    trial,
+                    f"{label}: exit 0 but not applied once: {missing}, progress {snap.progress}",
+                )
         else:
             why = one_paragraph_problem(err, must_name_file=True, files=files)
             if rc != 1 or why:
@@ -345,10 +378,12 @@ def test_invariant_checker_catches_lies(chaos_db, tmp_path, k):
             "CREATE TABLE IF NOT EXISTS migrations_progress (module VARCHAR NOT NULL, name VARCHAR NOT NULL, "
             "direction VARCHAR(4) NOT NULL, checksum VARCHAR(64) NOT NULL, statements_done INTEGER NOT NULL, "
             "statement_hashes TEXT[] NOT NULL, total INTEGER NOT NULL, error TEXT, updated_at TIMESTAMPTZ NOT NULL "
-            "DEFAULT now(), PRIMARY KEY (module, name, direction))")
+            "DEFAULT now(), PRIMARY KEY (module, name, direction))"
+        )
         db.conn.execute("DELETE FROM migrations WHERE name = '002_nt_tables'")
-        db.conn.execute("INSERT INTO migrations_progress VALUES ('core', '002_nt_tables', 'up', 'x', %s, '{}', 6)",
-                        [k])
+        db.conn.execute(
+            "INSERT INTO migrations_progress VALUES ('core', '002_nt_tables', 'up', 'x', %s, '{}', 6)", [k]
+        )
     problems = " | ".join(check(specs, db.snap()))
     assert "audit/008_nt_multi (recorded): missing: func:f_08_6" in problems
     assert "teams/005_tx (not recorded): present but should not be: table:t_05_1, table:t_05_3" in problems

@@ -39,24 +39,31 @@ def _progress(db, mid):
 def _mark_in_flight(db, module, name, direction, statement, first_statement):
     """Turn the failed run's progress row into the row a kill leaves: statement k+1 sent, not confirmed."""
     digest = lambda text: hashlib.sha256(text.strip().encode()).hexdigest()  # noqa: E731
-    first = db.conn.execute("SELECT statement_hashes[1] FROM migrations_progress WHERE module = %s AND name = %s",
-                            [module, name]).fetchone()[0]
+    first = db.conn.execute(
+        "SELECT statement_hashes[1] FROM migrations_progress WHERE module = %s AND name = %s", [module, name]
+    ).fetchone()[0]
     if first != digest(first_statement):
         pytest.skip("the engine no longer hashes statements as sha256 of the stripped text; update this test")
-    db.conn.execute("UPDATE migrations_progress SET statement_hashes = statement_hashes || %s::text, error = NULL "
-                    "WHERE module = %s AND name = %s AND direction = %s", [digest(statement), module, name,
-                                                                         direction])
+    db.conn.execute(
+        "UPDATE migrations_progress SET statement_hashes = statement_hashes || %s::text, error = NULL "
+        "WHERE module = %s AND name = %s AND direction = %s",
+        [digest(statement), module, name, direction],
+    )
 
 
 @pytest.mark.parametrize("state", STATES)
-def test_down_resumes_when_the_drop_index_concurrently_ahead_of_its_progress_already_ran(chaos_db, tmp_path, state):
+def test_down_resumes_when_the_drop_index_concurrently_ahead_of_its_progress_already_ran(
+    chaos_db, tmp_path, state
+):
     db = chaos_db
     specs, root = _setup(db, tmp_path)
     rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
     assert (rc, tb) == (0, None), err
     down_file = root / "search" / "009_cic_both_ways_down.sql"
     good = down_file.read_text()
-    down_file.write_text(good.replace("DROP INDEX CONCURRENTLY i_09_2", "DROP INDEX CONCURRENTLY i_09_2_nope"))
+    down_file.write_text(
+        good.replace("DROP INDEX CONCURRENTLY i_09_2", "DROP INDEX CONCURRENTLY i_09_2_nope")
+    )
     rc, out, err, tb = db.inprocess("sqlmigrate_down", "--steps", "2", "--dir", str(root))
     assert (rc, tb) == (1, None), err
     assert [(p["direction"], p["done"]) for p in _progress(db, "search/009_cic_both_ways")] == [("down", 2)]
@@ -65,8 +72,14 @@ def test_down_resumes_when_the_drop_index_concurrently_ahead_of_its_progress_alr
     db.conn.execute("DROP INDEX CONCURRENTLY i_09_2")
     down_file.write_text(good)
     if state == "in flight":
-        _mark_in_flight(db, "search", "009_cic_both_ways", "down", "DROP INDEX CONCURRENTLY i_09_2",
-                        "DROP INDEX CONCURRENTLY i_09_3")
+        _mark_in_flight(
+            db,
+            "search",
+            "009_cic_both_ways",
+            "down",
+            "DROP INDEX CONCURRENTLY i_09_2",
+            "DROP INDEX CONCURRENTLY i_09_3",
+        )
     assert check(specs, db.snap()) == []  # a state the invariant allows
 
     rc, out, err, tb = db.inprocess("sqlmigrate_down", "--steps", "1", "--dir", str(root))
@@ -81,7 +94,9 @@ def test_down_resumes_when_the_drop_index_concurrently_ahead_of_its_progress_alr
 
 
 @pytest.mark.parametrize("state", STATES)
-def test_up_resumes_when_the_create_index_concurrently_ahead_of_its_progress_already_ran(chaos_db, tmp_path, state):
+def test_up_resumes_when_the_create_index_concurrently_ahead_of_its_progress_already_ran(
+    chaos_db, tmp_path, state
+):
     db = chaos_db
     specs, root = _setup(db, tmp_path)
     up_file = root / "teams" / "006_cic_up.sql"
@@ -95,9 +110,15 @@ def test_up_resumes_when_the_create_index_concurrently_ahead_of_its_progress_alr
     db.conn.execute("CREATE INDEX CONCURRENTLY i_06_4 ON t_06_1 (w)")
     up_file.write_text(good)
     if state == "in flight":
-        _mark_in_flight(db, "teams", "006_cic", "up", "CREATE INDEX CONCURRENTLY i_06_4 ON t_06_1 (w)",
-                        "CREATE TABLE t_06_1 AS SELECT g AS id, g % 97 AS v, md5(g::text) AS w "
-                        "FROM generate_series(1, 1000) AS g")
+        _mark_in_flight(
+            db,
+            "teams",
+            "006_cic",
+            "up",
+            "CREATE INDEX CONCURRENTLY i_06_4 ON t_06_1 (w)",
+            "CREATE TABLE t_06_1 AS SELECT g AS id, g % 97 AS v, md5(g::text) AS w "
+            "FROM generate_series(1, 1000) AS g",
+        )
     assert check(specs, db.snap()) == []  # a state the invariant allows
 
     rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", str(root))
@@ -188,7 +209,9 @@ def test_connection_lost_while_waiting_for_the_lock_is_one_error_paragraph(chaos
 
     db = chaos_db
     specs, root = _setup(db, tmp_path)
-    key = db.conn.execute("SELECT hashtextextended('nixmig:migrations:' || current_database(), 0)").fetchone()[0]
+    key = db.conn.execute(
+        "SELECT hashtextextended('nixmig:migrations:' || current_database(), 0)"
+    ).fetchone()[0]
     assert db.conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]
     try:
         runner = db.spawn(["sqlmigrate_up", "--dir", str(root), "--lock-wait", "60"], "lock-wait")

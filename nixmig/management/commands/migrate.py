@@ -38,7 +38,7 @@ class TestDatabaseRenderer(EventRenderer):
             "template_dropped": "  Dropped the stale template {template}.",
             "template_changed": "  The template {template} was changed after it was built; building it again...",
             "rebuild": "  An applied SQL migration was edited (NIXMIG['TEST_REBUILD_CHANGED']): "
-                       "re-creating {database}...",
+            "re-creating {database}...",
         }
         self.stderr.write(lines[event].format(**data))
 
@@ -62,7 +62,9 @@ class Command(DjangoMigrate):
             renderer = getattr(self, "renderer", None)
             if renderer is not None:
                 renderer.fail_line()
-            raise CommandError(f"Django's migrations are applied, but the SQL migrations failed: {exc}") from None
+            raise CommandError(
+                f"Django's migrations are applied, but the SQL migrations failed: {exc}"
+            ) from None
 
     def sql_migrations(self, database: str, options: dict) -> None:
         verbosity = options["verbosity"]
@@ -76,8 +78,10 @@ class Command(DjangoMigrate):
             return
         if options["fake"]:
             if verbosity >= 1:
-                self.stdout.write("Skipped SQL migrations: --fake applies to Django's migrations only; "
-                                  "use 'sqlmigrate_up --fake' to record SQL migrations without running them.")
+                self.stdout.write(
+                    "Skipped SQL migrations: --fake applies to Django's migrations only; "
+                    "use 'sqlmigrate_up --fake' to record SQL migrations without running them."
+                )
             return
         if verbosity >= 1:
             self.stdout.write(self.style.MIGRATE_HEADING("SQL migrations (NIXMIG['RUN_WITH_MIGRATE']):"))
@@ -85,25 +89,30 @@ class Command(DjangoMigrate):
         result = api.migrate_up(database=database, progress=self.renderer)
         if verbosity >= 1:
             if result.done:
-                self.stdout.write(f"Applied {len(result.done)} migration(s) in {result.seconds:.2f} s; "
-                                  f"skipped {result.skipped} already applied.")
+                self.stdout.write(
+                    f"Applied {len(result.done)} migration(s) in {result.seconds:.2f} s; "
+                    f"skipped {result.skipped} already applied."
+                )
             else:
                 self.stdout.write("  No SQL migrations to apply.")
 
     def test_database(self, creating: dict, *args, **options) -> None:
         """Give the test database Django is creating the SQL schema too (NIXMIG['TEST_APPLY'])."""
         database = options["database"]
-        renderer = TestDatabaseRenderer(self.stdout, self.stderr, self.style, options["verbosity"],
-                                        creating["verbosity"])
+        renderer = TestDatabaseRenderer(
+            self.stdout, self.stderr, self.style, options["verbosity"], creating["verbosity"]
+        )
         try:
-            testing.prepare_test_database(database, lambda: super(Command, self).handle(*args, **options),
-                                          progress=renderer)
+            testing.prepare_test_database(
+                database, lambda: super(Command, self).handle(*args, **options), progress=renderer
+            )
         except NixmigError as exc:
             renderer.fail_line()
             name = self.connection_name(database)
             raise testing.TestDatabaseError(
                 f"The SQL migrations could not be applied to the test database {name!r} (alias {database!r}); "
-                f"no test ran. {exc}" + (f" {exc.test_hint}" if getattr(exc, "test_hint", None) else "")) from None
+                f"no test ran. {exc}" + (f" {exc.test_hint}" if getattr(exc, "test_hint", None) else "")
+            ) from None
 
     @staticmethod
     def connection_name(database: str) -> str:

@@ -10,22 +10,42 @@ from nixmig.rollout import CONTINUE, DONE, UP_TO_DATE, Outcome
 
 
 class Command(NixmigCommand):
-    help = ("Lint SQL migrations for statements that lock or rewrite big tables or break running code: the "
-            "pending ones of --database (default), --all of the tree, or the IDs given.")
+    help = (
+        "Lint SQL migrations for statements that lock or rewrite big tables or break running code: the "
+        "pending ones of --database (default), --all of the tree, or the IDs given."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("ids", nargs="*", metavar="ID", help="Lint these migrations (e.g. auth/003_add_index).")
-        parser.add_argument("--dir", dest="directory", metavar="PATH",
-                            help="Migrations directory (default: NIXMIG['MIGRATIONS_DIR'] or BASE_DIR/migrations_sql).")
+        parser.add_argument(
+            "ids", nargs="*", metavar="ID", help="Lint these migrations (e.g. auth/003_add_index)."
+        )
+        parser.add_argument(
+            "--dir",
+            dest="directory",
+            metavar="PATH",
+            help="Migrations directory (default: NIXMIG['MIGRATIONS_DIR'] or BASE_DIR/migrations_sql).",
+        )
         add_target_arguments(parser, rollout=False)  # the pending migrations of each target; with --all or
         # IDs, the first --database gives the server version and table sizes
-        parser.add_argument("--all", action="store_true", dest="everything",
-                            help="Lint every migration of the tree, without a database.")
-        parser.add_argument("--format", choices=("text", "json", "github"), default="text",
-                            help="text (default), json, or github (workflow annotations).")
-        parser.add_argument("--pg-version", type=int, metavar="N",
-                            help="PostgreSQL major version the rules assume (default: the server's, or "
-                                 f"{lint.DEFAULT_PG_VERSION} without a database).")
+        parser.add_argument(
+            "--all",
+            action="store_true",
+            dest="everything",
+            help="Lint every migration of the tree, without a database.",
+        )
+        parser.add_argument(
+            "--format",
+            choices=("text", "json", "github"),
+            default="text",
+            help="text (default), json, or github (workflow annotations).",
+        )
+        parser.add_argument(
+            "--pg-version",
+            type=int,
+            metavar="N",
+            help="PostgreSQL major version the rules assume (default: the server's, or "
+            f"{lint.DEFAULT_PG_VERSION} without a database).",
+        )
         parser.add_argument("--rules", action="store_true", help="List the rules with their levels and exit.")
 
     def run(self, *, ids, directory, database, everything, format, pg_version, rules, **options):
@@ -45,7 +65,9 @@ class Command(NixmigCommand):
             tree = api.load_tree(directory)
             tree.raise_for_errors()
             connection = api.connection_for(database) if database else None
-            report = lint.lint_tree(tree, ids, connection=connection, pg_version=pg_version, settings=settings)
+            report = lint.lint_tree(
+                tree, ids, connection=connection, pg_version=pg_version, settings=settings
+            )
             scope = f"{len(tree.migrations)} migration(s)" if everything else f"{len(ids)} migration(s)"
         else:
             tree = api.load_tree(directory)
@@ -54,17 +76,27 @@ class Command(NixmigCommand):
             def pending(target, writer, progress):
                 alias = target.alias
                 status = api.status(tree=tree, database=alias, schema=target.schema, create_table=False)
-                report = (lint.lint_entries(status.pending, connection=api.connection_for(alias),
-                                            pg_version=pg_version, settings=settings)
-                          if status.pending else lint.Report([], 0, pg_version))
+                report = (
+                    lint.lint_entries(
+                        status.pending,
+                        connection=api.connection_for(alias),
+                        pg_version=pg_version,
+                        settings=settings,
+                    )
+                    if status.pending
+                    else lint.Report([], 0, pg_version)
+                )
                 where = f"database {alias!r}" if not target.schema and not target.url else target.key
-                self.write_report(report, format, f"{len(status.pending)} pending migration(s) of {where}", writer)
+                self.write_report(
+                    report, format, f"{len(status.pending)} pending migration(s) of {where}", writer
+                )
                 self.fail_on_errors(report)
                 text = report.summary() if report.findings else "no findings"
                 return Outcome(DONE if report.findings else UP_TO_DATE, [], text, text, report)
 
-            self.for_each_target(dict(options, database=targets), pending, done_label="with findings",
-                                 on_error=CONTINUE)
+            self.for_each_target(
+                dict(options, database=targets), pending, done_label="with findings", on_error=CONTINUE
+            )
             return
         self.write_report(report, format, scope)
         self.fail_on_errors(report)
@@ -72,8 +104,10 @@ class Command(NixmigCommand):
     def fail_on_errors(self, report: lint.Report) -> None:
         errors = report.errors
         if errors:
-            raise LintError(f"Lint found {len(errors)} error(s). Rewrite each statement as its fix says, or "
-                            "suppress a finding next to its statement with '-- nixmig:allow rule-id: reason'.")
+            raise LintError(
+                f"Lint found {len(errors)} error(s). Rewrite each statement as its fix says, or "
+                "suppress a finding next to its statement with '-- nixmig:allow rule-id: reason'."
+            )
 
     def write_report(self, report: lint.Report, fmt: str, scope: str, writer=None) -> None:
         out = (writer or self).stdout
@@ -86,8 +120,10 @@ class Command(NixmigCommand):
                 path = os.path.relpath(f.path) if f.path else f.file
                 lock = f.lock_text()
                 text = f"{f.statement}\n{lock + ': ' if lock else ''}{f.message}\nFix: {f.fix}"
-                out.write(f"::{kind} file={_prop(path)},line={f.line},col={f.column},"
-                          f"title={_prop('nixmig lint: ' + f.rule)}::{_data(text)}")
+                out.write(
+                    f"::{kind} file={_prop(path)},line={f.line},col={f.column},"
+                    f"title={_prop('nixmig lint: ' + f.rule)}::{_data(text)}"
+                )
             return
         style = {"error": self.style.ERROR, "warning": self.style.WARNING, "info": str}
         for f in report.findings:
@@ -95,8 +131,12 @@ class Command(NixmigCommand):
             out.write(style[f.level](first))
             out.write(rest)
         if report.findings:
-            out.write(self.style.MIGRATE_HEADING(f"{report.summary()} ({scope}, PostgreSQL {report.pg_version}"
-                                                 f"{', tables sized' if report.sized else ''})."))
+            out.write(
+                self.style.MIGRATE_HEADING(
+                    f"{report.summary()} ({scope}, PostgreSQL {report.pg_version}"
+                    f"{', tables sized' if report.sized else ''})."
+                )
+            )
         elif self.verbosity >= 1:
             out.write(f"No findings in {scope}.")
 

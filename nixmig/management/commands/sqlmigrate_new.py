@@ -31,8 +31,10 @@ class Command(NixmigCommand):
     def run(self, *, directory, module, name, **options):
         module = module.strip("/")
         if not module or not all(MODULE_SEGMENT_RE.match(s) and set(s) != {"."} for s in module.split("/")):
-            raise CommandError(f"{module!r} is not a valid module: use folder names of letters, digits, '_', '-' "
-                               "and '.', separated by '/'.")
+            raise CommandError(
+                f"{module!r} is not a valid module: use folder names of letters, digits, '_', '-' "
+                "and '.', separated by '/'."
+            )
         name = name.strip().replace(" ", "_")
         if not NAME_RE.match(name):
             raise CommandError(f"{name!r} is not a valid name: use letters, digits, '_' and '-'.")

@@ -2,13 +2,18 @@ import json
 
 from django.core.management.base import CommandError
 
-from nixmig import api, lint
-from nixmig import verify
+from nixmig import api, lint, verify
 from nixmig.management.base import NixmigCommand
 from nixmig.rollout import CONTINUE, DONE, UP_TO_DATE, Outcome
 
-MARKS = {"applied": "[X]", "pending": "[ ]", "changed": "[~]", "missing": "[?]", "partly_applied": "[!]",
-         "partly_rolled_back": "[!]"}
+MARKS = {
+    "applied": "[X]",
+    "pending": "[ ]",
+    "changed": "[~]",
+    "missing": "[?]",
+    "partly_applied": "[!]",
+    "partly_rolled_back": "[!]",
+}
 
 
 class Command(NixmigCommand):
@@ -19,9 +24,12 @@ class Command(NixmigCommand):
     def add_arguments(self, parser):
         super().add_arguments(parser)
         parser.add_argument("--json", action="store_true", help="Print machine-readable JSON.")
-        parser.add_argument("--check", action="store_true",
-                            help="Exit 1 if anything is pending, changed, missing or partly applied or rolled "
-                                 "back, or any error or warning problem exists.")
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="Exit 1 if anything is pending, changed, missing or partly applied or rolled "
+            "back, or any error or warning problem exists.",
+        )
 
     def run(self, *, json: bool, check: bool, **options):
         self.statuses_seen = []
@@ -32,14 +40,24 @@ class Command(NixmigCommand):
             self.verbosity = 0  # JSON only: no headings, lines or summary around it
         try:
             rollout = self.for_each_target(
-                options, lambda target, writer, progress: self.show(target, writer, **options),
-                done_label="not up to date", on_error=CONTINUE, finish=self.write_all_json if json else None)
+                options,
+                lambda target, writer, progress: self.show(target, writer, **options),
+                done_label="not up to date",
+                on_error=CONTINUE,
+                finish=self.write_all_json if json else None,
+            )
         finally:
             self.verbosity = verbosity
         if json and rollout is None and self.statuses_seen:  # one target: its status alone, as before
             target, status, verified = self.statuses_seen[0]
-            self.stdout.write(_dumps(dict(verify.with_results(status.as_dict(), status, verified),
-                                          lint=lint.pending_summary(status, target.alias))))
+            self.stdout.write(
+                _dumps(
+                    dict(
+                        verify.with_results(status.as_dict(), status, verified),
+                        lint=lint.pending_summary(status, target.alias),
+                    )
+                )
+            )
         self.fail_unless_up_to_date(check, [(t.key, s) for t, s, _ in self.statuses_seen])
 
     def write_all_json(self, rollout) -> None:
@@ -62,9 +80,12 @@ class Command(NixmigCommand):
         if self.json or self.compact:
             return Outcome(UP_TO_DATE if status.ok else DONE, [], text, text, status)
         findings = lint.pending_summary(status, target.alias)  # parses nothing when nothing is pending
-        lint_note = (f"Lint: {lint.counts_text(findings)} in the pending migrations; 'python manage.py "
-                     "sqlmigrate_lint' shows them." if findings["error"] or findings["warning"] or findings["info"]
-                     else None)
+        lint_note = (
+            f"Lint: {lint.counts_text(findings)} in the pending migrations; 'python manage.py "
+            "sqlmigrate_lint' shows them."
+            if findings["error"] or findings["warning"] or findings["info"]
+            else None
+        )
         self.render(status, writer, lint_note, verified)
         return Outcome(UP_TO_DATE if status.ok else DONE, [], text, text, status)
 
@@ -84,8 +105,14 @@ class Command(NixmigCommand):
         v = self.verbosity
         stdout = (writer or self.renderer).stdout
         out: list[str] = []  # written at once: one write of 10,000 lines, not 10,000 writes
-        paints = {"applied": str, "pending": str, "changed": style.WARNING, "missing": style.WARNING,
-                  "partly_applied": style.ERROR, "partly_rolled_back": style.ERROR}
+        paints = {
+            "applied": str,
+            "pending": str,
+            "changed": style.WARNING,
+            "missing": style.WARNING,
+            "partly_applied": style.ERROR,
+            "partly_rolled_back": style.ERROR,
+        }
         groups = {}
         for e in status.entries:  # modules in order of their first migration
             groups.setdefault(e.module or "(no module)", []).append(e)

@@ -8,32 +8,54 @@ from nixmig import verify
 from nixmig.exceptions import NixmigError
 from nixmig.management.base import NixmigCommand
 
-MARKS = {verify.EXACT: "[=]", verify.WARNING: "[~]", verify.NOT_EXACT: "[!]", verify.IRREVERSIBLE: "[>]",
-         verify.FAILED: "[X]", verify.NOT_RUN: "[ ]"}
+MARKS = {
+    verify.EXACT: "[=]",
+    verify.WARNING: "[~]",
+    verify.NOT_EXACT: "[!]",
+    verify.IRREVERSIBLE: "[>]",
+    verify.FAILED: "[X]",
+    verify.NOT_RUN: "[ ]",
+}
 
 
 class Command(NixmigCommand):
-    help = ("Prove that every down file reverses its up file, in a scratch database (up, down, up again, "
-            "comparing schema snapshots); with --drift, compare the live database with its applied migrations. "
-            "Exit 0 when all is exact, 1 when a round trip is not exact or drift is found, 2 when it can't run.")
+    help = (
+        "Prove that every down file reverses its up file, in a scratch database (up, down, up again, "
+        "comparing schema snapshots); with --drift, compare the live database with its applied migrations. "
+        "Exit 0 when all is exact, 1 when a round trip is not exact or drift is found, 2 when it can't run."
+    )
     multi_database = True  # the target options: each database target is verified in turn
     rollout_options = False
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("--json", action="store_true", help="Print one JSON object (for CI) instead of text.")
-        parser.add_argument("--from", dest="start", metavar="ID",
-                            help="Check from this migration on; earlier ones are applied without checks.")
-        parser.add_argument("--to", metavar="ID", help="Check up to and including this migration; stop there.")
-        parser.add_argument("--drift", action="store_true",
-                            help="Compare the live --database (read only) with a scratch database brought to the "
-                                 "same applied migrations, instead of checking round trips.")
-        parser.add_argument("--keep", action="store_true",
-                            help="Keep the scratch database at the end and print its name.")
+        parser.add_argument(
+            "--json", action="store_true", help="Print one JSON object (for CI) instead of text."
+        )
+        parser.add_argument(
+            "--from",
+            dest="start",
+            metavar="ID",
+            help="Check from this migration on; earlier ones are applied without checks.",
+        )
+        parser.add_argument(
+            "--to", metavar="ID", help="Check up to and including this migration; stop there."
+        )
+        parser.add_argument(
+            "--drift",
+            action="store_true",
+            help="Compare the live --database (read only) with a scratch database brought to the "
+            "same applied migrations, instead of checking round trips.",
+        )
+        parser.add_argument(
+            "--keep", action="store_true", help="Keep the scratch database at the end and print its name."
+        )
 
     def run(self, *, directory, database, json, start, to, drift, keep, **options):
         if drift and (start or to):
-            raise CommandError("--drift compares the whole applied set; leave out --from and --to.", returncode=2)
+            raise CommandError(
+                "--drift compares the whole applied set; leave out --from and --to.", returncode=2
+            )
         try:
             selection = self.select_targets(dict(options, database=database))
         except NixmigError as exc:
@@ -45,7 +67,8 @@ class Command(NixmigCommand):
                     f"sqlmigrate_verify checks whole databases, and {', '.join(schemas[:3])}"
                     f"{' ...' if len(schemas) > 3 else ''} is a schema target. Its round trips don't depend on the "
                     "schema: verify the tree once with --database (or a database URL in --targets-file).",
-                    returncode=2)
+                    returncode=2,
+                )
             if len(selection.targets) == 1:
                 return self.verify_one(selection.targets[0].alias, directory, json, start, to, drift, keep)
             failed, reports = [], {}
@@ -53,7 +76,9 @@ class Command(NixmigCommand):
                 if not json and self.verbosity >= 1:
                     self.stdout.write(self.style.MIGRATE_LABEL(f"Database {target.key}:"))
                 try:
-                    self.verify_one(target.alias, directory, json, start, to, drift, keep, reports, target.key)
+                    self.verify_one(
+                        target.alias, directory, json, start, to, drift, keep, reports, target.key
+                    )
                 except CommandError as exc:
                     failed.append((target.key, exc))
                     if not json:
@@ -61,9 +86,11 @@ class Command(NixmigCommand):
             if json:
                 self.stdout.write(_dumps(reports))
             if failed:
-                raise CommandError(f"{len(failed)} of {len(selection.targets)} database(s) are not exact or could "
-                                   f"not be verified: {', '.join(k for k, _ in failed)}.",
-                                   returncode=max(exc.returncode for _, exc in failed))
+                raise CommandError(
+                    f"{len(failed)} of {len(selection.targets)} database(s) are not exact or could "
+                    f"not be verified: {', '.join(k for k, _ in failed)}.",
+                    returncode=max(exc.returncode for _, exc in failed),
+                )
         finally:
             selection.close()
 
@@ -75,12 +102,15 @@ class Command(NixmigCommand):
             if drift:
                 report = verify.drift(directory=directory, database=database, keep=keep, progress=self.event)
             else:
-                report = verify.verify(directory=directory, database=database, start=start, to=to, keep=keep,
-                                       progress=self.event)
+                report = verify.verify(
+                    directory=directory, database=database, start=start, to=to, keep=keep, progress=self.event
+                )
         except NixmigError as exc:
             raise CommandError(str(exc), returncode=2) from None
         except KeyboardInterrupt:
-            raise CommandError("Interrupted; the scratch database was dropped (unless --keep).", returncode=2) from None
+            raise CommandError(
+                "Interrupted; the scratch database was dropped (unless --keep).", returncode=2
+            ) from None
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -91,7 +121,9 @@ class Command(NixmigCommand):
         else:
             self.render(report)
         if not report.ok:
-            raise CommandError(report.summary() + (" See the report above." if not as_json else ""), returncode=1)
+            raise CommandError(
+                report.summary() + (" See the report above." if not as_json else ""), returncode=1
+            )
 
     # -- progress ------------------------------------------------------------------------
 
@@ -104,8 +136,11 @@ class Command(NixmigCommand):
         elif event == "scratch" and self.verbosity >= 2:
             out.write(f"Scratch database: {data['name']}")
         elif event == "rebuild" and self.verbosity >= 2:
-            out.write(f" (the scratch database was rebuilt as {data['scratch']}: a failed step left it in an unknown "
-                      "state)", ending="")
+            out.write(
+                f" (the scratch database was rebuilt as {data['scratch']}: a failed step left it in an unknown "
+                "state)",
+                ending="",
+            )
         elif event == "verify_start":
             out.write(f"[{data['index']}/{data['total']}] verify {data['migration'].id} ...", ending="")
             out.flush()
@@ -115,8 +150,12 @@ class Command(NixmigCommand):
             out.write(" " + self._paint(result.result)(result.result) + timing)
 
     def _paint(self, result: str):
-        return {verify.EXACT: self.style.SUCCESS, verify.WARNING: self.style.WARNING,
-                verify.IRREVERSIBLE: str, verify.NOT_RUN: str}.get(result, self.style.ERROR)
+        return {
+            verify.EXACT: self.style.SUCCESS,
+            verify.WARNING: self.style.WARNING,
+            verify.IRREVERSIBLE: str,
+            verify.NOT_RUN: str,
+        }.get(result, self.style.ERROR)
 
     # -- the report ----------------------------------------------------------------------
 
@@ -134,23 +173,31 @@ class Command(NixmigCommand):
         if report.drift is not None:
             self.render_drift(report.drift)
         if report.kept:
-            out.write(f"Kept the scratch database {report.scratch} (--keep); drop it with "
-                      f"DROP DATABASE \"{report.scratch}\".")
+            out.write(
+                f"Kept the scratch database {report.scratch} (--keep); drop it with "
+                f'DROP DATABASE "{report.scratch}".'
+            )
         if self.verbosity >= 2 and report.snapshots:
-            out.write(f"{report.snapshots} snapshot(s) in {report.snapshot_seconds:.2f} s "
-                      f"({1000 * report.snapshot_seconds / report.snapshots:.1f} ms each).")
+            out.write(
+                f"{report.snapshots} snapshot(s) in {report.snapshot_seconds:.2f} s "
+                f"({1000 * report.snapshot_seconds / report.snapshots:.1f} ms each)."
+            )
         if self.verbosity >= 1:
             paint = self.style.SUCCESS if report.ok else self.style.ERROR
             out.write(paint(report.summary()))
             if report.stored and self.verbosity >= 2:
-                out.write(f"Stored the results in database {report.database!r} (sqlmigrate_status shows them).")
+                out.write(
+                    f"Stored the results in database {report.database!r} (sqlmigrate_status shows them)."
+                )
 
     def render_drift(self, drift: verify.DriftReport) -> None:
         out = self.stdout
         for note in drift.notes:
             out.write(self.style.WARNING(f"Note: {note}"))
-        groups = (("Only in the live database (made by hand?):", drift.only_live, "after"),
-                  ("Only in the tree (dropped or never applied by hand?):", drift.only_tree, "before"))
+        groups = (
+            ("Only in the live database (made by hand?):", drift.only_live, "after"),
+            ("Only in the tree (dropped or never applied by hand?):", drift.only_tree, "before"),
+        )
         for heading, diffs, side in groups:
             if diffs:
                 out.write(self.style.MIGRATE_HEADING(heading))
