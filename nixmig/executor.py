@@ -33,13 +33,17 @@ from .reports import failure, partial_truth
 from .tree import Directives, line_of
 
 if TYPE_CHECKING:  # pglast costs ~30 ms to import; sqlmigrate_status never needs it
-    from .sqltext import Prepared
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    from .sqltext import Prepared, Statement
 
 
 class Executor:
     """Apply and roll back planned migrations on one Django connection."""
 
-    def __init__(self, connection, recorder: Recorder, callback: Callable[..., None] | None = None):
+    def __init__(
+        self, connection: DatabaseWrapper, recorder: Recorder, callback: Callable[..., None] | None = None
+    ):
         self.connection = connection
         self.recorder = recorder
         self.callback = callback or (lambda event, **data: None)
@@ -72,12 +76,12 @@ class Executor:
     def finish_sql(self, direction: str, entry: Entry) -> str:
         """SQL that records (up) or forgets (down) ``entry``, and clears any progress it had."""
         sql = (
-            self.recorder.record_sql(entry.migration)
+            self.recorder.record_sql(entry.files)
             if direction == "up"
-            else self.recorder.unrecord_sql(entry.record)
+            else self.recorder.unrecord_sql(entry.recorded)
         )
         if entry.progress is not None:
-            sql += "; " + self.recorder.clear_progress_sql(entry.migration)
+            sql += "; " + self.recorder.clear_progress_sql(entry.files)
         return sql
 
     def query_for(
@@ -178,6 +182,7 @@ class Executor:
 
     def _search_path(self) -> str:
         """The search_path of a schema target: its schema, then public (for shared objects)."""
+        assert self.recorder.schema is not None, "only a schema target has a search_path of its own"
         return f"{self.connection.ops.quote_name(self.recorder.schema)}, public"
 
     def _execute_with_retries(self, entry: Entry, query: str, *, rollback: bool) -> None:
@@ -245,7 +250,7 @@ class Executor:
     ) -> list[tuple[str, int]]:
         finish = self.finish_sql(direction, entry)
         if entry.progress is None:  # this run writes progress rows; the record's transaction clears them
-            finish += "; " + self.recorder.clear_progress_sql(entry.migration)
+            finish += "; " + self.recorder.clear_progress_sql(entry.files)
         return notx.queries(
             self.recorder, self._settings(prep.file.directives, False), finish, direction, entry, prep, start
         )
@@ -271,7 +276,7 @@ class Executor:
                     what=statements[start].no_transaction,
                 )
                 self.recorder.save_progress(
-                    entry.migration, direction, prep.file.checksum, notx.hashes(prep)[: start + 1], total
+                    entry.files, direction, prep.file.checksum, notx.hashes(prep)[: start + 1], total
                 )
                 start += 1
         self.recorder.ensure_progress_table()
@@ -347,7 +352,7 @@ class Executor:
         with self.connection.cursor() as cursor:
             cursor.execute(query)
 
-    def _send_statement(self, entry: Entry, query: str, text: str, stmt) -> None:
+    def _send_statement(self, entry: Entry, query: str, text: str, stmt: Statement) -> None:
         try:
             self._execute_with_retries(entry, query, rollback=True)
         except DatabaseError as exc:
@@ -372,7 +377,7 @@ class Executor:
         except DatabaseError:
             self._rollback()  # the connection is gone: the row still says what ran (maybe with a mark)
 
-    def _finished(self, stmt) -> bool:
+    def _finished(self, stmt: Statement) -> bool:
         """True when a CREATE / DROP INDEX CONCURRENTLY that was interrupted had in fact finished."""
         if stmt.builds_index:
             return bool((self._index_state(stmt) or ("", False))[1])
@@ -385,8 +390,9 @@ class Executor:
                 return bool(cursor.fetchone()[0])
         return False
 
-    def _index_state(self, stmt) -> tuple[str, bool] | None:
+    def _index_state(self, stmt: Statement) -> tuple[str, bool] | None:
         """Return (qualified name, valid) of the index a named CREATE INDEX CONCURRENTLY builds, if it exists."""
+        assert stmt.builds_index is not None, "only a named CREATE INDEX CONCURRENTLY builds a known index"
         with self.connection.cursor() as cursor:
             cursor.execute(
                 "SELECT format('%%I.%%I', n.nspname, c.relname), i.indisvalid FROM pg_index i "
@@ -396,7 +402,7 @@ class Executor:
             )
             return cursor.fetchone()
 
-    def _drop_invalid_index(self, entry, stmt) -> None:
+    def _drop_invalid_index(self, entry: Entry, stmt: Statement) -> None:
         """Drop the INVALID index an earlier, failed or killed run of this CREATE INDEX CONCURRENTLY left.
 
         Without this the statement would fail with 'already exists', or, with IF NOT EXISTS, skip

@@ -18,13 +18,17 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from django.db import DatabaseError
 
 from . import conf
 from .exceptions import LockTimeout, NixmigError
+
+if TYPE_CHECKING:
+    from django.db.backends.postgresql.base import DatabaseWrapper
 
 CLIENT_CHECK_INTERVAL = "1s"  # how soon the server notices that a killed runner is gone
 
@@ -34,7 +38,7 @@ class MigrationLock:
 
     def __init__(
         self,
-        connection,
+        connection: DatabaseWrapper,
         table: str,
         *,
         wait: float | None = None,
@@ -52,13 +56,14 @@ class MigrationLock:
         name = f"{conf.get('APPLICATION_NAME')} {self.command} pid={os.getpid()} host={socket.gethostname()}"
         return name[:63]
 
-    def _query(self, sql: str, params=None):
+    def _query(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         with self.connection.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone()
 
     def holder(self) -> dict | None:
         """Return pid and application_name of the session holding the lock, if any."""
+        assert self.key is not None, "holder() is asked while the lock is wanted"
         hi, lo = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF
         row = self._query(
             "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start FROM pg_locks l "
@@ -106,7 +111,7 @@ class MigrationLock:
             time.sleep(min(delay * (0.8 + 0.4 * random.random()), max(self.wait - waited, 0.01)))
             delay = min(delay * 1.6, 1.0)
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self.key is None:
             return
         try:

@@ -78,7 +78,7 @@ def queries(
     marked in flight just before and done just after. Index -1 marks queries that are not a
     statement of the file.
     """
-    m = entry.migration
+    m = entry.files
     statements = prep.analysis.statements
     texts = [prep.body[s.start : s.end] for s in statements]
     done = hashes(prep)
@@ -115,7 +115,7 @@ def failed_progress_sql(
     recorder: Recorder, entry: Entry, direction: str, prep: Prepared, ran_: int, error: str
 ) -> str:
     """SQL that leaves exactly statements 1..ran_ as progress, with the error of the next one."""
-    m = entry.migration
+    m = entry.files
     if ran_ == 0:
         return recorder.clear_progress_sql(m)  # nothing ran: no progress (an in-flight mark is void)
     return (

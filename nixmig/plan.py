@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from .exceptions import PlanError
-from .tree import ERROR, INFO, WARNING, Migration, Problem, Tree
+from .tree import ERROR, INFO, WARNING, Migration, Problem, SqlFile, Tree
 
 APPLIED = "applied"
 PENDING = "pending"
@@ -83,11 +85,25 @@ class Entry:
         return self.record.applied_at if self.record else None
 
     @property
+    def files(self) -> Migration:
+        """The migration's files: every state but MISSING has them."""
+        if self.migration is None:
+            raise ValueError(f"{self.id} is {self.state}: it has no files")
+        return self.migration
+
+    @property
+    def recorded(self) -> AppliedRecord:
+        """The tracking-table row: APPLIED, CHANGED, PARTLY_ROLLED_BACK and MISSING entries have one."""
+        if self.record is None:
+            raise ValueError(f"{self.id} is {self.state}: it is not recorded")
+        return self.record
+
+    @property
     def sort_key(self) -> tuple[int, str, str]:
         return (self.number, self.module, self.name)
 
-    def as_dict(self) -> dict:
-        data = {
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
             "id": self.id,
             "module": self.module,
             "name": self.name,
@@ -194,7 +210,11 @@ _NUMBER_RE = re.compile(r"^([0-9]+)_")
 
 
 def resolve(
-    tree: Tree, records: list[AppliedRecord], progress: list[Progress] = (), *, table: str = "migrations"
+    tree: Tree,
+    records: Sequence[AppliedRecord],
+    progress: Sequence[Progress] = (),
+    *,
+    table: str = "migrations",
 ) -> Status:
     """Match tracking-table rows to files and give every migration its state.
 
@@ -233,13 +253,13 @@ def resolve(
             continue
         matched[key] = rec
         if key not in by_key:
-            m = _NUMBER_RE.match(rec.name)
+            number = _NUMBER_RE.match(rec.name)
             missing.append(
                 Entry(
                     "/".join(k for k in key if k),
                     key[0],
                     rec.name,
-                    int(m.group(1)) if m else 0,
+                    int(number.group(1)) if number else 0,
                     MISSING,
                     None,
                     rec,
@@ -254,8 +274,8 @@ def resolve(
     entries: list[Entry] = []
     for m in tree.migrations:
         key = (m.module, m.name)
-        rec = matched.get(key)
-        if rec is None:
+        recorded = matched.get(key)
+        if recorded is None:
             prog = up_progress.get(key)
             state = PARTLY_APPLIED if prog else PENDING
         else:
@@ -264,12 +284,12 @@ def resolve(
                 PARTLY_ROLLED_BACK
                 if prog
                 else CHANGED
-                if rec.checksum is not None and rec.checksum != m.checksum
+                if recorded.checksum is not None and recorded.checksum != m.checksum
                 else APPLIED
             )
         if prog is not None:
             used.add((m.module, m.name, prog.direction))
-        entries.append(Entry(m.id, m.module, m.name, m.number, state, m, rec, progress=prog))
+        entries.append(Entry(m.id, m.module, m.name, m.number, state, m, recorded, progress=prog))
     entries.extend(missing)
     entries.sort(key=lambda e: e.sort_key)
 
@@ -301,13 +321,15 @@ def resolve(
     return Status(tuple(entries), tuple(problems), tuple(legacy), tree)
 
 
-def _partial_file(entry: Entry):
-    return entry.migration.up if entry.state == PARTLY_APPLIED else entry.migration.down or entry.migration.up
+def _partial_file(entry: Entry) -> SqlFile:
+    files = entry.files
+    return files.up if entry.state == PARTLY_APPLIED else files.down or files.up
 
 
 def describe_partial(entry: Entry) -> str:
     """Say truly what a partly applied or partly rolled-back migration is, and every way out of it."""
     p = entry.progress
+    assert p is not None, "describe_partial() takes a partly run entry"
     lines, edited = entry.statement_lines, entry.edited
     k, n = p.statements_done, p.total
     sql_file = _partial_file(entry)
@@ -403,7 +425,7 @@ def plan_up(
         pending = [e for e in pending if e.sort_key <= target.sort_key]
     changed = status.with_state(CHANGED)
     if changed and not allow_changed:
-        ids = "\n".join(f"  - {e.id} ({e.migration.up.relpath})" for e in changed)
+        ids = "\n".join(f"  - {e.id} ({e.files.up.relpath})" for e in changed)
         raise PlanError(
             f"{len(changed)} applied migration(s) were edited after they were applied:\n{ids}\n"
             "Nothing was run. Undo the edit, or if it was intended run 'python manage.py sqlmigrate_repair' "
@@ -434,7 +456,7 @@ def plan_down(
     if forward:
         raise PlanError("Nothing was rolled back. " + " ".join(describe_partial(e) for e in forward))
     applied = sorted(
-        (e for e in status.entries if e.record is not None), key=lambda e: e.record.row_id, reverse=True
+        (e for e in status.entries if e.record is not None), key=lambda e: e.recorded.row_id, reverse=True
     )
     if everything:
         chosen = applied
@@ -445,7 +467,7 @@ def plan_down(
                 f"{target.id} is not applied, so there is nothing to roll back to; "
                 "pick an applied migration (see sqlmigrate_status)."
             )
-        chosen = [e for e in applied if e.record.row_id > target.record.row_id]
+        chosen = [e for e in applied if e.recorded.row_id > target.record.row_id]
     else:
         if steps is None or steps < 1:
             raise PlanError("--steps must be 1 or more.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django.db import DatabaseError, transaction
 
@@ -20,6 +21,9 @@ from . import conf
 from .exceptions import TrackingTableError
 from .plan import AppliedRecord, Progress, Status
 from .tree import Migration
+
+if TYPE_CHECKING:
+    from django.db.backends.postgresql.base import DatabaseWrapper
 
 REQUIRED_COLUMNS = {"id", "name", "applied_at"}
 NIXMIG_COLUMNS = {"module": "VARCHAR", "checksum": "VARCHAR(64)", "execution_ms": "DOUBLE PRECISION"}
@@ -50,7 +54,7 @@ def literal(value: str | None) -> str:
 class Recorder:
     """Read and write the tracking table of one database connection."""
 
-    def __init__(self, connection, table: str | None = None, schema: str | None = None):
+    def __init__(self, connection: DatabaseWrapper, table: str | None = None, schema: str | None = None):
         self.connection = connection
         self.table = table or conf.table()
         self.schema = schema  # a schema target: the tables live there, and migrations run with it first

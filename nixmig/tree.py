@@ -104,16 +104,19 @@ class SqlFile:
     @property
     def text(self) -> str:
         self._load()
+        assert self._text is not None
         return self._text
 
     @property
     def checksum(self) -> str:
         self._load()
+        assert self._checksum is not None
         return self._checksum
 
     @property
     def directives(self) -> Directives:
         self._load()
+        assert self._directives is not None
         return self._directives
 
     @property
@@ -125,7 +128,7 @@ class SqlFile:
         text = self._text if self._text is not None else self.text
         return not text or text.isspace()  # = not text.strip(), without copying the text
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, SqlFile):
             return NotImplemented
         return (os.fspath(self._path), self.relpath, self.text, self.checksum, self.directives) == (
@@ -136,7 +139,7 @@ class SqlFile:
             other.directives,
         )
 
-    __hash__ = None  # mutable cache inside; not a dict key
+    __hash__ = None  # type: ignore[assignment]  # mutable cache inside; not a dict key
 
     def __repr__(self) -> str:
         return f"SqlFile({self.relpath!r}{'' if self.is_loaded else ', not read yet'})"
@@ -284,7 +287,7 @@ def parse_directives(text: str, relpath: str) -> tuple[Directives, list[Problem]
     ), problems
 
 
-def _read(path) -> bytes:
+def _read(path: str | os.PathLike[str]) -> bytes:
     """Return a file's bytes with the least per-file overhead: no buffered reader, no Path.
 
     The first read asks for 16 KiB, not more: CPython allocates the whole requested size before
