@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import psycopg
 from django.db import DatabaseError, connections
 
 from . import conf, databases, signals
@@ -20,8 +21,10 @@ from .exceptions import DatabaseUnavailable, NixmigError, PlanError, TreeError
 from .executor import Executor, RunOptions
 from .lock import MigrationLock
 from .plan import (
+    APPLIED,
     PARTIAL,
     PARTLY_APPLIED,
+    PENDING,
     AppliedRecord,
     Entry,
     Status,
@@ -30,7 +33,7 @@ from .plan import (
     plan_up,
     resolve,
 )
-from .recorder import Recorder
+from .recorder import NIXMIG_COLUMNS, REQUIRED_COLUMNS, Recorder
 from .tree import ERROR, WARNING, Problem, Tree
 from .tree import load_tree as _load_tree
 
@@ -68,29 +71,33 @@ class RunResult:
         return [e.id for e in self.done]
 
 
+def _unavailable(exc: DatabaseError, database: str) -> DatabaseUnavailable:
+    """Describe a database error that escaped nixmig's own handling (a connection cut while waiting
+    for the lock, or during a catalog query) as one paragraph that says what it means for the records."""
+    from .pgerrors import connection_lost, describe
+
+    text, sqlstate = describe(exc)
+    what = (
+        "The connection to database {db!r} was lost"
+        if connection_lost(exc, sqlstate)
+        else "A query nixmig sent to database {db!r} failed"
+    ).format(db=database)
+    return DatabaseUnavailable(
+        f"{what}: {text.rstrip('.')}. Each migration and its record are one transaction (a no-transaction "
+        "file keeps its progress), so the tracking table still says exactly what ran; sqlmigrate_status "
+        "shows it. Run the command again once the database answers."
+    )
+
+
 def _database_errors(function):
-    """Turn a database error that escapes nixmig's own handling (a connection cut while waiting for the
-    lock, or during a catalog query) into one paragraph that says what it means for the records."""
+    """Turn a database error that escapes nixmig's own handling into one paragraph (see _unavailable)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except DatabaseError as exc:
-            from .pgerrors import connection_lost, describe
-
-            text, sqlstate = describe(exc)
-            database = kwargs.get("database", "default")
-            what = (
-                "The connection to database {db!r} was lost"
-                if connection_lost(exc, sqlstate)
-                else "A query nixmig sent to database {db!r} failed"
-            ).format(db=database)
-            raise DatabaseUnavailable(
-                f"{what}: {text.rstrip('.')}. Each migration and its record are one transaction (a no-transaction "
-                "file keeps its progress), so the tracking table still says exactly what ran; sqlmigrate_status "
-                "shows it. Run the command again once the database answers."
-            ) from None
+            raise _unavailable(exc, kwargs.get("database", "default")) from None
 
     return wrapper
 
@@ -254,21 +261,21 @@ def migrate_up(
     ``schema`` runs them in that schema of ``database`` (search_path, tracking table and lock
     of the schema); ``create_schema`` creates it when missing.
     """
-    return _run(
-        "up",
-        directory,
+    with session(
         database,
-        progress,
-        lock_wait,
-        fake,
-        lambda status: plan_up(
-            status, to=to, allow_changed=allow_changed, allow_out_of_order=allow_out_of_order
-        ),
-        atomic=atomic,
         tree=tree,
+        directory=directory,
         schema=schema,
         create_schema=create_schema,
-    )
+        lock_wait=lock_wait,
+        progress=progress,
+        command="sqlmigrate_up",
+    ) as s:
+        result = s.up(
+            to, fake=fake, atomic=atomic, allow_changed=allow_changed, allow_out_of_order=allow_out_of_order
+        )
+    result.seconds = time.perf_counter() - s.opened_at
+    return result
 
 
 @_database_errors
@@ -286,17 +293,18 @@ def migrate_down(
     schema: str | None = None,
 ) -> RunResult:
     """Roll back the most recently applied migrations (``steps``, down ``to`` one, or ``everything``)."""
-    return _run(
-        "down",
-        directory,
+    with session(
         database,
-        progress,
-        lock_wait,
-        fake,
-        lambda status: plan_down(status, steps=steps, to=to, everything=everything, fake=fake),
         tree=tree,
+        directory=directory,
         schema=schema,
-    )
+        lock_wait=lock_wait,
+        progress=progress,
+        command="sqlmigrate_down",
+    ) as s:
+        result = s.down(steps, to=to, everything=everything, fake=fake)
+    result.seconds = time.perf_counter() - s.opened_at
+    return result
 
 
 @_database_errors
@@ -312,10 +320,7 @@ def plan(
     tree = load_tree(directory)
     tree.raise_for_errors()
     current = status(tree=tree, database=database, create_table=False, schema=schema)
-    if direction == "up":
-        entries = plan_up(current, **options)
-    else:
-        entries = plan_down(current, **options)
+    entries = plan_up(current, **options) if direction == "up" else plan_down(current, **options)
     _prepare(tree, entries, direction, options.get("fake", False))
     return entries
 
@@ -433,72 +438,354 @@ def _with_migration_signals(emit: Callback, database: str) -> Callback:
     return callback
 
 
-def _run(
-    direction,
-    directory,
-    database,
-    progress,
-    lock_wait,
-    fake,
-    make_plan,
-    atomic=False,
-    tree: Tree | None = None,
-    schema: str | None = None,
-    create_schema: bool = False,
-) -> RunResult:
-    emit = _with_migration_signals(progress or (lambda event, **data: None), database)
-    tree = tree or load_tree(directory)
-    tree.raise_for_errors()
-    for problem in tree.problems:
-        if problem.level == "warning":
-            emit("warning", message=problem.message)
-    connection = connection_for(database)
-    require_schema(connection, schema, create=create_schema)
-    recorder = Recorder(connection, schema=schema)
-    started = time.perf_counter()
-    with MigrationLock(
-        connection, recorder.table, wait=lock_wait, callback=emit, command=f"sqlmigrate_{direction}"
+class Session:
+    """Several steps on one database under one migration lock, with one read of the tracking table.
+
+    Made by :func:`session`; use it as a context manager. On entry it takes the migration lock
+    and reads the tracking table once; each ``up()`` / ``down()`` then plans from the state it
+    keeps in memory and updates that state from what ran (an up fetches only the rows it added,
+    for their ids), so ``k`` steps cost ``O(k)`` queries, whatever the size of the tree. On exit,
+    normal or by an exception, the lock is released.
+
+    After a step fails, the session reads the tracking table again, so its state is the
+    database's; a step after a lost connection raises instead (the lock went with it).
+    """
+
+    def __init__(
+        self,
+        database: str,
+        tree: Tree,
+        *,
+        schema: str | None = None,
+        create_schema: bool = False,
+        lock_wait: float | None = None,
+        progress: Callback | None = None,
+        command: str = "nixmig",
     ):
-        state = recorder.read()  # re-read under the lock: another runner may have applied everything
-        current = _resolve(tree, state, recorder)
-        entries = make_plan(current)
-        prepared = _prepare(tree, entries, direction, fake)
-        for check in _plan_checks:  # e.g. the linter: may raise to refuse the plan; nothing has run yet
-            check(
-                direction=direction,
-                entries=entries,
-                prepared=prepared,
-                connection=connection,
-                fake=fake,
-                emit=emit,
-            )
-        result = RunResult(
-            direction,
-            entries,
-            database=database,
-            fake=fake,
-            schema=schema,
-            skipped=sum(1 for e in current.entries if e.record is not None) - len(entries)
-            if direction == "down"
-            else len(current.with_state("applied", "changed")),
-        )
-        emit("plan", direction=direction, entries=entries, fake=fake)
-        if not entries:
-            if not state.exists or state.needs_upgrade or current.legacy:
-                recorder.ensure_schema(state, current)  # adopt a Go migrator's table even with nothing to run
-            result.seconds = time.perf_counter() - started
-            return result
-        recorder.ensure_schema(state, current)
-        signals.pre_sqlmigrate.send(
-            sender=RunResult, direction=direction, database=database, plan=entries, fake=fake
-        )
-        executor = Executor(connection, recorder, emit)
+        self.database = database
+        self.tree = tree
+        self.schema = schema
+        self.create_schema = create_schema
+        self.lock_wait = lock_wait
+        self.command = command
+        self.emit = _with_migration_signals(progress or (lambda event, **data: None), database)
+        self.connection = None
+        self.recorder: Recorder | None = None
+        self.opened_at = 0.0
+        self._lock: MigrationLock | None = None
+        self._raw = None  # the DB-API connection that holds the lock
+        self._executor: Executor | None = None
+        self._broken: str | None = None
+        self._table = None  # TableState as last read or as the steps left it
+        self._entries: list[Entry] = []
+        self._position: dict[str, int] = {}
+        self._problems: tuple[Problem, ...] = ()
+        self._legacy: tuple = ()
+        self._status: Status | None = None
+        self._last_row_id = 0  # the highest tracking-table id seen: _fetch reads the rows after it
+        self._unfetched: list[int] = []  # positions of entries applied here whose rows are not read yet
+        self._last_applied = -1  # position of the last entry (in run order) with a record
+
+    # -- opening and closing -----------------------------------------------------------------
+
+    def __enter__(self) -> Session:
+        self.opened_at = time.perf_counter()
+        self.tree.raise_for_errors()
+        for problem in self.tree.problems:
+            if problem.level == WARNING:
+                self.emit("warning", message=problem.message)
         try:
-            result.done = executor.run(entries, prepared, RunOptions(direction, fake, atomic))
+            self.connection = connection_for(self.database)
+            require_schema(self.connection, self.schema, create=self.create_schema)
+            self.recorder = Recorder(self.connection, schema=self.schema)
+            lock = MigrationLock(
+                self.connection,
+                self.recorder.table,
+                wait=self.lock_wait,
+                callback=self.emit,
+                command=self.command,
+            )
+            lock.__enter__()
+            self._lock, self._raw = lock, self.connection.connection
+            try:
+                self._read()  # under the lock: another runner may have applied everything
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
+        except DatabaseError as exc:
+            raise _unavailable(exc, self.database) from None
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.__exit__(*exc_info)
+        self._broken = self._broken or "it is closed"
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        """Return every migration with its state, as the session knows it.
+
+        Sends at most one query: the rows of migrations applied since the last call, for their
+        ids and times.
+        """
+        self._usable()
+        try:
+            self._fetch()
+        except DatabaseError as exc:
+            self._after_failure()
+            raise _unavailable(exc, self.database) from None
+        return self._current()
+
+    def up(
+        self,
+        to: str | None = None,
+        *,
+        fake: bool = False,
+        atomic: bool = False,
+        allow_changed: bool = False,
+        allow_out_of_order: bool = False,
+    ) -> RunResult:
+        """Apply pending migrations in order (all, or up to and including ``to``); see ``migrate_up``."""
+        return self._step(
+            "up",
+            lambda status: plan_up(
+                status, to=to, allow_changed=allow_changed, allow_out_of_order=allow_out_of_order
+            ),
+            fake,
+            atomic,
+        )
+
+    def down(
+        self, steps: int | None = 1, *, to: str | None = None, everything: bool = False, fake: bool = False
+    ) -> RunResult:
+        """Roll back the most recently applied migrations (``steps``, down ``to`` one, or ``everything``)."""
+        return self._step(
+            "down",
+            lambda status: plan_down(status, steps=steps, to=to, everything=everything, fake=fake),
+            fake,
+        )
+
+    def refresh(self) -> Status:
+        """Read the tracking table again (after a change made outside the session) and return the status."""
+        self._usable()
+        try:
+            self._read()
+        except DatabaseError as exc:
+            self._after_failure()
+            raise _unavailable(exc, self.database) from None
+        return self.status()
+
+    # -- inside --------------------------------------------------------------------------------
+
+    def _usable(self) -> None:
+        if self._lock is not None and self.connection.connection is not self._raw:
+            self._broken = "its connection was closed, and the migration lock with it"
+        if self._broken or self._lock is None:
+            raise NixmigError(
+                f"This session on database {self.database!r} can't run more steps: "
+                f"{self._broken or 'it is not open (use it as a context manager)'}. "
+                "Open a new session; sqlmigrate_status shows what is applied."
+            )
+
+    def _step(self, direction: str, make_plan, fake: bool, atomic: bool = False) -> RunResult:
+        self._usable()
+        started = time.perf_counter()
+        try:
+            if direction == "down":
+                self._fetch()  # a rollback removes rows by id
+            current = self._current()
+            entries = make_plan(current)
+            prepared = _prepare(self.tree, entries, direction, fake)
+            for check in _plan_checks:  # e.g. the linter: may raise to refuse the plan; nothing has run yet
+                check(
+                    direction=direction,
+                    entries=entries,
+                    prepared=prepared,
+                    connection=self.connection,
+                    fake=fake,
+                    emit=self.emit,
+                )
+            result = RunResult(
+                direction,
+                entries,
+                database=self.database,
+                fake=fake,
+                schema=self.schema,
+                skipped=sum(1 for e in current.entries if e.record is not None) - len(entries)
+                if direction == "down"
+                else len(current.with_state("applied", "changed")),
+            )
+            self.emit("plan", direction=direction, entries=entries, fake=fake)
+            table = self._table
+            if not entries:
+                if not table.exists or table.needs_upgrade or current.legacy:
+                    self._ensure_schema(current)  # adopt a Go migrator's table even with nothing to run
+                result.seconds = time.perf_counter() - started
+                return result
+            self._ensure_schema(current)
+        except DatabaseError as exc:  # nothing of the plan ran
+            self._after_failure()
+            raise _unavailable(exc, self.database) from None
+        signals.pre_sqlmigrate.send(
+            sender=RunResult, direction=direction, database=self.database, plan=entries, fake=fake
+        )
+        if self._executor is None:
+            self._executor = Executor(self.connection, self.recorder, self.emit)
+        try:
+            result.done = self._executor.run(entries, prepared, RunOptions(direction, fake, atomic))
+            self._after(direction, result.done)
+        except BaseException as exc:
+            self._after_failure()
+            if isinstance(exc, DatabaseError):
+                raise _unavailable(exc, self.database) from None
+            raise
         finally:
             result.seconds = time.perf_counter() - started
-        signals.post_sqlmigrate.send(sender=RunResult, direction=direction, database=database, result=result)
-    return result
+        signals.post_sqlmigrate.send(
+            sender=RunResult, direction=direction, database=self.database, result=result
+        )
+        return result
+
+    def _current(self) -> Status:
+        if self._status is None:
+            self._status = Status(tuple(self._entries), self._problems, self._legacy, self.tree)
+        return self._status
+
+    def _fetch(self) -> None:
+        """Fetch the rows of the migrations applied since the last fetch (one query), for their ids."""
+        if not self._unfetched:
+            return
+        added = self.recorder.read_since(self._last_row_id)
+        by_key = {(r.module, r.name): r for r in added}
+        entries = self._entries
+        if len(added) != len(self._unfetched) or any(
+            (entries[p].module, entries[p].name) not in by_key for p in self._unfetched
+        ):
+            self._read()  # rows this session did not write: take the table as it is
+            return
+        for p in self._unfetched:
+            entries[p] = replace(entries[p], record=by_key[(entries[p].module, entries[p].name)])
+        self._last_row_id = added[-1].row_id
+        self._unfetched = []
+        self._status = None
+
+    def _read(self) -> None:
+        """Read the tracking table, resolve it against the tree and keep the result."""
+        table = self.recorder.read()
+        current = _resolve(self.tree, table, self.recorder)
+        self._table = table
+        self._unfetched = []
+        self._entries = list(current.entries)
+        self._position = {e.id: i for i, e in enumerate(self._entries)}
+        self._problems, self._legacy, self._status = current.problems, current.legacy, current
+        self._last_row_id = max((r.row_id for r in table.records), default=self._last_row_id)
+        self._last_applied = max((i for i, e in enumerate(self._entries) if e.record is not None), default=-1)
+
+    def _ensure_schema(self, current: Status) -> None:
+        """Create or upgrade the tracking table once, before the first step that writes to it."""
+        table = self._table
+        if table.exists and not table.needs_upgrade and not current.legacy:
+            return
+        self.recorder.ensure_schema(table, current)
+        if table.exists:  # upgraded, or a Go migrator's rows adopted: read what they became (once)
+            self._read()
+        else:
+            self._table = replace(
+                table, exists=True, columns=frozenset(REQUIRED_COLUMNS | set(NIXMIG_COLUMNS))
+            )
+
+    def _after(self, direction: str, done: list[Entry]) -> None:
+        """Bring the kept state up to date with the migrations a step applied or rolled back."""
+        if not done:
+            return
+        if any(e.progress is not None or e.state in PARTIAL for e in done):
+            self._read()  # a resumed no-transaction file: its progress and warnings change too
+            return
+        changed: dict[int, Entry] = {}
+        if direction == "up":
+            for e in done:  # their rows' ids are fetched when needed, in one query (see _fetch)
+                position = self._position[e.id]
+                self._unfetched.append(position)
+                record = AppliedRecord(0, e.name, e.module, None, e.migration.checksum)
+                changed[position] = replace(e, state=APPLIED, record=record, out_of_order=False)
+        else:
+            if any(e.migration is None for e in done):
+                self._read()  # a missing migration's record removed (--fake): its entry goes away
+                return
+            for e in done:
+                changed[self._position[e.id]] = replace(e, state=PENDING, record=None, out_of_order=False)
+        for position, entry in changed.items():
+            self._entries[position] = entry
+        self._status = None
+        self._mark_out_of_order(set(changed))
+
+    def _mark_out_of_order(self, changed: set[int]) -> None:
+        """Recompute the out-of-order flags that a step can change: those between the old and new last applied."""
+        entries, old = self._entries, self._last_applied
+        new = max([old, *(p for p in changed if entries[p].record is not None)])
+        while new >= 0 and entries[new].record is None:  # the last applied one was rolled back
+            new -= 1
+        self._last_applied = new
+        for position in changed | set(range(min(old, new) + 1, max(old, new) + 1)):
+            if position < 0:
+                continue
+            e = entries[position]
+            flag = e.record is None and position < new
+            if e.out_of_order != flag:
+                entries[position] = replace(e, out_of_order=flag)
+
+    def _after_failure(self) -> None:
+        """After a failed step, take the state from the database (what committed); or stop the session."""
+        self._status = None
+        try:
+            if self.connection.connection is not self._raw:
+                raise DatabaseError("the connection was replaced")
+            self._read()
+        except (DatabaseError, psycopg.Error):
+            self._broken = (
+                "the connection to the database was lost during a step, and the migration lock with it"
+            )
+
+
+def session(
+    database: str = "default",
+    *,
+    tree: Tree | None = None,
+    directory: str | Path | None = None,
+    schema: str | None = None,
+    create_schema: bool = False,
+    lock_wait: float | None = None,
+    progress: Callback | None = None,
+    command: str = "nixmig",
+) -> Session:
+    """Return a session on ``database``: several up / down steps under one lock and one read.
+
+    ::
+
+        with api.session("default", tree=tree) as s:
+            s.up(to="auth/003_roles")
+            s.down(steps=1)
+            print(s.status().counts())
+
+    ``tree`` reuses a loaded tree (default: read ``directory`` or NIXMIG['MIGRATIONS_DIR']);
+    ``schema`` runs in that schema (search_path, tracking table and lock of the schema),
+    creating it first with ``create_schema``; ``lock_wait`` is how long to wait for another
+    runner's lock (default NIXMIG['LOCK_WAIT']); ``progress`` gets the engine's events, as
+    with ``migrate_up``; ``command`` names the run in ``application_name`` while it holds the
+    lock. Entering raises NixmigError (a bad tree, no database, the lock not free in time)
+    before anything is run.
+    """
+    return Session(
+        database,
+        tree or load_tree(directory),
+        schema=schema,
+        create_schema=create_schema,
+        lock_wait=lock_wait,
+        progress=progress,
+        command=command,
+    )
 
 
 @_database_errors

@@ -118,6 +118,16 @@ class Recorder:
                 ]
         return TableState(exists, columns, records, progress, progress_exists)
 
+    def read_since(self, row_id: int) -> list[AppliedRecord]:
+        """Return the rows added after row ``row_id``, in application order (the table has nixmig's columns)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id::bigint, name::text, applied_at::timestamptz, module, checksum, execution_ms "
+                f"FROM {self.qtable} WHERE id > %s ORDER BY id",
+                [row_id],
+            )
+            return [AppliedRecord(r[0], r[1], r[3], r[2], r[4], r[5]) for r in cursor.fetchall()]
+
     # -- schema --------------------------------------------------------------------------
 
     def create_sql(self) -> str:
