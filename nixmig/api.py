@@ -11,7 +11,9 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from django.db import DatabaseError, connections
@@ -33,11 +35,17 @@ from .plan import (
     plan_up,
     resolve,
 )
-from .recorder import NIXMIG_COLUMNS, REQUIRED_COLUMNS, Recorder
-from .tree import ERROR, WARNING, Problem, Tree
+from .recorder import NIXMIG_COLUMNS, REQUIRED_COLUMNS, Recorder, TableState
+from .tree import ERROR, WARNING, Migration, Problem, Tree
 from .tree import load_tree as _load_tree
 
+if TYPE_CHECKING:
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
 Callback = Callable[..., None]
+
+# The time of a row a session wrote and has not read back yet (replaced before anyone sees it).
+_NOT_READ = datetime.min.replace(tzinfo=timezone.utc)
 
 # Callables run on every plan under the lock, before anything is sent (see register_plan_check).
 _plan_checks: list[Callable[..., None]] = []
@@ -451,6 +459,11 @@ class Session:
     database's; a step after a lost connection raises instead (the lock went with it).
     """
 
+    # Set on entry: the connection holding the lock, its tracking table, and the table as last read.
+    connection: DatabaseWrapper
+    recorder: Recorder
+    _table: TableState
+
     def __init__(
         self,
         database: str,
@@ -461,7 +474,7 @@ class Session:
         lock_wait: float | None = None,
         progress: Callback | None = None,
         command: str = "nixmig",
-    ):
+    ) -> None:
         self.database = database
         self.tree = tree
         self.schema = schema
@@ -469,18 +482,15 @@ class Session:
         self.lock_wait = lock_wait
         self.command = command
         self.emit = _with_migration_signals(progress or (lambda event, **data: None), database)
-        self.connection = None
-        self.recorder: Recorder | None = None
         self.opened_at = 0.0
         self._lock: MigrationLock | None = None
-        self._raw = None  # the DB-API connection that holds the lock
+        self._raw: object = None  # the DB-API connection that holds the lock
         self._executor: Executor | None = None
         self._broken: str | None = None
-        self._table = None  # TableState as last read or as the steps left it
         self._entries: list[Entry] = []
         self._position: dict[str, int] = {}
         self._problems: tuple[Problem, ...] = ()
-        self._legacy: tuple = ()
+        self._legacy: tuple[tuple[AppliedRecord, Migration], ...] = ()
         self._status: Status | None = None
         self._last_row_id = 0  # the highest tracking-table id seen: _fetch reads the rows after it
         self._unfetched: list[int] = []  # positions of entries applied here whose rows are not read yet
@@ -516,7 +526,7 @@ class Session:
             raise _unavailable(exc, self.database) from None
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.__exit__(*exc_info)
@@ -589,7 +599,9 @@ class Session:
                 "Open a new session; sqlmigrate_status shows what is applied."
             )
 
-    def _step(self, direction: str, make_plan, fake: bool, atomic: bool = False) -> RunResult:
+    def _step(
+        self, direction: str, make_plan: Callable[[Status], list[Entry]], fake: bool, atomic: bool = False
+    ) -> RunResult:
         self._usable()
         started = time.perf_counter()
         try:
@@ -708,7 +720,7 @@ class Session:
             for e in done:  # their rows' ids are fetched when needed, in one query (see _fetch)
                 position = self._position[e.id]
                 self._unfetched.append(position)
-                record = AppliedRecord(0, e.name, e.module, None, e.migration.checksum)
+                record = AppliedRecord(0, e.name, e.module, _NOT_READ, e.files.checksum)
                 changed[position] = replace(e, state=APPLIED, record=record, out_of_order=False)
         else:
             if any(e.migration is None for e in done):
