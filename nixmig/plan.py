@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ PARTLY_ROLLED_BACK = "partly_rolled_back"  # still recorded; statements 1..k of 
 PARTIAL = (PARTLY_APPLIED, PARTLY_ROLLED_BACK)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class AppliedRecord:
     """One row of the tracking table."""
 
@@ -31,6 +32,26 @@ class AppliedRecord:
     applied_at: datetime
     checksum: str | None = None
     execution_ms: float | None = None
+
+    def __init__(
+        self,
+        row_id: int,
+        name: str,
+        module: str | None,
+        applied_at: datetime,
+        checksum: str | None = None,
+        execution_ms: float | None = None,
+    ) -> None:
+        # Frozen, but filled in one step: a frozen dataclass's own __init__ sets each field through
+        # object.__setattr__, four times slower, and a status builds one per row (10,000 and more).
+        self.__dict__.update(
+            row_id=row_id,
+            name=name,
+            module=module,
+            applied_at=applied_at,
+            checksum=checksum,
+            execution_ms=execution_ms,
+        )
 
 
 @dataclass(frozen=True)
@@ -62,7 +83,7 @@ class Progress:
         return self.statements_done > 0 or self.in_flight
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Entry:
     """One migration's state: a file, a record, or both."""
 
@@ -79,6 +100,35 @@ class Entry:
     # and whether the statements that ran were edited since (then it can't resume).
     statement_lines: tuple[int, ...] = ()
     edited: bool = False
+
+    def __init__(
+        self,
+        id: str,
+        module: str,
+        name: str,
+        number: int,
+        state: str,
+        migration: Migration | None = None,
+        record: AppliedRecord | None = None,
+        out_of_order: bool = False,
+        progress: Progress | None = None,
+        statement_lines: tuple[int, ...] = (),
+        edited: bool = False,
+    ) -> None:
+        # One entry per migration on every status: filled in one step, as AppliedRecord is.
+        self.__dict__.update(
+            id=id,
+            module=module,
+            name=name,
+            number=number,
+            state=state,
+            migration=migration,
+            record=record,
+            out_of_order=out_of_order,
+            progress=progress,
+            statement_lines=statement_lines,
+            edited=edited,
+        )
 
     @property
     def applied_at(self) -> datetime | None:
@@ -207,6 +257,7 @@ class RunOptions:
 
 
 _NUMBER_RE = re.compile(r"^([0-9]+)_")
+_sort_key = operator.attrgetter("number", "module", "name")  # = Entry.sort_key
 
 
 def resolve(
@@ -271,15 +322,24 @@ def resolve(
     up_progress = {(p.module, p.name): p for p in progress if p.direction == "up" and p.started}
     down_progress = {(p.module, p.name): p for p in progress if p.direction == "down" and p.started}
     used: set[tuple[str, str, str]] = set()
+    # Out of order: not recorded, but sorting before the latest recorded migration. One pass over the
+    # files, which are in run order already; the rows of missing files merge in only when there are any.
+    last_applied = max(
+        [by_key[key].sort_key for key in matched if key in by_key] + [e.sort_key for e in missing],
+        default=None,
+    )
     entries: list[Entry] = []
+    append = entries.append
     for m in tree.migrations:
         key = (m.module, m.name)
         recorded = matched.get(key)
+        late = False
         if recorded is None:
-            prog = up_progress.get(key)
+            prog = up_progress.get(key) if up_progress else None
             state = PARTLY_APPLIED if prog else PENDING
+            late = last_applied is not None and m.sort_key < last_applied
         else:
-            prog = down_progress.get(key)
+            prog = down_progress.get(key) if down_progress else None
             state = (
                 PARTLY_ROLLED_BACK
                 if prog
@@ -289,18 +349,10 @@ def resolve(
             )
         if prog is not None:
             used.add((m.module, m.name, prog.direction))
-        entries.append(Entry(m.id, m.module, m.name, m.number, state, m, recorded, progress=prog))
-    entries.extend(missing)
-    entries.sort(key=lambda e: e.sort_key)
-
-    last_applied = max((e.sort_key for e in entries if e.record is not None), default=None)
-    if last_applied is not None:
-        entries = [
-            Entry(e.id, e.module, e.name, e.number, e.state, e.migration, e.record, True, e.progress)
-            if e.record is None and e.sort_key < last_applied
-            else e
-            for e in entries
-        ]
+        append(Entry(m.id, m.module, m.name, m.number, state, m, recorded, late, prog))
+    if missing:
+        entries.extend(missing)
+        entries.sort(key=_sort_key)
     for e in entries:
         if e.state in PARTIAL:
             problems.append(Problem(describe_partial(e), _partial_file(e).relpath, WARNING, e.state))

@@ -11,9 +11,11 @@ separate ``<table>_progress`` table.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from django.db import DatabaseError, transaction
 
@@ -27,6 +29,35 @@ if TYPE_CHECKING:
 
 REQUIRED_COLUMNS = {"id", "name", "applied_at"}
 NIXMIG_COLUMNS = {"module": "VARCHAR", "checksum": "VARCHAR(64)", "execution_ms": "DOUBLE PRECISION"}
+
+
+# applied_at as whole microseconds since 1970 (exact, any time zone): an integer is loaded in C,
+# where Django's timestamptz loader costs several microseconds of Python per row (a third of
+# reading 10,000 rows). _timestamps() turns it into what Django's loader would have returned.
+APPLIED_AT_MICROSECONDS = "(extract(epoch FROM applied_at::timestamptz) * 1000000)::bigint"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _timestamps(connection) -> Callable[[int | None], datetime | None]:
+    """Return a function turning APPLIED_AT_MICROSECONDS into the datetime Django's cursor would give.
+
+    Aware in the connection's time zone with USE_TZ (UTC unless the database sets another), naive
+    in that zone without it, as Django's own loader does.
+    """
+    aware = connection.timezone  # None without USE_TZ
+    zone = aware if aware is not None else ZoneInfo(connection.timezone_name)
+    utc = str(zone) in ("UTC", "Etc/UTC")
+
+    def when(microseconds: int | None) -> datetime | None:
+        if microseconds is None:
+            return None
+        moment = _EPOCH + timedelta(microseconds=microseconds)
+        if utc:
+            return moment if aware is not None else moment.replace(tzinfo=None)
+        local = moment.astimezone(zone)
+        return local if aware is not None else local.replace(tzinfo=None)
+
+    return when
 
 
 @dataclass(frozen=True)
@@ -96,7 +127,7 @@ class Recorder:
                 extra = ", ".join(c if c in columns else f"NULL AS {c}" for c in NIXMIG_COLUMNS)
                 try:
                     cursor.execute(
-                        f"SELECT id::bigint, name::text, applied_at::timestamptz, {extra} FROM {self.qtable} "
+                        f"SELECT id::bigint, name::text, {APPLIED_AT_MICROSECONDS}, {extra} FROM {self.qtable} "
                         "ORDER BY id"
                     )  # casts: a column retyped by hand reads right or fails here
                     rows = cursor.fetchall()
@@ -105,7 +136,8 @@ class Recorder:
                         f"The tracking table {self.table} can't be read ({str(exc).strip()}); was it altered by "
                         "hand? Its columns must be id BIGINT, name VARCHAR, applied_at TIMESTAMPTZ."
                     ) from exc
-                records = [AppliedRecord(r[0], r[1], r[3], r[2], r[4], r[5]) for r in rows]
+                when = _timestamps(self.connection)
+                records = [AppliedRecord(r[0], r[1], r[3], when(r[2]), r[4], r[5]) for r in rows]
             progress: list[Progress] = []
             if progress_exists:
                 cursor.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import sys
 import threading
@@ -202,6 +203,13 @@ class NixmigCommand(BaseCommand):
             parser.add_argument(
                 "--database", default=DEFAULT_DB_ALIAS, help="Database alias to use (default: 'default')."
             )
+
+    def run_from_argv(self, argv):
+        # From the command line (not call_command): what Django's start-up made lives as long as the
+        # process, so the garbage collector stops walking it. Its full passes over that heap, set off by
+        # the tens of thousands of objects a 10,000-migration status makes, were a third of resolving.
+        gc.freeze()
+        return super().run_from_argv(argv)
 
     def execute(self, *args, **options):
         try:

@@ -1,0 +1,46 @@
+"""What the work that keeps status, a no-op up and the admin flat at 10,000 migrations must not change.
+
+The speed itself is measured by ``bench/run.py --quick``; these tests pin the behaviour: the same
+records, states and checksums as before, and every edit seen.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.test.utils import override_settings
+
+from nixmig.recorder import Recorder
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _django_applied_at(scratch_db) -> list:
+    """applied_at as Django's own timestamptz loader returns it (the reference)."""
+    with scratch_db.connection.cursor() as cursor:
+        cursor.execute("SELECT applied_at FROM migrations ORDER BY id")
+        return [r[0] for r in cursor.fetchall()]
+
+
+@pytest.mark.parametrize(
+    "tz_settings",
+    [{}, {"USE_TZ": False, "TIME_ZONE": "Europe/Paris"}, {"USE_TZ": True, "TIME_ZONE": "America/New_York"}],
+)
+def test_the_tracking_table_reads_applied_at_as_djangos_cursor_does(scratch_db, tree, tz_settings):
+    tree.table_pair("auth/001_users", "users")
+    tree.table_pair("auth/002_teams", "teams")
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree), verbosity=0)
+    assert rc == 0, err
+    # microseconds, a summer and a winter date, and a date before 1970
+    scratch_db.sql(
+        "UPDATE migrations SET applied_at = CASE name WHEN '001_users' THEN "
+        "timestamptz '2026-07-01 12:34:56.789012+00' ELSE timestamptz '1969-12-31 23:59:59.000001+00' END"
+    )
+    with override_settings(**tz_settings):
+        scratch_db.connection.close()
+        records = Recorder(scratch_db.connection).read().records
+        expected = _django_applied_at(scratch_db)
+    scratch_db.connection.close()
+    got = [r.applied_at for r in records]
+    assert got == expected
+    assert [g.tzinfo is None for g in got] == [e.tzinfo is None for e in expected]
+    assert [str(g) for g in got] == [str(e) for e in expected]
