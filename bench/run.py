@@ -302,7 +302,7 @@ class Bench:
         self.server = Server(None if args.project_server else Path(args.data_dir))
         self.dbs = Databases(self.server)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        self.raw = open(RESULTS / "raw.jsonl", "w")
+        self.raw = open(RESULTS / "raw.jsonl", "w")  # noqa: SIM115 (open for the whole run; closed at exit)
         self.samples: dict = {}  # (kind, tool, n) -> list of {seconds, rss}
         self.logs = RESULTS / "logs"
         self.logs.mkdir(exist_ok=True)
@@ -384,9 +384,8 @@ class Bench:
             return
         need = 7 * MIB_PER_1000 * n / 1000 + 1500
         try:
-            avail = (
-                int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemAvailable"))) / 1024
-            )
+            meminfo = Path("/proc/meminfo").read_text().splitlines()
+            avail = int(next(line.split()[1] for line in meminfo if line.startswith("MemAvailable"))) / 1024
         except (OSError, StopIteration, ValueError):
             return
         if avail < need * 1.5:
@@ -552,7 +551,7 @@ class Bench:
         summary = self.summary()
         med = {(r["kind"], r["tool"], r["n"]): r["median"] for r in summary["results"]}
         fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-        for ax, kind in zip(axes, ("up", "status")):
+        for ax, kind in zip(axes, ("up", "status"), strict=True):
             tools = UP_TOOLS if kind == "up" else STATUS_TOOLS
             for tool in tools:
                 pts = sorted((n, s) for (k, t, n), s in med.items() if k == kind and t == tool)
@@ -922,7 +921,7 @@ def plot_quick(source: Path, path: Path) -> None:
         xs = [j + i * width for j in range(len(ns))]
         ys = [med.get((kind, tool, n), 0) * 1000 for n in ns]
         ax.bar(xs, ys, width, label=label, color=("black" if tool == "version" else f"C{i}"))
-        for x, y, n in zip(xs, ys, ns):
+        for x, y, n in zip(xs, ys, ns, strict=True):
             base = med.get(("status", "version", n))
             if tool == "nixmig" and base:
                 ax.text(x, y, f"{y / 1000 / base:.2f}x", ha="center", va="bottom", fontsize=8)

@@ -8,6 +8,7 @@ app label ``nixmig``, which databases take SQL migrations at all.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -101,8 +102,6 @@ def forget(alias: str) -> None:
     """Close this thread's connection of a temporary alias, and unregister the alias."""
     if alias in connections.settings:
         connections[alias].close()
-        try:
+        with contextlib.suppress(AttributeError):  # no connection was made in this thread
             del connections[alias]
-        except AttributeError:  # no connection was made in this thread
-            pass
         del connections.settings[alias]

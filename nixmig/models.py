@@ -13,9 +13,10 @@ class MigrationRecord(models.Model):
     name = models.CharField(
         max_length=255, help_text="NNN_name, as the Nixopus Go migrator wrote it (e.g. 001_create_users)."
     )
-    module = models.CharField(max_length=255, null=True, blank=True)
+    # NULL, not "": a bare name written by the Nixopus Go migrator (the table predates nixmig).
+    module = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     applied_at = models.DateTimeField()
-    checksum = models.CharField(max_length=64, null=True, blank=True)
+    checksum = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001 (NULL: adopted, not yet read)
     execution_ms = models.FloatField(null=True, blank=True, verbose_name="execution time (ms)")
 
     class Meta:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from . import __version__
 from .exceptions import PlanError
 from .tree import ERROR, INFO, WARNING, Migration, Problem, SqlFile, Tree
 
@@ -226,8 +227,9 @@ class Status:
             p for p in self.problems if p.level in (ERROR, WARNING)
         ]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
+            "nixmig_version": __version__,
             "migrations": [e.as_dict() for e in self.entries],
             "problems": [p.as_dict() for p in self.problems],
             "summary": self.counts(),

@@ -275,10 +275,10 @@ def _add_statements(statements: list, lines: _Lines, text: str, piece: str, base
     """Append the statements of one parsed piece (which starts at character ``base`` of ``text``)."""
     data_len = len(piece.encode("utf-8")) if not piece.isascii() else len(piece)
     starts = [s.get("stmt_location", 0) for s in raw]
-    ends = [st + s["stmt_len"] if s.get("stmt_len") else data_len for st, s in zip(starts, raw)]
+    ends = [st + s["stmt_len"] if s.get("stmt_len") else data_len for st, s in zip(starts, raw, strict=True)]
     byte_offsets = sorted(set(starts + ends))
-    to_char = dict(zip(byte_offsets, _char_offsets(piece, byte_offsets)))
-    for s, b_start, b_end in zip(raw, starts, ends):
+    to_char = dict(zip(byte_offsets, _char_offsets(piece, byte_offsets), strict=True))
+    for s, b_start, b_end in zip(raw, starts, ends, strict=True):
         ((node_name, node),) = s["stmt"].items()
         start, end = base + to_char[b_start], base + to_char[b_end]
         first = _skip_space_and_comments(text, start, end)

@@ -125,7 +125,8 @@ def database_settings(name: str = "postgres") -> dict:
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else "status"
     if command == "start":
-        print("embedded PostgreSQL running on socket %s port %s" % start())
+        socket_dir, port = start()
+        print(f"embedded PostgreSQL running on socket {socket_dir} port {port}")
     elif command == "stop":
         print("stopped" if stop() else "not running")
     elif command == "url":

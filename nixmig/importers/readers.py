@@ -477,7 +477,7 @@ def _flyway(root: Path):
                 checksum=flyway_checksum(path.read_bytes()),
             )
         )
-    for key, path in undo.items():
+    for path in undo.values():
         errors.append(
             f"{_rel(root, path)}: an undo script of a version that has no V file; add the V file or "
             "delete this one."

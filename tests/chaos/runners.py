@@ -11,6 +11,7 @@ Two ways to start a runner process, both a separate OS process with its own conn
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -85,10 +86,8 @@ class Runner:
         self.rc: int | None = None
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def poll(self) -> int | None:
         if self.rc is None:

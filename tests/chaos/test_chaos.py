@@ -278,7 +278,7 @@ def test_twelve_runners_at_once(chaos_db, figures, tmp_path):
         fig.add("trials")
         runners = [db.spawn(["sqlmigrate_up", "--dir", tree], f"many-{trial}-{i}") for i in range(12)]
         codes = [r.wait(180) for r in runners]
-        for r, rc in zip(runners, codes):
+        for r, rc in zip(runners, codes, strict=True):
             if rc is None:
                 r.kill()
                 fig.problem("hangs", trial, f"runner pid {r.pid} still running after 180 s")
