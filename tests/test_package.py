@@ -26,7 +26,9 @@ def test_the_version_has_one_source_and_status_json_reports_it(scratch_db, tree)
 def test_the_metadata_claims_exactly_the_tested_django_and_python():
     project = PYPROJECT["project"]
     classifiers = project["classifiers"]
-    assert [c for c in classifiers if c.startswith("Framework :: Django ::")] == ["Framework :: Django :: 5.2"]
+    assert [c for c in classifiers if c.startswith("Framework :: Django ::")] == [
+        "Framework :: Django :: 5.2"
+    ]
     assert [c for c in classifiers if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)] == [
         "Programming Language :: Python :: 3.11"
     ]
@@ -40,4 +42,6 @@ def test_the_wheel_carries_templates_and_the_type_marker():
     assert "templates/**/*" in data and "py.typed" in data
     assert (ROOT / "nixmig" / "py.typed").exists()
     assert list((ROOT / "nixmig" / "templates").rglob("*.html"))
-    assert PYPROJECT["project"]["entry-points"]["pytest11"] == {"nixmig.pytest_plugin": "nixmig.pytest_plugin"}
+    assert PYPROJECT["project"]["entry-points"]["pytest11"] == {
+        "nixmig.pytest_plugin": "nixmig.pytest_plugin"
+    }
