@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import weakref
 from collections.abc import Iterable
@@ -501,6 +502,15 @@ class Difference:
         """The name without the ``public.`` prefix, as people write it."""
         return self.name[7:] if self.name.startswith("public.") else self.name
 
+    @property
+    def frozen(self) -> bool:
+        """True when the two definitions differ only by values frozen at creation (see ``unfrozen``)."""
+        return (
+            self.change == "changed"
+            and self.kind != "rows"
+            and unfrozen(self.before or "") == unfrozen(self.after or "")
+        )
+
     def as_dict(self) -> dict:
         return {
             "kind": self.kind,
@@ -759,6 +769,27 @@ def diff(a: Snapshot, b: Snapshot) -> list[Difference]:
     order = {kind: i for i, kind in enumerate(KIND_ORDER + ("rows",))}
     out.sort(key=lambda d: (order.get(d.kind, len(order)), d.name, d.change))
     return out
+
+
+# Literals that the server wrote into a definition by evaluating an expression when the object was
+# created: 'now'::timestamp, DEFAULT 'now', 'today'::date in a view or a default, a uuid or an md5
+# made by a DO block that formats the statement. Each run of the same SQL writes another value.
+_FROZEN = re.compile(
+    r"'(?:\d{4}-\d{2}-\d{2}(?:[ T][0-9:.]+)?(?:[+-]\d{2}(?::?\d{2})?)?(?: BC)?"
+    r"|\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[+-]\d{2}(?::?\d{2})?)?"
+    r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"|[0-9a-f]{32})'",
+    re.IGNORECASE,
+)
+
+
+def unfrozen(definition: str) -> str:
+    """Return ``definition`` with every date, time, timestamp, uuid and md5 literal masked.
+
+    Two definitions equal after this differ only by values frozen at creation (``'now'::timestamp``
+    in a view, ``DEFAULT 'now'``): running the same SQL again gives another value, not another schema.
+    """
+    return _FROZEN.sub("'<frozen>'", definition)
 
 
 def digest(snapshot: Snapshot) -> str:

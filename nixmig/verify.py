@@ -16,18 +16,21 @@ verified against (``VerifyStore``), with the checksums of the files it was compu
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import io
 import json
 import os
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 
 import psycopg
 from django.db import DatabaseError, connections
 
-from . import api, conf, databases, snapshot
+from . import api, conf, databases, pgerrors, snapshot
 from .exceptions import MigrationFailed, NixmigError
 from .tree import Migration, Tree
 
@@ -57,6 +60,7 @@ class Finding:
     name: str = ""
     before: str | None = None
     after: str | None = None
+    file: str | None = None  # the file that causes it (relative to the tree), set by the round trip
 
     def as_dict(self) -> dict:
         return {
@@ -67,6 +71,7 @@ class Finding:
             "name": self.name,
             "before": self.before,
             "after": self.after,
+            "file": self.file,
         }
 
 
@@ -190,88 +195,248 @@ class VerifyReport:
         }
 
 
+# -- the project's baseline ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What every scratch database of a run starts from, before the SQL tree.
+
+    Django's own migrations (all of them, or ``django_applied``: the (app, name) pairs a live
+    database has), as the test-database template gets them, then the setup steps: SQL files
+    and callables that make what a deploy makes outside the tree.
+    """
+
+    django: bool = True
+    django_applied: frozenset | None = None  # None: every Django migration
+    setup: tuple = ()  # Path or callable(connection), in order
+
+    @classmethod
+    def for_project(
+        cls, setup_sql=(), *, django: bool = True, django_applied: frozenset | None = None
+    ) -> Baseline:
+        """Return the project's baseline: NIXMIG['VERIFY_SETUP'], then the ``setup_sql`` files."""
+        configured = conf.get("VERIFY_SETUP")
+        if configured is None:
+            configured = ()
+        elif callable(configured) or isinstance(configured, str | os.PathLike):
+            configured = (configured,)
+        steps = []
+        for origin, items in (("NIXMIG['VERIFY_SETUP']", configured), ("--setup-sql", setup_sql or ())):
+            for item in items:
+                if callable(item):
+                    steps.append(item)
+                    continue
+                path = Path(item)
+                if not path.is_file():
+                    raise NixmigError(
+                        f"The setup file {path} ({origin}) does not exist or is not a file; give the path "
+                        "of an SQL file that makes what your deploy makes outside the tree."
+                    )
+                steps.append(path)
+        return cls(django, django_applied, tuple(steps))
+
+    def build(self, connection) -> None:
+        """Give the (empty) database of ``connection`` Django's migrations, then run the setup steps."""
+        if self.django:
+            _django_migrate(connection, self.django_applied)
+        for step in self.setup:
+            if isinstance(step, Path):
+                _run_setup_file(connection, step)
+                continue
+            try:
+                step(connection)
+            except (DatabaseError, psycopg.Error) as exc:
+                raise NixmigError(
+                    f"NIXMIG['VERIFY_SETUP'] ({getattr(step, '__qualname__', step)}) failed in the scratch "
+                    f"database: {pgerrors.describe(exc)[0]}. Fix it and run sqlmigrate_verify again."
+                ) from None
+
+
+def _django_migrate(connection, applied: frozenset | None) -> None:
+    """Apply Django's migrations to ``connection``'s database (``applied``: exactly those), and create
+    the tables of apps without migrations, as ``migrate --run-syncdb`` does for a test database."""
+    from django.apps import apps
+    from django.core.management import call_command
+    from django.core.management.base import OutputWrapper
+    from django.core.management.commands.migrate import Command as DjangoMigrate
+    from django.db.migrations.executor import MigrationExecutor
+
+    try:
+        if applied is None:  # Django's own command, as the test-database template runs it
+            call_command(
+                DjangoMigrate(),
+                database=connection.alias,
+                run_syncdb=True,
+                interactive=False,
+                verbosity=0,
+                skip_checks=True,
+            )
+            return
+        executor = MigrationExecutor(connection)
+        command = DjangoMigrate()
+        command.verbosity, command.stdout = 0, OutputWrapper(io.StringIO())
+        unmigrated = [c.label for c in apps.get_app_configs() if c.label in executor.loader.unmigrated_apps]
+        if unmigrated:
+            command.sync_apps(connection, unmigrated)
+        targets = executor.loader.graph.leaf_nodes()
+        plan = [
+            (migration, backwards)
+            for migration, backwards in executor.migration_plan(targets, clean_start=True)
+            if (migration.app_label, migration.name) in applied
+        ]
+        if plan:
+            executor.migrate(targets, plan=plan)
+    except (DatabaseError, psycopg.Error) as exc:
+        raise NixmigError(
+            f"Django's migrations failed in the scratch database ({pgerrors.describe(exc)[0]}); run "
+            "'manage.py migrate' on an empty database to see why."
+        ) from None
+
+
+def _run_setup_file(connection, path: Path) -> None:
+    """Run one setup file statement by statement; a failure names the file and line."""
+    from .sqltext import analyze
+    from .tree import line_of
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NixmigError(
+            f"Can't read the setup file {path} ({exc}); give a readable UTF-8 SQL file."
+        ) from None
+    with connection.cursor() as cursor:
+        for statement in analyze(text).statements:
+            try:
+                cursor.execute(text[statement.start : statement.end])
+            except DatabaseError as exc:
+                at = pgerrors.position(exc)
+                line = line_of(text, statement.start + at) if at is not None else statement.line
+                raise NixmigError(
+                    f"The setup file {path} failed at line {line}: {pgerrors.describe(exc)[0]}. Nothing of "
+                    "the tree was checked; fix the file and run sqlmigrate_verify again."
+                ) from None
+
+
 # -- the scratch database ------------------------------------------------------------------
 
 
 class ScratchDatabase:
     """A database of its own on the server of ``database`` (or NIXMIG['VERIFY_DATABASE_URL']).
 
-    Registered as a temporary Django connection alias, so the API runs migrations there.
+    Made from a template database that holds the run's baseline, built once on the first
+    ``create()``; ``renew()`` starts again from it. Registered as a temporary Django
+    connection alias, so the API runs migrations there.
     """
 
-    def __init__(self, database: str):
+    def __init__(self, database: str, baseline: Baseline | None = None):
         self.database = database
-        self.name = f"nixmig_verify_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self.baseline = baseline or Baseline(django=False)
+        self.prefix = f"nixmig_verify_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self.name = self.prefix
         self.alias = self.name
         self.admin_alias = database
         self.server_alias: str | None = None
+        self.template: str | None = None
         self.created = False
+        self.copies = 0
 
     def create(self) -> None:
-        url = _setting("VERIFY_DATABASE_URL")
+        if self.template is None:
+            self._server()
+            template = f"{self.prefix}_base"
+            self._create(template, "template0")
+            self.template = template
+            databases.register(template, self._settings(template))
+            try:
+                self.baseline.build(connections[template])
+            finally:
+                databases.forget(template)
+        self._create(self.name, self.template)
+        self.created = True
+        databases.register(self.alias, self._settings(self.name))
+
+    def _server(self) -> None:
+        url = conf.get("VERIFY_DATABASE_URL")
         if url:
             import dj_database_url
 
-            settings = dj_database_url.parse(str(url))
-            self.server_alias = f"{self.name}_server"
-            databases.register(self.server_alias, databases.complete(settings))
+            self.server_alias = f"{self.prefix}_server"
+            databases.register(self.server_alias, databases.complete(dj_database_url.parse(str(url))))
             self.admin_alias = self.server_alias
+
+    def _settings(self, name: str) -> dict:
+        base = connections[self.admin_alias].settings_dict
+        settings = dict(base, NAME=name)
+        settings["TEST"] = dict(base.get("TEST") or {}, NAME=name)
+        return settings
+
+    def _create(self, name: str, template: str) -> None:
         admin = api.connection_for(self.admin_alias)
-        base = admin.settings_dict
-        try:
-            with admin.cursor() as cursor:
-                cursor.execute(f'CREATE DATABASE "{self.name}" TEMPLATE template0')
-        except DatabaseError as exc:
-            where = "NIXMIG['VERIFY_DATABASE_URL']" if url else f"database {self.database!r}"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            self._forget_server()
-            raise ScratchDatabaseError(
-                f"Can't create the scratch database {self.name} on the server of {where} ({first}). "
-                f"sqlmigrate_verify needs a role that may create databases: grant it with "
-                f"ALTER ROLE {base.get('USER') or '<role>'} CREATEDB, or set NIXMIG['VERIFY_DATABASE_URL'] to a "
-                "server where it may (e.g. a throwaway PostgreSQL in CI)."
-            ) from None
-        self.created = True
-        settings = dict(base, NAME=self.name)
-        settings["TEST"] = dict(base.get("TEST") or {}, NAME=self.name)
-        databases.register(self.alias, settings)
+        for attempt in range(20):
+            try:
+                with admin.cursor() as cursor:
+                    cursor.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+                return
+            except DatabaseError as exc:
+                if (
+                    template != "template0"
+                    and getattr(exc.__cause__, "sqlstate", None) == "55006"
+                    and attempt < 19
+                ):
+                    time.sleep(0.05 * (attempt + 1))  # a session is still leaving the template
+                    continue
+                url = conf.get("VERIFY_DATABASE_URL")
+                where = "NIXMIG['VERIFY_DATABASE_URL']" if url else f"database {self.database!r}"
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                user = admin.settings_dict.get("USER") or "<role>"
+                raise ScratchDatabaseError(
+                    f"Can't create the scratch database {name} on the server of {where} ({first}). "
+                    f"sqlmigrate_verify needs a role that may create databases: grant it with "
+                    f"ALTER ROLE {user} CREATEDB, or set NIXMIG['VERIFY_DATABASE_URL'] to a "
+                    "server where it may (e.g. a throwaway PostgreSQL in CI)."
+                ) from None
 
     @property
     def connection(self):
         return connections[self.alias]
 
-    def recreate(self) -> None:
-        """Drop and create the scratch database again (its state is unknown after a failed step)."""
-        self.drop()
-        self.name = f"nixmig_verify_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        self.alias = self.name
-        self.create()
-
-    def drop(self) -> None:
+    def drop_scratch(self) -> None:
+        """Drop the scratch database but keep the baseline: the next ``create()`` makes a new one from it."""
         databases.forget(self.alias)
         if self.created:
             with connections[self.admin_alias].cursor() as cursor:
                 cursor.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
             self.created = False
 
-    def forget(self) -> None:
-        """Unregister the alias but keep the database (--keep)."""
-        databases.forget(self.alias)
-        self.created = False
-        self._forget_server()
+    def renew(self) -> None:
+        """Drop the scratch database; the next ``create()`` makes another one (a new name) from the baseline."""
+        self.drop_scratch()
+        self.copies += 1
+        self.name = self.alias = f"{self.prefix}_{self.copies}"
 
-    def _forget_server(self) -> None:
-        if self.server_alias:
-            databases.forget(self.server_alias)
+    def _drop_template(self) -> None:
+        if self.template is not None:
+            with connections[self.admin_alias].cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)')
+            self.template = None
+
+    def drop(self) -> None:
+        try:
+            self.drop_scratch()
+        finally:
+            self._drop_template()
 
     def close(self, keep: bool) -> None:
-        if keep:
-            self.forget()
-        else:
-            try:
-                self.drop()
-            finally:
-                self._forget_server()
+        """Drop the scratch database (unless ``keep``: then only unregister it) and the baseline."""
+        try:
+            if keep:
+                databases.forget(self.alias)
+                self.created = False
+            self.drop()
+        finally:
+            if self.server_alias:
+                databases.forget(self.server_alias)
 
 
 def _lint_skipped():
@@ -283,13 +448,9 @@ def _lint_skipped():
     return skipped(True)
 
 
-def _setting(key: str):
-    from django.conf import settings
-
-    return getattr(settings, "NIXMIG", {}).get(key)
-
-
 # -- describing differences ----------------------------------------------------------------
+
+FROZEN = "a time, date or random value evaluated when the up ran"
 
 
 def _label(kind: str, name: str) -> str:
@@ -361,6 +522,9 @@ def explain_down(
             else:
                 message = f"down does not restore {label}, which the up dropped"
             findings.append(Finding("error", message, "down", d.kind, d.name, d.before, None))
+        elif d.frozen:
+            message = f"down restores {label}, which differs only by a value frozen at creation ({FROZEN})"
+            findings.append(Finding("warning", message, "down", d.kind, d.name, d.before, d.after))
         else:
             if in_up == d.before:
                 message = f"down changes {label}, which the up did not change: {d.before} -> {d.after}"
@@ -419,6 +583,19 @@ def explain_reup(
                     None,
                 )
             )
+        elif d.frozen:
+            findings.append(
+                Finding(
+                    "warning",
+                    f"the up run again after its down gives {label} that differs only by a value frozen "
+                    f"at creation ({FROZEN})",
+                    "reup",
+                    d.kind,
+                    d.name,
+                    d.before,
+                    d.after,
+                )
+            )
         else:
             findings.append(
                 Finding(
@@ -451,16 +628,23 @@ def _failure(exc: MigrationFailed) -> str:
 class _Run:
     """One verify or drift run: the scratch database and the snapshots taken in it."""
 
-    def __init__(self, tree: Tree, report: VerifyReport, emit: Callback):
+    def __init__(
+        self, tree: Tree, report: VerifyReport, emit: Callback, baseline: Baseline, schema: str | None = None
+    ):
         self.tree = tree
         self.report = report
         self.emit = emit
-        self.scratch = ScratchDatabase(report.database)
+        self.schema = schema
+        self.scratch = ScratchDatabase(report.database, baseline)
+        self.exclude = own_tables(schema)
         self.current: snapshot.Snapshot | None = None
 
     def take(self, *, incremental: bool = True) -> snapshot.Snapshot:
         snap = snapshot.take(
-            self.scratch.connection, row_counts=True, previous=self.current if incremental else None
+            self.scratch.connection,
+            exclude_tables=self.exclude,
+            row_counts=True,
+            previous=self.current if incremental else None,
         )
         self.report.snapshots += 1
         self.report.snapshot_seconds += snap.seconds
@@ -469,20 +653,45 @@ class _Run:
 
     def up(self, to: str, *, fake: bool = False) -> None:
         with _lint_skipped():  # the linter judges production locking, not reversibility: not here
-            api.migrate_up(database=self.scratch.alias, to=to, tree=self.tree, fake=fake, lock_wait=0)
+            api.migrate_up(
+                database=self.scratch.alias,
+                to=to,
+                tree=self.tree,
+                fake=fake,
+                lock_wait=0,
+                schema=self.schema,
+                create_schema=bool(self.schema),
+            )
 
     def down(self) -> None:
-        api.migrate_down(database=self.scratch.alias, steps=1, tree=self.tree, lock_wait=0)
+        api.migrate_down(
+            database=self.scratch.alias, steps=1, tree=self.tree, lock_wait=0, schema=self.schema
+        )
+
+    def start(self) -> None:
+        """Make the scratch database from the baseline, laid out as the target (its schema made)."""
+        self.scratch.create()
+        self.report.scratch = self.scratch.name
+        if self.schema:
+            api.require_schema(self.scratch.connection, self.schema, create=True)
 
     def rebuild(self, to: str | None) -> None:
-        """Start again from an empty scratch database, applied up to and including ``to``."""
-        self.scratch.recreate()
-        self.report.scratch = self.scratch.name
+        """Start again from the baseline, with a clean forward replay up to and including ``to``."""
+        self.scratch.renew()
+        self.start()
         self.emit("rebuild", scratch=self.scratch.name, to=to)
         if to is not None:
             self.up(to)
         self.current = None
         self.take(incremental=False)
+
+
+def own_tables(schema: str | None = None) -> tuple[str, ...]:
+    """Return nixmig's own tables that snapshots leave out (those of a schema target too)."""
+    tables = snapshot.nixmig_tables()
+    if schema:
+        tables += snapshot.nixmig_tables(f"{schema}.{conf.table().rsplit('.', 1)[-1]}")
+    return tables
 
 
 def verify(
@@ -495,12 +704,19 @@ def verify(
     keep: bool = False,
     store: bool = True,
     progress: Callback | None = None,
+    schema: str | None = None,
+    setup_sql: Iterable = (),
 ) -> VerifyReport:
     """Replay the tree in a scratch database and check every migration's round trip (up, down, up).
 
+    The scratch database starts from the project's baseline: Django's own migrations, then
+    NIXMIG['VERIFY_SETUP'] and the ``setup_sql`` files. ``schema`` lays the tree out in that
+    schema, as for a schema target. Each migration is judged on the state a clean forward
+    replay gives: after a round trip that is not exact, the scratch database is rebuilt.
     ``start`` / ``to`` limit the migrations checked (ids, inclusive); migrations before
     ``start`` are applied without checks. Results are stored in ``database`` unless ``store``
-    is false. Raises NixmigError when it can't run at all (bad tree, no scratch database).
+    is false (or ``schema`` is given). Raises NixmigError when it can't run at all (bad tree,
+    no scratch database, a failing setup file).
     """
     emit = progress or (lambda event, **data: None)
     started = time.perf_counter()
@@ -511,15 +727,15 @@ def verify(
     last = _index(tree, to, "--to") if to else len(migrations) - 1
     if first > last:
         raise NixmigError(f"--from {start} comes after --to {to} in run order; swap them.")
+    baseline = Baseline.for_project(setup_sql)
     api.connection_for(database)  # a clear error now if the database can't be reached
     for problem in tree.problems:
         if problem.level == "warning":
             emit("warning", message=problem.message)
     report = VerifyReport(database)
-    run = _Run(tree, report, emit)
+    run = _Run(tree, report, emit, baseline, schema)
     try:
-        run.scratch.create()
-        report.scratch = run.scratch.name
+        run.start()
         emit("scratch", name=run.scratch.name)
         if first > 0:
             run.up(migrations[first - 1].id)
@@ -541,7 +757,7 @@ def verify(
     finally:
         _close(run, keep)
         report.seconds = time.perf_counter() - started
-    if store and report.results:
+    if store and not schema and report.results:
         report.stored = _store(database, report.results, emit)
     return report
 
@@ -582,12 +798,16 @@ def _index(tree: Tree, migration_id: str, option: str) -> int:
 def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
     started = time.perf_counter()
     result = MigrationResult(migration, EXACT)
+    up_file = migration.up.relpath
+    down_file = migration.down.relpath if migration.down is not None else None
     before_up = run.current
     try:
         run.up(migration.id)
     except MigrationFailed as exc:
         result.result = FAILED
-        result.findings.append(Finding("error", f"the up fails on a clean replay: {_failure(exc)}", "up"))
+        result.findings.append(
+            Finding("error", f"the up fails on a clean replay: {_failure(exc)}", "up", file=up_file)
+        )
         result.seconds = time.perf_counter() - started
         return result
     after_up = run.take()
@@ -596,9 +816,9 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
         result.findings.append(
             Finding(
                 "warning",
-                f"irreversible: no down file ({migration.up.relpath} has no "
-                "_down.sql beside it); applied once, not rolled back",
+                f"irreversible: no down file ({up_file} has no _down.sql beside it); applied once, not rolled back",
                 "down",
+                file=up_file,
             )
         )
         result.seconds = time.perf_counter() - started
@@ -607,7 +827,7 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
         run.down()
     except MigrationFailed as exc:
         result.result = NOT_EXACT
-        result.findings.append(Finding("error", f"the down fails: {_failure(exc)}", "down"))
+        result.findings.append(Finding("error", f"the down fails: {_failure(exc)}", "down", file=down_file))
         if migration.down.directives.no_transaction:
             run.rebuild(migration.id)  # part of a no-transaction down may have run: start again
         else:
@@ -621,7 +841,7 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
             result.findings.append(
                 Finding(
                     "error",
-                    f"the down file {migration.down.relpath} is empty (an explicit no-op), but the up changes "
+                    f"the down file {down_file} is empty (an explicit no-op), but the up changes "
                     f"the schema ({len(changed)} object(s)): the down does not reverse it",
                     "down",
                 )
@@ -636,7 +856,19 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
         )
         run.rebuild(migration.id)
     else:
-        result.findings.extend(explain_reup(after_up, run.take(), rows))
+        after_reup = run.take()
+        result.findings.extend(explain_reup(after_up, after_reup, rows))
+        if any(not d.frozen for d in snapshot.diff(after_up, after_reup)):
+            # The next migration is judged on the state a clean forward replay gives, never on
+            # what this one's down (and up again) left: start again from the baseline.
+            run.rebuild(migration.id)
+    # A difference after the down is the down file's; one after the up ran again is the down
+    # file's too when the down already left a difference, else the up file's (it is not re-runnable).
+    down_wrong = any(f.phase == "down" for f in result.findings)
+    result.findings = [
+        f if f.file else replace(f, file=down_file if f.phase == "down" or down_wrong else up_file)
+        for f in result.findings
+    ]
     levels = {f.level for f in result.findings}
     result.result = NOT_EXACT if "error" in levels else WARNING if levels else EXACT
     result.seconds = time.perf_counter() - started
@@ -646,6 +878,33 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
 # -- drift -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DjangoState:
+    """Which of Django's migrations a live database has (read only)."""
+
+    has_table: bool
+    applied: frozenset
+    unapplied: tuple[str, ...]  # "app.name", in run order
+
+
+def django_state(connection) -> DjangoState:
+    """Return the Django migrations applied in ``connection``'s database and those of the project it lacks."""
+    from django.db.migrations.executor import MigrationExecutor
+    from django.db.migrations.recorder import MigrationRecorder
+
+    if not MigrationRecorder(connection).has_table():
+        return DjangoState(False, frozenset(), ())
+    executor = MigrationExecutor(connection)  # reads django_migrations; writes nothing
+    applied = frozenset(executor.loader.applied_migrations)
+    graph = executor.loader.graph
+    unapplied = tuple(
+        f"{m.app_label}.{m.name}"
+        for m, _ in executor.migration_plan(graph.leaf_nodes(), clean_start=True)
+        if (m.app_label, m.name) not in applied
+    )
+    return DjangoState(True, applied, unapplied)
+
+
 def drift(
     *,
     directory=None,
@@ -653,14 +912,25 @@ def drift(
     tree: Tree | None = None,
     keep: bool = False,
     progress: Callback | None = None,
+    schema: str | None = None,
+    setup_sql: Iterable = (),
+    ignore: Iterable[str] = (),
 ) -> VerifyReport:
-    """Compare the live ``database`` (read only) with a scratch database brought to its applied set."""
+    """Compare the live ``database`` (read only) with the project's baseline brought to its applied set.
+
+    The baseline has the Django migrations the live database has (so objects they make are
+    never drift) and the setup steps; the SQL migrations applied there are replayed on it.
+    ``schema`` compares that schema target only. Objects whose names match a pattern of
+    NIXMIG['DRIFT_IGNORE'] or ``ignore`` are left out, and so are definitions that differ
+    only by a value frozen at creation (both with a note).
+    """
     emit = progress or (lambda event, **data: None)
     started = time.perf_counter()
     tree = tree or api.load_tree(directory)
     tree.raise_for_errors()
     live = api.connection_for(database)
-    status = api.status(tree=tree, database=database, create_table=False)
+    api.require_schema(live, schema)
+    status = api.status(tree=tree, database=database, create_table=False, schema=schema)
     applied = {e.id for e in status.entries if e.record is not None and e.migration is not None}
     report = VerifyReport(database)
     result = DriftReport(database, [m.id for m in tree.migrations if m.id in applied])
@@ -674,10 +944,22 @@ def drift(
             result.notes.append(
                 f"{e.id} was edited after it was applied: the tree side uses the file as it is now"
             )
-    run = _Run(tree, report, emit)
+    django = django_state(live)
+    if django.unapplied and django.has_table:
+        shown = ", ".join(django.unapplied[:5]) + (", ..." if len(django.unapplied) > 5 else "")
+        result.notes.append(
+            f"{len(django.unapplied)} Django migration(s) are not applied in database {database!r} ({shown}): "
+            "the comparison leaves them out too; run 'manage.py migrate' to apply them."
+        )
+    baseline = Baseline.for_project(
+        setup_sql,
+        django=django.has_table,
+        django_applied=django.applied if django.unapplied else None,
+    )
+    patterns = [str(p) for p in (conf.get("DRIFT_IGNORE") or ())] + [str(p) for p in ignore]
+    run = _Run(tree, report, emit, baseline, schema)
     try:
-        run.scratch.create()
-        report.scratch = run.scratch.name
+        run.start()
         emit("scratch", name=run.scratch.name)
         faked = _replay_applied(run, tree, applied)
         if faked:
@@ -686,14 +968,30 @@ def drift(
                 f"{database!r} ({', '.join(faked[:5])}{', ...' if len(faked) > 5 else ''}): "
                 "the tree side leaves them out too"
             )
-        expected = snapshot.take(run.scratch.connection)
-        actual = snapshot.take(live)
+        expected = snapshot.take(run.scratch.connection, exclude_tables=run.exclude)
+        actual = snapshot.take(live, exclude_tables=run.exclude)
         report.snapshots += 2
         report.snapshot_seconds += expected.seconds + actual.seconds
-        for d in snapshot.diff(expected, actual):
-            {"added": result.only_live, "removed": result.only_tree, "changed": result.different}[
-                d.change
-            ].append(d)
+        frozen, ignored = [], 0
+        for d in _collapse(snapshot.diff(_in_schema(expected, schema), _in_schema(actual, schema))):
+            if ignores(d, patterns):
+                ignored += 1
+            elif d.frozen:
+                frozen.append(d)
+            else:
+                {"added": result.only_live, "removed": result.only_tree, "changed": result.different}[
+                    d.change
+                ].append(d)
+        if frozen:
+            result.notes.append(
+                f"{len(frozen)} object(s) differ only by a value frozen at creation ({FROZEN}), "
+                f"not counted as drift: {', '.join(f'{d.kind} {d.display_name}' for d in frozen[:5])}"
+                f"{', ...' if len(frozen) > 5 else ''}"
+            )
+        if ignored:
+            result.notes.append(
+                f"{ignored} difference(s) left out by the ignore patterns ({', '.join(patterns)})"
+            )
         report.kept = keep
     except (DatabaseError, psycopg.Error) as exc:
         raise _stopped(exc, run) from None
@@ -702,6 +1000,32 @@ def drift(
         report.seconds = time.perf_counter() - started
     report.drift = result
     return report
+
+
+def _in_schema(snap: snapshot.Snapshot, schema: str | None) -> snapshot.Snapshot:
+    """Keep only the objects of ``schema`` (a schema target's drift leaves other tenants out)."""
+    if not schema:
+        return snap
+    prefix = schema + "."
+    return snapshot.Snapshot(
+        {
+            (k, n): d
+            for (k, n), d in snap.objects.items()
+            if n.startswith(prefix) or (k == "schema" and n == schema)
+        }
+    )
+
+
+def ignores(difference: snapshot.Difference, patterns: Iterable[str]) -> bool:
+    """True when a pattern matches the object's name (with or without its schema) or the name of
+    the table or schema it belongs to (``legacy_*`` leaves out table legacy_x, its columns and indexes)."""
+    patterns = list(patterns)
+    if not patterns:
+        return False
+    parts = difference.name.split(".")
+    names = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    names |= {".".join(parts[1:i]) for i in range(2, len(parts) + 1)}
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in patterns)
 
 
 def _replay_applied(run: _Run, tree: Tree, applied: set[str]) -> list[str]:

@@ -50,61 +50,85 @@ class Command(NixmigCommand):
         parser.add_argument(
             "--keep", action="store_true", help="Keep the scratch database at the end and print its name."
         )
+        parser.add_argument(
+            "--setup-sql",
+            action="append",
+            metavar="FILE",
+            help="An SQL file run on the scratch database after Django's migrations and before the tree "
+            "(after NIXMIG['VERIFY_SETUP']): what your deploy makes outside the tree. Repeatable.",
+        )
+        parser.add_argument(
+            "--ignore",
+            action="append",
+            metavar="PATTERN",
+            help="With --drift, leave out objects whose name (or whose table's) matches this pattern, "
+            "e.g. 'legacy_*' (besides NIXMIG['DRIFT_IGNORE']). Repeatable.",
+        )
 
-    def run(self, *, directory, database, json, start, to, drift, keep, **options):
+    def run(self, *, directory, database, json, start, to, drift, keep, setup_sql, ignore, **options):
         if drift and (start or to):
             raise CommandError(
                 "--drift compares the whole applied set; leave out --from and --to.", returncode=2
+            )
+        if ignore and not drift:
+            raise CommandError(
+                "--ignore leaves objects out of --drift; add --drift or leave it out.", returncode=2
             )
         try:
             selection = self.select_targets(dict(options, database=database))
         except NixmigError as exc:
             raise CommandError(str(exc), returncode=2) from None
+        job = dict(
+            directory=directory,
+            start=start,
+            to=to,
+            drift=drift,
+            keep=keep,
+            setup_sql=setup_sql,
+            ignore=ignore,
+        )
         try:
-            schemas = [t.key for t in selection.targets if t.schema]
-            if schemas:
-                raise CommandError(
-                    f"sqlmigrate_verify checks whole databases, and {', '.join(schemas[:3])}"
-                    f"{' ...' if len(schemas) > 3 else ''} is a schema target. Its round trips don't depend on the "
-                    "schema: verify the tree once with --database (or a database URL in --targets-file).",
-                    returncode=2,
-                )
             if len(selection.targets) == 1:
-                return self.verify_one(selection.targets[0].alias, directory, json, start, to, drift, keep)
+                return self.verify_one(selection.targets[0], json, job)
             failed, reports = [], {}
             for target in selection.targets:
                 if not json and self.verbosity >= 1:
-                    self.stdout.write(self.style.MIGRATE_LABEL(f"Database {target.key}:"))
+                    label = "Schema" if target.schema else "Database"
+                    self.stdout.write(self.style.MIGRATE_LABEL(f"{label} {target.key}:"))
                 try:
-                    self.verify_one(
-                        target.alias, directory, json, start, to, drift, keep, reports, target.key
-                    )
+                    self.verify_one(target, json, job, reports)
                 except CommandError as exc:
                     failed.append((target.key, exc))
                     if not json:
-                        self.stderr.write(self.style.ERROR(f"Database {target.key}: {exc}"))
+                        self.stderr.write(self.style.ERROR(f"{target.key}: {exc}"))
             if json:
                 self.stdout.write(_dumps(reports))
             if failed:
                 raise CommandError(
-                    f"{len(failed)} of {len(selection.targets)} database(s) are not exact or could "
+                    f"{len(failed)} of {len(selection.targets)} target(s) are not exact or could "
                     f"not be verified: {', '.join(k for k, _ in failed)}.",
                     returncode=max(exc.returncode for _, exc in failed),
                 )
         finally:
             selection.close()
 
-    def verify_one(self, database, directory, as_json, start, to, drift, keep, reports=None, key=None):
-        """Verify one database; with ``reports``, keep its JSON there instead of printing it."""
+    def verify_one(self, target, as_json, job, reports=None):
+        """Verify one target; with ``reports``, keep its JSON there instead of printing it."""
         self.progress_out = self.stderr if as_json else self.stdout
         previous = _terminate_as_interrupt()
+        common = dict(
+            directory=job["directory"],
+            database=target.alias,
+            schema=target.schema,
+            keep=job["keep"],
+            setup_sql=job["setup_sql"] or (),
+            progress=self.event,
+        )
         try:
-            if drift:
-                report = verify.drift(directory=directory, database=database, keep=keep, progress=self.event)
+            if job["drift"]:
+                report = verify.drift(ignore=job["ignore"] or (), **common)
             else:
-                report = verify.verify(
-                    directory=directory, database=database, start=start, to=to, keep=keep, progress=self.event
-                )
+                report = verify.verify(start=job["start"], to=job["to"], **common)
         except NixmigError as exc:
             raise CommandError(str(exc), returncode=2) from None
         except KeyboardInterrupt:
@@ -115,7 +139,7 @@ class Command(NixmigCommand):
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         if as_json and reports is not None:
-            reports[key] = report.as_dict()
+            reports[target.key] = report.as_dict()
         elif as_json:
             self.stdout.write(_dumps(report.as_dict()))
         else:
@@ -161,12 +185,21 @@ class Command(NixmigCommand):
 
     def render(self, report: verify.VerifyReport) -> None:
         out = self.stdout
-        if report.results:
-            shown = [r for r in report.results if r.findings and r.result != verify.NOT_RUN]
-            if shown and self.verbosity >= 1:
-                out.write(self.style.MIGRATE_HEADING("Round trips that are not exact:"))
+        if report.results and self.verbosity >= 1:
+            groups = (
+                ("Round trips that are not exact:", (verify.NOT_EXACT, verify.FAILED)),
+                ("Round trips with warnings:", (verify.WARNING,)),
+                ("Irreversible (no down file):", (verify.IRREVERSIBLE,)),
+            )
+            for heading, kinds in groups:
+                shown = [r for r in report.results if r.findings and r.result in kinds]
+                if not shown:
+                    continue
+                out.write(self.style.MIGRATE_HEADING(heading))
                 for r in shown:
                     out.write(self._paint(r.result)(f" {MARKS[r.result]} {r.id}: {r.result}"))
+                    if r.result == verify.IRREVERSIBLE:
+                        continue  # the heading says it all
                     for f in r.findings:
                         paint = self.style.WARNING if f.level == "warning" else str
                         out.write(paint(f"     - {f.message}"))
