@@ -751,19 +751,20 @@ def test_lint_goes_over_the_pending_migrations_of_each_schema(scratch_db, tenant
     assert "Summary: 2 target(s): 0 with findings, 1 up to date, 1 failed, 0 skipped" in out
 
 
-def test_verify_checks_each_database_target_and_refuses_schema_targets(
-    scratch_db, tree, server_dbs, tmp_path
-):
+def test_verify_checks_each_database_target_and_each_schema_target(scratch_db, tree, server_dbs, tmp_path):
     for i, table in enumerate(("users", "orgs", "tokens"), 1):
         tree.table_pair(f"app/00{i}_create_{table}", table)
     make_schemas(scratch_db, 1)
     out, err, rc = run(
-        scratch_db, "sqlmigrate_verify", dir=str(tree), database=[scratch_db.alias], schemas=["tenant_0001"]
+        scratch_db,
+        "sqlmigrate_verify",
+        dir=str(tree),
+        database=[scratch_db.alias],
+        schemas=["tenant_0001"],
+        json=True,
     )
-    assert rc == 2
-    assert err.startswith(
-        f"sqlmigrate_verify checks whole databases, and {scratch_db.alias}:tenant_0001 is a schema target."
-    )
+    assert rc == 0, err
+    assert json.loads(out)["counts"]["exact"] == 3
     urls = server_dbs(2)
     targets = tmp_path / "targets.txt"
     targets.write_text("\n".join(urls) + "\n")
