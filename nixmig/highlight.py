@@ -133,7 +133,7 @@ def highlight_sql(text: str) -> SafeString:
     for match in TOKEN_RE.finditer(text):
         parts.append(escape(text[position : match.start()]))
         kind, value = match.lastgroup, match.group()
-        css = CLASSES.get(kind)
+        css = CLASSES.get(kind or "")
         if kind == "word" and value.upper() in KEYWORDS:
             css = "sql-keyword"
         parts.append(f'<span class="{css}">{escape(value)}</span>' if css else escape(value))

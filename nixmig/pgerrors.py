@@ -32,7 +32,11 @@ def describe(exc: BaseException) -> tuple[str, str | None]:
 
 def replayable(sqlstate: str | None) -> bool:
     """True when replaying the failed SQL would fail the same way (not a timeout, lock, deadlock or lost connection)."""
-    return bool(sqlstate) and sqlstate[:2] not in ("08", "40", "53", "55", "57", "58", "XX")
+    return (
+        sqlstate is not None
+        and sqlstate != ""
+        and sqlstate[:2] not in ("08", "40", "53", "55", "57", "58", "XX")
+    )
 
 
 def position(exc: BaseException) -> int | None:

@@ -7,6 +7,7 @@ import io
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
@@ -247,7 +248,7 @@ class NixmigCommand(BaseCommand):
         self.renderer = EventRenderer(self.stdout, self.stderr, self.style, self.verbosity)
         return self.run(**options)
 
-    def run(self, **options):  # pragma: no cover - overridden
+    def run(self, *args: Any, **options: Any) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def confirm(self, question: str) -> bool:
