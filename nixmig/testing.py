@@ -442,18 +442,19 @@ def _tree():
 def _update_kept(alias, connection, tree, django_migrate, emit) -> Outcome | None:
     """Bring a kept test database up to date; return None if it must be rebuilt (TEST_REBUILD_CHANGED)."""
     django_migrate()
-    changed = api.status(database=alias, tree=tree, create_table=False).with_state("changed")
-    if changed and conf.get("TEST_REBUILD_CHANGED"):
-        return None
-    try:
-        result = api.migrate_up(database=alias, tree=tree, progress=emit)
-    except NixmigError as exc:
-        if changed:
-            exc.test_hint = (
-                "With a kept test database you can also set NIXMIG['TEST_REBUILD_CHANGED'] = True "
-                "to re-create it, or run the tests without --keepdb."
-            )
-        raise
+    with api.session(alias, tree=tree, progress=emit, command="test database") as s:  # one lock, one read
+        changed = s.status().with_state("changed")
+        if changed and conf.get("TEST_REBUILD_CHANGED"):
+            return None
+        try:
+            result = s.up()
+        except NixmigError as exc:
+            if changed:
+                exc.test_hint = (
+                    "With a kept test database you can also set NIXMIG['TEST_REBUILD_CHANGED'] = True "
+                    "to re-create it, or run the tests without --keepdb."
+                )
+            raise
     return Outcome("updated", applied=len(result.done))
 
 
