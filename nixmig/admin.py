@@ -218,7 +218,7 @@ class MigrationRecordAdmin(admin.ModelAdmin):
         if not record.checksum:
             up.update(
                 level="info",
-                notice="No checksum was recorded for this row (the Go migrator wrote it), "
+                notice="No checksum was recorded for this row (another runner wrote it), "
                 "so edits since it was applied can't be detected.",
             )
         elif record.checksum != migration.checksum:

@@ -9,9 +9,10 @@ class NixmigConfig(AppConfig):
 
     def ready(self) -> None:
         from . import api, lint
-        from .checks import check_sql_migrations
+        from .checks import check_pending_at_runserver, check_sql_migrations
 
         checks.register(check_sql_migrations, checks.Tags.database)
+        checks.register(check_pending_at_runserver)  # runserver's checks run without databases
         api.register_plan_check(
             lint.plan_check
         )  # every up run (command, API, startup, migrate) lints its plan

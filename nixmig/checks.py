@@ -1,11 +1,13 @@
 """System checks: warn when a database is behind its SQL migrations, the way Django warns about its own.
 
-They run with ``manage.py check --database default`` (database checks need ``--database``);
-``runserver`` prints the same warning through nixmig's ``runserver``. A check never fails
-because a database is unreachable or misconfigured: that is not what it is about.
+They run with ``manage.py check --database default`` (database checks need ``--database``), and
+``runserver`` prints the same warnings for ``default`` whatever the order of INSTALLED_APPS. A
+database that can't be reached is a warning with the connection error, never a failure.
 """
 
 from __future__ import annotations
+
+import sys
 
 from django.core.checks import Warning
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
@@ -53,23 +55,51 @@ def problems_message(status: Status, alias: str) -> str | None:
 
 
 def read_status(alias: str) -> Status | None:
-    """Return the status of ``alias`` without creating anything, or None when it can't be read."""
+    """Return the status of ``alias`` without creating anything; None for a database nixmig leaves alone."""
+    if not databases.is_postgresql(alias) or not databases.allows(alias):
+        return None
     try:
-        if not databases.is_postgresql(alias) or not databases.allows(alias):
-            return None
         return api.status(database=alias, create_table=False)
-    except (DatabaseUnavailable, DatabaseError):
-        return None  # unreachable or not ready: runserver and check must not fail on it
+    except DatabaseError as exc:  # a safety net: the API turns these into NixmigErrors already
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatabaseUnavailable(f"The database failed: {first}.") from None
+
+
+def serving() -> bool:
+    """Return True in a ``manage.py runserver`` process (Django runs its system checks there)."""
+    return sys.argv[1:2] == ["runserver"]
+
+
+def check_pending_at_runserver(app_configs=None, databases=None, **kwargs) -> list:
+    """Give runserver the warnings of ``check --database default``, whichever app's runserver runs.
+
+    Django runs the ``runserver`` of the first app in INSTALLED_APPS that has one
+    (``django.contrib.staticfiles``'s, usually), and its system checks without databases; this check
+    is the one hook every runserver shares, so where ``nixmig`` is listed does not matter.
+    """
+    if databases is not None or not serving():
+        return []
+    return check_sql_migrations(databases=[DEFAULT_DB_ALIAS])
 
 
 def check_sql_migrations(app_configs=None, databases=None, **kwargs) -> list:
-    """Warn about pending SQL migrations (nixmig.W001) and other status problems (nixmig.W002, W003)."""
+    """Warn about pending SQL migrations (nixmig.W001), status problems (W002, W003), an unreachable database (W004)."""
     if databases is None:
         return []
     messages = []
     for alias in databases:
         try:
             status = read_status(alias)
+        except DatabaseUnavailable as exc:
+            flag = "" if alias == DEFAULT_DB_ALIAS else f" --database {alias}"
+            messages.append(
+                Warning(
+                    f"The SQL migrations of database {alias!r} could not be checked: {exc}",
+                    hint=f"Run 'python manage.py sqlmigrate_status{flag}' once the database answers.",
+                    id="nixmig.W004",
+                )
+            )
+            continue
         except TreeError as exc:
             messages.append(
                 Warning(

@@ -11,7 +11,7 @@ from . import conf
 
 class MigrationRecord(models.Model):
     name = models.CharField(
-        max_length=255, help_text="NNN_name, as the Nixopus Go migrator wrote it (e.g. 001_create_users)."
+        max_length=255, help_text="NNN_name of the migration, without its module (e.g. 001_create_users)."
     )
     # NULL, not "": a bare name written by the Nixopus Go migrator (the table predates nixmig).
     module = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001

@@ -15,7 +15,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "nixmig",  # before staticfiles: its runserver (which extends staticfiles') warns about pending SQL
+    "nixmig",  # anywhere in the list: runserver warns about pending SQL migrations either way
     "django.contrib.staticfiles",
 ]
 

@@ -67,7 +67,8 @@ class ScratchDB:
     def run(self, command: str, *args, **options) -> tuple[str, str, int]:
         """call_command with this database; return (stdout, stderr, exit code)."""
         out, err = io.StringIO(), io.StringIO()
-        options.setdefault("database", self.alias)
+        if command != "sqlmigrate_new":  # the one command without --database: it only writes files
+            options.setdefault("database", self.alias)
         try:
             call_command(command, *args, stdout=out, stderr=err, **options)
             rc = 0

@@ -1,8 +1,10 @@
 """Every command and option of the core issue, on a real PostgreSQL, through call_command and manage.py."""
 
+import io
 import json
 
 import pytest
+from django.core.management import call_command, load_command_class
 
 from nixmig import api
 
@@ -320,6 +322,24 @@ def test_new_pads_to_three_digits_or_wider(scratch_db, tree):
     tree.table_pair("auth/1234_c", "c")
     scratch_db.run("sqlmigrate_new", "integrations/github", "d", dir=str(tree))
     assert (tree.path / "integrations/github/1235_d_up.sql").exists()
+
+
+def test_new_creates_the_migrations_folder_and_says_so(tmp_path):
+    folder = tmp_path / "migrations_sql"
+    out = io.StringIO()
+    call_command("sqlmigrate_new", "catalog", "create_products", dir=str(folder), stdout=out)
+    up, down = folder / "catalog/001_create_products_up.sql", folder / "catalog/001_create_products_down.sql"
+    assert up.exists() and down.exists()
+    assert out.getvalue() == (
+        f"Created the migrations folder {folder} (NIXMIG['MIGRATIONS_DIR'] or --dir names another).\n"
+        f"Created {up}\nCreated {down}\n"
+    )
+
+
+def test_new_has_no_database_option():
+    parser = load_command_class("nixmig", "sqlmigrate_new").create_parser("manage.py", "sqlmigrate_new")
+    assert "--database" not in parser._option_string_actions
+    assert "--dir" in parser._option_string_actions
 
 
 def test_new_refuses_bad_names(scratch_db, tree):

@@ -254,7 +254,7 @@ def test_documented_query_deletes_every_later_duplicate_of_a_go_table(scratch_db
         "INSERT INTO migrations (name, applied_at) VALUES ('001_users', now()), ('002_tokens', now()), "
         "('001_users', now())"
     )
-    docs = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "nixopus.md").read_text()
     (bulk,) = re.findall(r"^DELETE FROM migrations AS later .*?;$", docs, re.M | re.S)
 
     scratch_db.sql(bulk)

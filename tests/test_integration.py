@@ -15,13 +15,11 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, ScratchDB
-from django.core.checks import Warning
-from django.core.management.base import OutputWrapper
+from django.core.checks import WARNING, Warning
 from django.db import connections
 
 from nixmig import signals
 from nixmig.checks import check_sql_migrations
-from nixmig.management.commands.runserver import Command as Runserver
 from nixmig.startup import apply_on_startup, get_asgi_application
 
 DEADLINE = 60  # seconds: only a bound against hanging, never a measurement
@@ -293,13 +291,27 @@ def test_check_warns_about_changed_files_and_tree_problems(scratch_db, three, us
     )
 
 
-def test_check_never_fails_because_a_database_is_unreachable(scratch_db, three, use_tree):
+def test_check_reports_an_unreachable_database_as_a_warning_with_the_connection_error(
+    scratch_db, three, use_tree
+):
     use_tree(three)
     connections.settings["nowhere"] = dict(
         scratch_db.settings, HOST="127.0.0.1", PORT="1", OPTIONS={"connect_timeout": 2}
     )
     try:
-        assert check_sql_migrations(databases=["nowhere"]) == []
+        [warning] = check_sql_migrations(databases=["nowhere"])
+        assert warning.id == "nixmig.W004"
+        assert warning.level == WARNING  # a warning: 'check' still succeeds
+        assert warning.msg.startswith(
+            f"The SQL migrations of database 'nowhere' could not be checked: Can't connect to database "
+            f"'nowhere' ({scratch_db.settings['NAME']} on 127.0.0.1:1): "
+        )
+        assert "refused" in warning.msg  # the connection error itself
+        assert "Check DATABASE_URL or settings.DATABASES and that the server is running." in warning.msg
+        assert (
+            warning.hint
+            == "Run 'python manage.py sqlmigrate_status --database nowhere' once the database answers."
+        )
     finally:
         connections["nowhere"].close()
         del connections["nowhere"]
@@ -328,30 +340,52 @@ def test_manage_py_check_database_default_prints_the_warning_and_succeeds(scratc
     assert scratch_db.tables() == set()  # checking applied nothing, even with APPLY_ON_STARTUP on
 
 
-def test_runserver_warns_about_pending_sql_migrations_like_django_does(scratch_db, three, use_tree):
-    use_tree(three)
-    out = io.StringIO()
-    command = Runserver(stdout=OutputWrapper(out))
-    command.check_sql_migrations(scratch_db.alias)
-    assert out.getvalue() == (
-        f"\nYou have 3 unapplied SQL migration(s) in database {scratch_db.alias!r}: auth/001_create_users, "
-        "orgs/002_create_orgs, auth/003_create_tokens. Your project may not work properly until you apply them.\n"
-        f"Run 'python manage.py sqlmigrate_up --database {scratch_db.alias}' to apply them.\n"
+def _runserver_checks(scratch_db: ScratchDB, tree, order: str) -> str:
+    """Start 'manage.py runserver' with nixmig listed first or last; return what it printed before serving."""
+    env = scratch_db.env(
+        DJANGO_SETTINGS_MODULE="settings_app_order",
+        NIXMIG_TEST_APP_ORDER=order,
+        NIXMIG_TEST_MIGRATIONS_DIR=str(tree.path),
+        PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}",
     )
-
-
-def test_runserver_stays_quiet_when_up_to_date_or_the_database_is_unreachable(scratch_db, three, use_tree):
-    use_tree(three)
-    scratch_db.run("sqlmigrate_up", dir=str(three.path))
-    out = io.StringIO()
-    Runserver(stdout=OutputWrapper(out)).check_sql_migrations(scratch_db.alias)
-    connections.settings["nowhere"] = dict(scratch_db.settings, HOST="127.0.0.1", PORT="1")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "runserver", "--noreload", "127.0.0.1:0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
     try:
-        Runserver(stdout=OutputWrapper(out)).check_sql_migrations("nowhere")
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line or line.startswith("Quit the server"):
+                break
+            lines.append(line)
     finally:
-        del connections["nowhere"]
-        del connections.settings["nowhere"]
-    assert out.getvalue() == ""
+        proc.kill()
+        proc.wait(DEADLINE)
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("order", ["first", "last"])
+def test_runserver_warns_about_pending_sql_migrations_wherever_nixmig_is_listed(scratch_db, three, order):
+    printed = _runserver_checks(scratch_db, three, order)
+    assert (
+        "?: (nixmig.W001) You have 3 unapplied SQL migration(s): auth/001_create_users, orgs/002_create_orgs, "
+        "auth/003_create_tokens. Your project may not work properly until you apply them.\n"
+        "\tHINT: Run 'python manage.py sqlmigrate_up'.\n"
+    ) in printed
+    assert "Starting development server" in printed
+    assert scratch_db.tables() == set()  # warning created nothing
+
+
+def test_runserver_stays_quiet_when_up_to_date(scratch_db, three):
+    scratch_db.run("sqlmigrate_up", dir=str(three.path))
+    printed = _runserver_checks(scratch_db, three, "last")
+    assert "nixmig" not in printed and "System check identified no issues" in printed
 
 
 # -- several databases -----------------------------------------------------------------------

@@ -190,6 +190,7 @@ class NixmigCommand(BaseCommand):
     multi_database = False  # True: the target options (add_target_arguments) and rollouts over many targets
     rollout_options = True  # with multi_database: also --canary, --on-error, --report, --only-failed
     compact = False  # set during a rollout of tenants: one line per target, no blocks
+    uses_database = True  # False: the command reads and writes files only (no --database)
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -200,7 +201,7 @@ class NixmigCommand(BaseCommand):
         )
         if self.multi_database:
             add_target_arguments(parser, rollout=self.rollout_options)
-        else:
+        elif self.uses_database:
             parser.add_argument(
                 "--database", default=DEFAULT_DB_ALIAS, help="Database alias to use (default: 'default')."
             )

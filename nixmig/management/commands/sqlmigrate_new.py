@@ -1,8 +1,9 @@
 import re
+from pathlib import Path
 
 from django.core.management.base import CommandError
 
-from nixmig import api
+from nixmig import api, conf
 from nixmig.management.base import NixmigCommand
 from nixmig.tree import MODULE_SEGMENT_RE
 
@@ -22,6 +23,7 @@ DOWN_TEMPLATE = """-- {id}: down
 
 class Command(NixmigCommand):
     help = "Create <MODULE>/<NNN>_<NAME>_up.sql and _down.sql, numbered after the highest number in the tree."
+    uses_database = False
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -38,7 +40,14 @@ class Command(NixmigCommand):
         name = name.strip().replace(" ", "_")
         if not NAME_RE.match(name):
             raise CommandError(f"{name!r} is not a valid name: use letters, digits, '_' and '-'.")
-        tree = api.load_tree(directory)
+        folder = Path(directory) if directory is not None else conf.migrations_dir()
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            if self.verbosity >= 1:
+                self.stdout.write(
+                    f"Created the migrations folder {folder} (NIXMIG['MIGRATIONS_DIR'] or --dir names another)."
+                )
+        tree = api.load_tree(folder)
         number = tree.highest_number() + 1
         bare = f"{number:03d}_{name}"
         folder = tree.directory / module
