@@ -194,7 +194,38 @@ def status(
     refused = refused_files(result.entries)
     if refused:
         result = replace(result, problems=result.problems + tuple(refused))
+    found = _leftovers(connection, tree, schema)
+    if found:
+        problems = tuple(
+            Problem(
+                f"{x.what}: left by a statement that runs outside a transaction and was interrupted or failed; "
+                f"fix it with: {x.fix}",
+                None,
+                WARNING,
+                "leftover",
+            )
+            for x in found
+        )
+        result = replace(result, problems=result.problems + problems, leftovers=tuple(found))
     return result
+
+
+def _leftovers(connection, tree: Tree, schema: str | None) -> list:
+    """INVALID and _ccnew/_ccold indexes and partitions pending detach on tables the tree's files name."""
+    from .leftovers import catalog_leftovers
+
+    def texts():
+        for m in tree.migrations:
+            for f in (m.up, m.down):
+                if f is not None:
+                    try:
+                        yield f.text
+                    except TreeError:  # an unreadable down file: status reports it elsewhere
+                        continue
+
+    with connection.cursor() as cursor:
+        found = catalog_leftovers(cursor, texts(), schema)
+    return found
 
 
 def require_schema(connection, schema: str | None, *, create: bool = False) -> None:

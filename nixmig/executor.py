@@ -11,16 +11,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from typing import TYPE_CHECKING
 
 from django.db import DatabaseError, transaction
 
-from . import conf, notx
+from . import conf, leftovers, notx
 from .exceptions import MigrationFailed, NixmigError
 from .notx import resume_problem
 from .pgerrors import (
     ACTIVE_SQL_TRANSACTION,
     LOCK_NOT_AVAILABLE,
+    cause,
     connection_lost,
     describe,
     locate,
@@ -29,12 +31,13 @@ from .pgerrors import (
 )
 from .plan import Entry, RunOptions
 from .recorder import Recorder, literal
-from .reports import failure, partial_truth
+from .reports import failure, notx_truth, unkept_truth
 from .tree import Directives, line_of
 
 if TYPE_CHECKING:  # pglast costs ~30 ms to import; sqlmigrate_status never needs it
     from django.db.backends.postgresql.base import DatabaseWrapper
 
+    from .leftovers import Found
     from .sqltext import Prepared, Statement
 
 
@@ -185,15 +188,23 @@ class Executor:
         assert self.recorder.schema is not None, "only a schema target has a search_path of its own"
         return f"{self.connection.ops.quote_name(self.recorder.schema)}, public"
 
-    def _execute_with_retries(self, entry: Entry, query: str, *, rollback: bool) -> None:
-        """Send ``query``; retry after lock_not_available with backoff. Raises DatabaseError."""
-        attempt = 0
+    def _execute_with_retries(
+        self, entry: Entry, query: str, *, rollback: bool, finished: Callable[[], bool] | None = None
+    ) -> None:
+        """Send ``query``; retry after lock_not_available with backoff. Raises DatabaseError.
+
+        ``finished`` runs before each retry; it cleans up what the attempt left and says whether that
+        completed the statement (then it is not sent again).
+        """
+        attempt, clean_first = 0, False
         while True:
             try:
+                if clean_first and finished is not None and finished():
+                    return
                 with self.connection.cursor() as cursor:
                     cursor.execute(query)
                 return
-            except DatabaseError as exc:
+            except DatabaseError as exc:  # a clean-up that times out on the same lock counts as an attempt
                 if rollback:
                     self._rollback()
                 text, sqlstate = describe(exc)
@@ -205,6 +216,7 @@ class Executor:
                     "retry", entry=entry, attempt=attempt, retries=self.retries, delay=delay, reason=text
                 )
                 time.sleep(delay)
+                clean_first = True
 
     def _transactional(
         self, entry: Entry, prep: Prepared | None, options: RunOptions, done: list[Entry]
@@ -228,7 +240,9 @@ class Executor:
                     f"It was rolled back, and with --atomic so was everything else of this run: nothing of it "
                     f"was {options.done_verb}."
                 )
-                raise failure(entry, prep, line, text, sqlstate, (), options, truth) from None
+                raise failure(
+                    entry, prep, line, text, sqlstate, (), options, truth, cause=cause(exc, sqlstate)
+                ) from None
             truth = (
                 "It was rolled back and is not recorded."
                 if options.direction == "up"
@@ -241,7 +255,9 @@ class Executor:
                 )
             if entry.progress is not None:  # --fake of a partly run migration
                 truth += " Its progress row is kept."
-            raise failure(entry, prep, line, text, sqlstate, done, options, truth) from None
+            raise failure(
+                entry, prep, line, text, sqlstate, done, options, truth, cause=cause(exc, sqlstate)
+            ) from None
 
     # -- no-transaction files ----------------------------------------------------------------
 
@@ -265,20 +281,15 @@ class Executor:
             self._send(entry, f"SET search_path = {self._search_path()}")
         if progress is not None:
             self.callback("resume", entry=entry, statement=start + 1, total=total)
-            if start < total and self._finished(statements[start]):
-                # A CREATE / DROP INDEX CONCURRENTLY can't share a transaction with its progress row: an
-                # interrupted run may have finished it before the row. Its result is there: don't run it again.
-                self.callback(
-                    "already_done",
-                    entry=entry,
-                    statement=start + 1,
-                    line=statements[start].line,
-                    what=statements[start].no_transaction,
-                )
-                self.recorder.save_progress(
-                    entry.files, direction, prep.file.checksum, notx.hashes(prep)[: start + 1], total
-                )
-                start += 1
+            if start < total:  # settling waits for locks too: under the file's timeouts
+                self._send(entry, self._settings(prep.file.directives, False))
+                try:
+                    start = self._settle(entry, prep, direction, start, progress.in_flight)
+                except DatabaseError as exc:  # the marker stays: what the statement left is still unknown
+                    stmt = statements[start]
+                    raise self._notx_failure(
+                        entry, prep, options, done, start, stmt.line, exc, [], False
+                    ) from None
         self.recorder.ensure_progress_table()
         queries = self._no_transaction_queries(direction, entry, prep, start)
         ran = start  # statements of this file known to have run
@@ -288,40 +299,29 @@ class Executor:
                     self._send(entry, query)
                     continue
                 stmt = statements[k]
-                self.callback(
-                    "statement",
-                    entry=entry,
-                    index=k + 1,
-                    total=total,
-                    line=stmt.line,
-                    sql=prep.body[stmt.start : stmt.end],
-                )
-                if stmt.builds_index:
-                    self._drop_invalid_index(entry, stmt)
+                text_k = prep.body[stmt.start : stmt.end]
+                self.callback("statement", entry=entry, index=k + 1, total=total, line=stmt.line, sql=text_k)
+                since = self._since(entry, direction, stmt)
+                cleaned: list[str] = []
+                if stmt.effect is not None and stmt.effect.kind == "index" and stmt.effect.name:
+                    self._clean(entry, stmt, k, None, cleaned)  # an INVALID index a failed earlier run left
                 try:
-                    self._send_statement(entry, query, prep.body[stmt.start : stmt.end], stmt)
+                    self._send_statement(
+                        entry, query, text_k, stmt, partial(self._clean, entry, stmt, k, since, cleaned)
+                    )
+                    problem = self._broken(stmt, since)
                 except DatabaseError as exc:
                     self._rollback()
-                    text, sqlstate = describe(exc)
-                    pos = position(exc)
-                    line = stmt.line
-                    text_k = prep.body[stmt.start : stmt.end]
+                    pos, line = position(exc), stmt.line
                     if pos is not None:
                         offset = pos - (0 if stmt.no_transaction else query.index(text_k))
                         if 0 <= offset <= len(text_k):
                             line = line_of(prep.body, stmt.start + offset)
-                    self._save_failure(entry, direction, prep, ran, total, text)
-                    raise failure(
-                        entry,
-                        prep,
-                        line,
-                        text,
-                        sqlstate,
-                        done,
-                        options,
-                        partial_truth(direction, k, total),
-                        fix=not ran,
+                    raise self._notx_failure(
+                        entry, prep, options, done, k, line, exc, cleaned, True, since
                     ) from None
+                if problem:
+                    raise self._unkept(entry, prep, options, done, k, problem, since)
                 ran = k + 1
         except DatabaseError as exc:  # a progress or record write failed (connection lost)
             text, sqlstate = describe(exc)
@@ -352,9 +352,14 @@ class Executor:
         with self.connection.cursor() as cursor:
             cursor.execute(query)
 
-    def _send_statement(self, entry: Entry, query: str, text: str, stmt: Statement) -> None:
+    def _send_statement(
+        self, entry: Entry, query: str, text: str, stmt: Statement, clean: Callable[[], Found | None]
+    ) -> None:
         try:
-            self._execute_with_retries(entry, query, rollback=True)
+            # Before a lock-timeout retry of a statement sent alone, remove what the attempt left
+            # (or finish it: a pending detach) -- a retry must not build a second index or skip a broken one.
+            finished = (lambda: bool((found := clean()) and found.done)) if stmt.no_transaction else None
+            self._execute_with_retries(entry, query, rollback=True, finished=finished)
         except DatabaseError as exc:
             if describe(exc)[1] != ACTIVE_SQL_TRANSACTION or stmt.no_transaction:
                 raise
@@ -364,54 +369,152 @@ class Executor:
             rest = query[query.index(text) + len(text) :].lstrip().removeprefix(";").strip()
             self._send(entry, "BEGIN; " + rest)
 
+    def _since(self, entry: Entry, direction: str, stmt: Statement) -> str | None:
+        """The transaction id of the in-flight mark, for a statement whose leftovers only it tells apart."""
+        effect = stmt.effect
+        if effect is None or effect.kind != "index" or effect.name:
+            return None
+        return self.recorder.flight_xid(entry.files, direction)
+
+    def _clean(
+        self, entry: Entry, stmt: Statement, k: int, since: str | None, cleaned: list[str]
+    ) -> Found | None:
+        """Remove (or finish) what an earlier attempt of statement k+1 left in the catalog; say so."""
+        with self.connection.cursor() as cursor:
+            found = leftovers.inspect(cursor, stmt, since)
+        for left in found.leftovers if found else ():
+            self._send(entry, left.fix)
+            cleaned.append(left.what)
+            self.callback(
+                "cleaned", entry=entry, statement=k + 1, line=stmt.line, what=left.what, sql=left.fix
+            )
+            if left.finishes:
+                return leftovers.Found(True)
+        return found
+
+    def _broken(self, stmt: Statement, since: str | None) -> str | None:
+        """Why the catalog is not in the state statement ``stmt`` (just run, no error) promises; None when it is."""
+        if not stmt.no_transaction:
+            return None
+        with self.connection.cursor() as cursor:
+            found = leftovers.inspect(cursor, stmt, since)
+        return found.problem if found is not None else None
+
+    def _settle(self, entry: Entry, prep: Prepared, direction: str, k: int, in_flight: bool) -> int:
+        """Before a resume at statement k+1: clean up or finish what its last attempt left; return where to start.
+
+        A statement that can't share a transaction with its progress row may have finished (or half
+        finished) before the row said so: its result is checked in the catalog, not assumed.
+        """
+        stmt = prep.analysis.statements[k]
+        found = self._clean(entry, stmt, k, self._since(entry, direction, stmt) if in_flight else None, [])
+        if found is None or not found.done:
+            return k
+        self.callback("already_done", entry=entry, statement=k + 1, line=stmt.line, what=stmt.no_transaction)
+        self.recorder.save_progress(
+            entry.files,
+            direction,
+            prep.file.checksum,
+            notx.hashes(prep)[: k + 1],
+            len(prep.analysis.statements),
+        )
+        return k + 1
+
+    def _notx_failure(
+        self,
+        entry: Entry,
+        prep: Prepared,
+        options: RunOptions,
+        done: list[Entry],
+        k: int,
+        line: int | None,
+        exc: DatabaseError,
+        cleaned: list[str],
+        sent: bool,
+        since: str | None = None,
+    ) -> MigrationFailed:
+        """Statement k+1 (sent, or being settled before a resume) failed: keep what may have run, say why."""
+        text, sqlstate = describe(exc)
+        why = cause(exc, sqlstate)
+        stmt = prep.analysis.statements[k]
+        settled = sent
+        if sent and stmt.no_transaction:
+            try:  # what the failed attempt left (a failed CREATE INDEX CONCURRENTLY leaves an INVALID index)
+                self._clean(entry, stmt, k, since, cleaned)
+            except DatabaseError:
+                settled = False
+        if settled:
+            settled = self._save_failure(
+                entry, options.direction, prep, k, len(prep.analysis.statements), text
+            )
+        state = (
+            "settled" if settled else "in flight" if stmt.no_transaction or not sent else "one transaction"
+        )
+        truth = notx_truth(
+            options.direction,
+            k,
+            len(prep.analysis.statements),
+            cause=why,
+            state=state,
+            cleaned=cleaned,
+            attempts=self.retries + 1,
+            resuming=not sent,
+        )
+        return failure(
+            entry,
+            prep,
+            line,
+            text,
+            sqlstate,
+            done,
+            options,
+            truth,
+            fix=why is None and state == "settled",
+            cause=why,
+        )
+
+    def _unkept(
+        self,
+        entry: Entry,
+        prep: Prepared,
+        options: RunOptions,
+        done: list[Entry],
+        k: int,
+        problem: str,
+        since: str | None,
+    ) -> MigrationFailed:
+        """Statement k+1 ended without an error, but the catalog is not as it promises: a failure, never OK."""
+        stmt = prep.analysis.statements[k]
+        cleaned: list[str] = []
+        try:
+            self._clean(entry, stmt, k, since, cleaned)
+            settled = self._save_failure(
+                entry, options.direction, prep, k, len(prep.analysis.statements), problem
+            )
+        except DatabaseError:
+            settled = False
+        truth = unkept_truth(
+            options.direction, k, len(prep.analysis.statements), problem, cleaned, kept=not settled
+        )
+        return failure(entry, prep, stmt.line, problem, None, done, options, truth)
+
     def _save_failure(
         self, entry: Entry, direction: str, prep: Prepared, ran: int, total: int, error: str
-    ) -> None:
-        """After statement ran+1 failed (so it did not run): keep exactly 1..ran as progress, with the error."""
+    ) -> bool:
+        """After statement ran+1 failed and left nothing: keep exactly 1..ran as progress, with the error.
+
+        Return False when the connection is gone: the row then still says what ran, with its mark.
+        """
         try:
             with self.connection.cursor() as cursor:
                 cursor.execute(
                     f"BEGIN; {notx.failed_progress_sql(self.recorder, entry, direction, prep, ran, error)}; "
                     "COMMIT;"
                 )
+            return True
         except DatabaseError:
-            self._rollback()  # the connection is gone: the row still says what ran (maybe with a mark)
-
-    def _finished(self, stmt: Statement) -> bool:
-        """True when a CREATE / DROP INDEX CONCURRENTLY that was interrupted had in fact finished."""
-        if stmt.builds_index:
-            return bool((self._index_state(stmt) or ("", False))[1])
-        if stmt.drops_indexes:
-            with self.connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT bool_and(to_regclass(n) IS NULL) FROM unnest(%s::text[]) AS n",
-                    [list(stmt.drops_indexes)],
-                )
-                return bool(cursor.fetchone()[0])
-        return False
-
-    def _index_state(self, stmt: Statement) -> tuple[str, bool] | None:
-        """Return (qualified name, valid) of the index a named CREATE INDEX CONCURRENTLY builds, if it exists."""
-        assert stmt.builds_index is not None, "only a named CREATE INDEX CONCURRENTLY builds a known index"
-        with self.connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT format('%%I.%%I', n.nspname, c.relname), i.indisvalid FROM pg_index i "
-                "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE i.indrelid = to_regclass(%s) AND c.relname = %s",
-                list(stmt.builds_index),
-            )
-            return cursor.fetchone()
-
-    def _drop_invalid_index(self, entry: Entry, stmt: Statement) -> None:
-        """Drop the INVALID index an earlier, failed or killed run of this CREATE INDEX CONCURRENTLY left.
-
-        Without this the statement would fail with 'already exists', or, with IF NOT EXISTS, skip
-        and leave an index that is maintained on every write but never used.
-        """
-        found = self._index_state(stmt)
-        if found is not None and not found[1]:
-            self._send(entry, f"DROP INDEX CONCURRENTLY IF EXISTS {found[0]}")
-            self.callback("invalid_index", entry=entry, index=found[0], line=stmt.line)
+            self._rollback()
+            return False
 
     def _rollback(self) -> None:
         try:

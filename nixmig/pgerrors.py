@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 LOCK_NOT_AVAILABLE = "55P03"
+QUERY_CANCELED = "57014"  # statement_timeout, or a cancel request
 ACTIVE_SQL_TRANSACTION = "25001"  # "... cannot run inside a transaction block"
 
 
@@ -54,6 +55,19 @@ def connection_lost(exc: BaseException, sqlstate: str | None) -> bool:
         or sqlstate in ("57P01", "57P02", "57P03")
         or (sqlstate is None and isinstance(exc, OperationalError))
     )
+
+
+def cause(exc: BaseException, sqlstate: str | None) -> str | None:
+    """Name why a statement stopped when it was not its SQL: 'lock timeout', 'terminated', 'lost', 'cancelled'."""
+    if sqlstate == LOCK_NOT_AVAILABLE:
+        return "lock timeout"
+    if sqlstate in ("57P01", "57P02", "57P03"):
+        return "terminated"
+    if connection_lost(exc, sqlstate):
+        return "lost"
+    if sqlstate == QUERY_CANCELED:
+        return "cancelled"
+    return None
 
 
 def locate(connection, prep, begin: str) -> int | None:

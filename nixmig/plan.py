@@ -185,6 +185,7 @@ class Status:
     problems: tuple[Problem, ...]
     legacy: tuple[tuple[AppliedRecord, Migration], ...] = ()  # bare-name rows to upgrade
     tree: Tree | None = field(default=None, compare=False, repr=False)
+    leftovers: tuple[Any, ...] = ()  # what interrupted non-transactional statements left (nixmig.leftovers)
 
     def with_state(self, *states: str) -> list[Entry]:
         return [e for e in self.entries if e.state in states]
@@ -232,6 +233,7 @@ class Status:
             "nixmig_version": __version__,
             "migrations": [e.as_dict() for e in self.entries],
             "problems": [p.as_dict() for p in self.problems],
+            "leftovers": [x.as_dict() for x in self.leftovers],
             "summary": self.counts(),
         }
 

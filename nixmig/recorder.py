@@ -305,6 +305,19 @@ class Recorder:
             if error:
                 cursor.execute(self.progress_error_sql(migration, direction, error))
 
+    def flight_xid(self, migration: Migration, direction: str) -> str | None:
+        """Return the transaction id that wrote ``migration``'s progress row (its in-flight mark, when it has one).
+
+        An object whose catalog row is newer was created after the mark: by the statement in flight.
+        """
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT xmin::text FROM {self.qprogress} WHERE module = %s AND name = %s AND direction = %s",
+                [migration.module, migration.name, direction],
+            )
+            row = cursor.fetchone()
+        return row[0] if row else None
+
     def clear_progress_sql(self, migration: Migration) -> str:
         """SQL that forgets every progress row of ``migration`` (both directions)."""
         return (

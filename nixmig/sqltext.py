@@ -40,6 +40,23 @@ _SCAN_TX = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What a statement PostgreSQL runs outside a transaction leaves in the catalog when it fails or stops.
+
+    Names are unquoted parts (schema, name); ``relation`` is the table (or, for ``REINDEX INDEX``, the
+    index; for ``REINDEX SCHEMA`` the schema). Kinds: ``index`` (CREATE INDEX CONCURRENTLY; ``name`` is
+    empty when PostgreSQL chooses it), ``reindex``, ``detach`` (``name`` is the partition).
+    """
+
+    kind: str
+    relation: tuple[str, ...] = ()
+    name: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()  # an unnamed index's key columns ("" for an expression)
+    unique: bool = False
+    target: str = ""  # REINDEX: INDEX, TABLE, SCHEMA, DATABASE or SYSTEM
+
+
 @dataclass(frozen=True, slots=True)  # slots: 137,000 statements of a big file take a quarter of the memory
 class Statement:
     start: int  # character offsets into the file's text
@@ -50,6 +67,7 @@ class Statement:
     transaction_control: str | None = None  # "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "PREPARE"
     builds_index: tuple[str, str] | None = None  # CREATE INDEX CONCURRENTLY: (quoted table, index name)
     drops_indexes: tuple[str, ...] = ()  # DROP INDEX CONCURRENTLY without IF EXISTS: quoted index names
+    effect: Effect | None = None  # what it leaves in the catalog when it fails or is interrupted
 
 
 @dataclass(frozen=True)
@@ -177,6 +195,31 @@ def _built_index(node_name: str, node: dict) -> tuple[str, str] | None:
     return ".".join(_quote(p) for p in parts), node["idxname"]
 
 
+def _parts(rel: dict) -> tuple[str, ...]:
+    return tuple(p for p in (rel.get("schemaname"), rel.get("relname")) if p)
+
+
+def _effect(node_name: str, node: dict) -> Effect | None:
+    """Return what a non-transactional statement leaves behind when it fails or its runner dies."""
+    if node_name == "IndexStmt" and node.get("concurrent"):
+        columns = tuple(p.get("IndexElem", {}).get("name") or "" for p in node.get("indexParams", []))
+        name = (node["idxname"],) if node.get("idxname") else ()
+        return Effect("index", _parts(node.get("relation", {})), name, columns, bool(node.get("unique")))
+    if node_name == "ReindexStmt":
+        params = [p.get("DefElem", {}).get("defname") for p in node.get("params", [])]
+        if "concurrently" in params:
+            target = node.get("kind", "").removeprefix("REINDEX_OBJECT_")
+            rel = _parts(node["relation"]) if node.get("relation") else (node.get("name") or "",)
+            return Effect("reindex", rel, target=target)
+    if node_name == "AlterTableStmt":
+        for cmd in node.get("cmds", []):
+            c = cmd.get("AlterTableCmd", {})
+            part = c.get("def", {}).get("PartitionCmd", {})
+            if c.get("subtype") == "AT_DetachPartition" and part.get("concurrent"):
+                return Effect("detach", _parts(node.get("relation", {})), _parts(part.get("name", {})))
+    return None
+
+
 def _dropped_indexes(node_name: str, node: dict) -> tuple[str, ...]:
     """Return the quoted names a DROP INDEX CONCURRENTLY (without IF EXISTS) drops.
 
@@ -293,6 +336,7 @@ def _add_statements(statements: list, lines: _Lines, text: str, piece: str, base
                 tx,
                 _built_index(node_name, node),
                 _dropped_indexes(node_name, node),
+                _effect(node_name, node) if no_tx else None,
             )
         )
 

@@ -235,7 +235,7 @@ def test_killed_runner_in_a_concurrent_index_build_resumes_and_rebuilds_the_inde
 
     proc = scratch_db.manage("sqlmigrate_up", "--dir", str(tree))
     assert proc.returncode == 0, proc.stderr
-    assert "dropped the invalid index public.items_id_idx" in proc.stderr
+    assert "removed the INVALID index public.items_id_idx" in proc.stderr
     assert (
         scratch_db.value("SELECT count(*) FROM pg_index WHERE indrelid = 'items'::regclass AND indisvalid")
         == 2

@@ -149,12 +149,12 @@ class EventRenderer:
                     "the last runner stopped, had finished, so it is not run again"
                 )
             )
-        elif event == "invalid_index":
+        elif event == "cleaned":
             self.close_line()
             self.stderr.write(
                 self.style.WARNING(
-                    f"    dropped the invalid index {data['index']} that an interrupted CREATE INDEX CONCURRENTLY "
-                    f"(line {data['line']}) left behind; building it again"
+                    f"    statement {data['statement']} (line {data['line']}): removed {data['what']} that an "
+                    f"interrupted or failed attempt left ({data['sql']})"
                 )
             )
         elif event == "lint" and v >= 1:
