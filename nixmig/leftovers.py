@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 if TYPE_CHECKING:  # status reads leftovers and never imports the parser
+    from django.db.backends.utils import CursorWrapper
+
     from .sqltext import Effect, Statement
 
 _INDEX = (
@@ -58,7 +60,7 @@ def _drop(schema: str, name: str) -> Leftover:
     )
 
 
-def inspect(cursor, stmt: Statement, since: str | None = None) -> Found | None:
+def inspect(cursor: CursorWrapper, stmt: Statement, since: str | None = None) -> Found | None:
     """Return what the catalog holds of ``stmt``'s result and leftovers; None when nixmig can't tell.
 
     ``since`` is the transaction id of the progress row that marked the statement in flight: an
@@ -84,7 +86,7 @@ def inspect(cursor, stmt: Statement, since: str | None = None) -> Found | None:
     return None
 
 
-def _index(cursor, effect: Effect, since: str | None) -> Found | None:
+def _index(cursor: CursorWrapper, effect: Effect, since: str | None) -> Found | None:
     table = _name(effect.relation)
     if effect.name:
         cursor.execute(
@@ -114,7 +116,7 @@ def _index(cursor, effect: Effect, since: str | None) -> Found | None:
     return Found(False, (), f"{what} does not exist")
 
 
-def _reindex_leftovers(cursor, effect: Effect) -> tuple[Leftover, ...]:
+def _reindex_leftovers(cursor: CursorWrapper, effect: Effect) -> tuple[Leftover, ...]:
     name = _name(effect.relation) if effect.target in ("INDEX", "TABLE") else ""
     where = {
         "INDEX": "i.indrelid = (SELECT indrelid FROM pg_index WHERE indexrelid = to_regclass(%(name)s))",
@@ -131,7 +133,7 @@ def _reindex_leftovers(cursor, effect: Effect) -> tuple[Leftover, ...]:
     return tuple(_drop(r[0], r[1]) for r in cursor.fetchall())
 
 
-def _detach(cursor, effect: Effect) -> Found:
+def _detach(cursor: CursorWrapper, effect: Effect) -> Found:
     parent, part = _name(effect.relation), _name(effect.name)
     cursor.execute(
         "SELECT to_regclass(%s) IS NOT NULL, (SELECT inhdetachpending FROM pg_inherits "
@@ -177,7 +179,9 @@ class CatalogLeftover:
         return {"what": self.what, "table": self.table, "fix": self.fix}
 
 
-def catalog_leftovers(cursor, texts: Iterable[str] = (), schema: str | None = None) -> list[CatalogLeftover]:
+def catalog_leftovers(
+    cursor: CursorWrapper, texts: Iterable[str] = (), schema: str | None = None
+) -> list[CatalogLeftover]:
     """Return the INVALID and ``_ccnew``/``_ccold`` indexes and the partitions pending detach.
 
     Only those whose table or index name one of ``texts`` (the tree's SQL files) mentions, and in
