@@ -417,6 +417,27 @@ def test_popx_takes_postgres_files_over_generic_ones_and_autocommit_runs_outside
     assert got["00004_20191100000004000000_crdb_only_down.sql"] == ""
 
 
+def test_popx_dialectless_autocommit_file_is_for_all_dialects_outside_a_transaction(tmp_path):
+    src = write(
+        tmp_path / "src",
+        {
+            "20241029153900000001_identities.autocommit.up.sql": "CREATE INDEX CONCURRENTLY a_idx ON a (id);\n",
+            "20241029153900000001_identities.autocommit.down.sql": "DROP INDEX CONCURRENTLY a_idx;\n",
+            "20241029153900000001_identities.mysql.up.sql": "CREATE INDEX a_idx ON a (id);\n",
+            "20241029153900000001_identities.cockroach.autocommit.up.sql": "SELECT 'crdb';\n",
+        },
+    )
+    out, err, rc = run_import(str(src), tool="popx", dir=str(tmp_path / "m"), module="kratos")
+    assert rc == 0, err
+    got = files_of(tmp_path / "m", "kratos")
+    assert got == {
+        "00001_20241029153900000001_identities_up.sql": "-- nixmig:no-transaction\n"
+        "CREATE INDEX CONCURRENTLY a_idx ON a (id);\n",
+        "00001_20241029153900000001_identities_down.sql": "-- nixmig:no-transaction\n"
+        "DROP INDEX CONCURRENTLY a_idx;\n",
+    }
+
+
 def test_popx_template_syntax_is_refused(tmp_path):
     src = write(tmp_path / "src", {"1_a.up.sql": "CREATE TABLE {{ .Table }} (id int);\n", "1_a.down.sql": ""})
     out, err, rc = run_import(str(src), tool="popx", dir=str(tmp_path / "m"))

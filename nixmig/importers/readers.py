@@ -510,6 +510,9 @@ def _popx(root: Path):
                 )
             continue
         dialect = (match[3] or ".all")[1:]
+        autocommit = bool(match[4])
+        if dialect == "autocommit" and not autocommit:  # <version>_<name>.autocommit.up.sql: all dialects
+            dialect, autocommit = "all", True
         if dialect in _OTHER_DIALECTS:
             continue  # another database's file
         if dialect != "all" and dialect not in _POSTGRES:
@@ -532,7 +535,7 @@ def _popx(root: Path):
                 f"for {kind} databases; remove one."
             )
             continue
-        slot[kind] = (path, bool(match[4]), match[2])
+        slot[kind] = (path, autocommit, match[2])
     for (version, direction), slot in sorted(found.items()):
         if direction != "up":
             continue
