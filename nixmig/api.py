@@ -649,6 +649,7 @@ class Session:
                     connection=self.connection,
                     fake=fake,
                     emit=self.emit,
+                    schema=self.schema,
                 )
             result = RunResult(
                 direction,

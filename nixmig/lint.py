@@ -56,6 +56,11 @@ class Rule:
     def downgrades_on_small_tables(self) -> bool:
         return self.group == "locks" or self.id == "missing-lock-timeout"
 
+    @property
+    def needs_rows(self) -> bool:
+        """True when the hazard needs rows in the table: such findings don't fire on an empty one."""
+        return self.downgrades_on_small_tables or self.id == "add-column-not-null-without-default"
+
 
 RULES: dict[str, Rule] = {
     r.id: r
@@ -183,6 +188,12 @@ RULES: dict[str, Rule] = {
             "robustness",
             "CREATE TABLE / INDEX without IF NOT EXISTS in a no-transaction file can't be re-run",
         ),
+        Rule(
+            "unnamed-concurrent-index",
+            WARNING,
+            "robustness",
+            "CREATE INDEX CONCURRENTLY without a name: a resume can't find the index an interrupted run left",
+        ),
         Rule("prefer-bigint", OFF, "types", "integer / smallint columns overflow; prefer bigint"),
         Rule("prefer-identity", OFF, "types", "serial columns: prefer GENERATED ... AS IDENTITY"),
         Rule(
@@ -222,6 +233,9 @@ class Finding:
     column_name: str | None = field(default=None, compare=False, repr=False)  # for facts about one column
     new_type: tuple | None = field(default=None, compare=False, repr=False)
     statement_index: int = field(default=0, compare=False, repr=False)
+    certain: bool = field(default=False, compare=False)  # its object is one the live catalog shows
+    rows: float | None = field(default=None, compare=False, repr=False)  # the catalog's row estimate
+    empty: bool = field(default=False, compare=False, repr=False)  # the catalog shows no page at all
 
     def as_dict(self) -> dict:
         return {
@@ -257,6 +271,7 @@ class Report:
     files: int = 0
     pg_version: int | None = None
     sized: bool = False  # table sizes were read from a database
+    mode: str = ""  # what was linted as what, e.g. "one plan over the database's catalog"
 
     def counts(self) -> dict[str, int]:
         counts = {ERROR: 0, WARNING: 0, INFO: 0}
@@ -281,6 +296,7 @@ class Report:
             "summary": self.counts(),
             "files": self.files,
             "pg_version": self.pg_version,
+            "mode": self.mode,
         }
 
     def raise_for_errors(self) -> None:
@@ -697,40 +713,238 @@ _WEAKER = {
 NO_TX_FILE = "a migration of its own whose first line is '-- nixmig:no-transaction'"
 
 
-@dataclass
+# -- the schema model ------------------------------------------------------------------------------
+# The linter follows each statement's effect on tables, columns, indexes and constraints, starting from
+# the live catalog (with a database) or from empty. Objects carry the epoch that created them: one plan
+# is one epoch (``--all`` makes each file its own), and what existed before the plan has BEFORE. Rules
+# read the model; they never change it.
+
+BEFORE = -1
+
+
+@dataclass(slots=True)
+class Column:
+    type: tuple | dict | None  # (name, typmods), a TypeName node not read yet, or None when not known
+    born: int = BEFORE
+
+
+@dataclass(slots=True)
+class Table:
+    schema: str
+    name: str
+    born: int = BEFORE  # the epoch that created it; BEFORE: it existed before the plan
+    certain: bool = False  # read from the live catalog, not assumed
+    columns: dict = field(default_factory=dict)  # column name -> Column
+    complete: bool = True  # every column is known (a CREATE TABLE that was read, or the catalog)
+    rows: float | None = None  # pg_class.reltuples, from the catalog
+    empty: bool = False  # the catalog shows the table has no page at all
+    unread: str | None = None  # a CREATE TABLE the fast path did not parse yet
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.schema, self.name)
+
+
+@dataclass(slots=True)
+class Index:
+    table: tuple | None  # key of its table, None when not known
+    born: int = BEFORE
+    certain: bool = False
+
+
+@dataclass(frozen=True)
+class CatalogTable:
+    """A table as the live catalog shows it before the plan."""
+
+    schema: str
+    name: str
+    rows: float | None
+    empty: bool
+    columns: dict  # column name -> format_type() text
+    indexes: tuple  # names of its indexes (constraint indexes included)
+    not_null_checked: frozenset  # columns with a validated CHECK (col IS NOT NULL)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What the live database holds before the plan: its tables, and the search_path names resolve in."""
+
+    search_path: tuple
+    tables: tuple
+
+
 class Schema:
-    """What the linter learnt from the statements it has read so far (and, with a database, facts)."""
+    """The linter's model of the database: what existed before the plan, and what each statement did."""
 
-    new_tables: set = field(default_factory=set)  # created in this plan: empty, locks don't matter
-    columns: dict = field(default_factory=dict)  # table key -> {column: (type, typmods)}
-    index_tables: dict = field(default_factory=dict)  # index name -> Rel
-    not_null_checks: dict = field(default_factory=dict)  # (table key, constraint) -> column
-    proven_not_null: dict = field(default_factory=dict)  # (table key, column) -> transaction number
+    def __init__(self, catalog: Catalog | None = None):
+        self.epoch = 0
+        self.from_catalog = catalog is not None
+        self.search_path: list[str] = (
+            list(catalog.search_path) if catalog and catalog.search_path else ["public"]
+        )
+        self.tables: dict[tuple[str, str], Table] = {}
+        self.indexes: dict[tuple[str, str], Index] = {}  # (schema, index name) -> Index
+        self.not_null_checks: dict = {}  # (table key, constraint) -> column
+        self.proven_not_null: dict = {}  # (table key, column) -> transaction number
+        for ct in catalog.tables if catalog else ():
+            t = Table(ct.schema, ct.name, BEFORE, True, rows=ct.rows, empty=ct.empty)
+            t.columns = {name: Column(_parse_format_type(typ)) for name, typ in ct.columns.items()}
+            self.tables[t.key] = t
+            for name in ct.indexes:
+                self.indexes[(ct.schema, name)] = Index(t.key, BEFORE, True)
+            for col in ct.not_null_checked:
+                self.proven_not_null[(t.key, col)] = (-1, -1)
 
-    unread: dict = field(default_factory=dict)  # table key -> CREATE TABLE text not parsed yet (fast path)
+    def next_epoch(self) -> None:
+        """Start a new plan: everything the model holds now counts as deployed."""
+        self.epoch += 1
 
-    def is_new(self, rel: Rel | None) -> bool:
-        return rel is not None and rel.key in self.new_tables
+    def is_new(self, obj: Table | Index | Column | None) -> bool:
+        """True for an object created (or added) in the current plan."""
+        return obj is not None and obj.born == self.epoch
 
-    def learn_table(self, rel: Rel, node: dict) -> None:
-        """Remember the columns of a CREATE TABLE: their types and which are NOT NULL."""
-        self.unread.pop(rel.key, None)
-        cols = self.columns.setdefault(rel.key, {})
+    def _find(self, rel: Rel, space: dict) -> tuple[str, str] | None:
+        if rel.schema:
+            return (rel.schema, rel.name) if (rel.schema, rel.name) in space else None
+        for schema in self.search_path:
+            if (schema, rel.name) in space:
+                return (schema, rel.name)
+        return None
+
+    def _home(self, rel: Rel) -> tuple[str, str]:
+        return (rel.schema or self.search_path[0], rel.name)
+
+    # tables --------------------------------------------------------------------------------------
+
+    def table(self, rel: Rel | None, *, if_exists: bool = False) -> Table | None:
+        """Return the table ``rel`` names before this statement, or None when it does not exist.
+
+        A table the model has not seen is one the catalog does not have (so the plan made it in a way
+        the model can't follow, e.g. dynamic SQL: it is not one that existed before), or without a
+        catalog one assumed deployed, unless ``IF EXISTS`` says it may be missing.
+        """
+        if rel is None:
+            return None
+        key = self._find(rel, self.tables)
+        if key is not None:
+            t = self.tables[key]
+            if t.unread is not None:
+                self._read(t)
+            return t
+        if self.from_catalog or if_exists:
+            return None
+        t = Table(*self._home(rel), complete=False)
+        self.tables[t.key] = t
+        return t
+
+    def create_table(self, rel: Rel, *, if_not_exists: bool = False) -> Table | None:
+        """Add a table created by the plan; None when IF NOT EXISTS finds it already there."""
+        if if_not_exists and self._find(rel, self.tables) is not None:
+            return None
+        t = Table(*self._home(rel), born=self.epoch)
+        self.tables[t.key] = t
+        return t
+
+    def learn_table(self, t: Table, node: dict) -> None:
+        """Remember the columns of a CREATE TABLE, their types, NOT NULL and the indexes of its constraints."""
+        t.unread = None
+        if node.get("inhRelations") or node.get("partbound") or node.get("ofTypename"):
+            t.complete = False
         for elt in node.get("tableElts", []):
             col = elt.get("ColumnDef")
             if col:
-                cols[col.get("colname")] = col.get("typeName", {})  # a TypeName node: read when needed
+                name = col.get("colname")
+                t.columns[name] = Column(col.get("typeName", {}), t.born)  # a TypeName node: read when needed
                 for c in col.get("constraints", []):
-                    if c.get("Constraint", {}).get("contype") == "CONSTR_NOTNULL":
-                        self.proven_not_null[(rel.key, col.get("colname"))] = (-1, -1)
+                    con = c.get("Constraint", {})
+                    if con.get("contype") == "CONSTR_NOTNULL":
+                        self.proven_not_null[(t.key, name)] = (-1, -1)
+                    self.constraint_index(t, con, [name])
+            elif "TableLikeClause" in elt:
+                t.complete = False
+            elif "Constraint" in elt:
+                con = elt["Constraint"]
+                self.constraint_index(t, con, [k.get("String", {}).get("sval") for k in con.get("keys", [])])
 
-    def read_unread(self, rel: Rel) -> None:
-        """Parse a CREATE TABLE the fast path skipped, now that a later statement alters the table."""
-        text = self.unread.pop(rel.key, None)
-        if text is not None:
-            kind, node, _ = parse(text)
-            if kind == "CreateStmt":
-                self.learn_table(rel, node)
+    def constraint_index(self, t: Table, con: dict, columns: list) -> None:
+        """Add the index a PRIMARY KEY / UNIQUE / EXCLUDE constraint builds, under the name PostgreSQL gives it."""
+        contype = con.get("contype")
+        if contype not in ("CONSTR_PRIMARY", "CONSTR_UNIQUE", "CONSTR_EXCLUSION"):
+            return
+        name = con.get("indexname") or con.get("conname")
+        if con.get("indexname") and (t.schema, name) in self.indexes:
+            self.indexes[(t.schema, name)].table = t.key  # USING INDEX: the index becomes the constraint's
+            return
+        if not name:
+            if contype == "CONSTR_PRIMARY":
+                name = f"{t.name}_pkey"
+            elif contype == "CONSTR_UNIQUE" and all(columns):
+                name = "_".join([t.name, *columns, "key"])
+            else:
+                return
+        self.indexes[(t.schema, name[:63])] = Index(t.key, self.epoch)
+
+    def _read(self, t: Table) -> None:
+        """Parse a CREATE TABLE the fast path skipped, now that a later statement needs its columns."""
+        kind, node, _ = parse(t.unread)
+        t.unread = None
+        if kind == "CreateStmt":
+            self.learn_table(t, node)
+
+    def rename_table(self, t: Table, schema: str | None = None, name: str | None = None) -> None:
+        """Move a table (with its columns, indexes and constraints) to a new name or schema."""
+        old = t.key
+        del self.tables[old]
+        t.schema, t.name = schema or t.schema, name or t.name
+        self.tables[t.key] = t
+        for ix in self.indexes.values():
+            if ix.table == old:
+                ix.table = t.key
+        for facts in (self.not_null_checks, self.proven_not_null):
+            for k in [k for k in facts if k[0] == old]:
+                facts[(t.key, k[1])] = facts.pop(k)
+
+    def drop_table(self, t: Table) -> None:
+        """Forget a dropped table and its indexes."""
+        self.tables.pop(t.key, None)
+        for k in [k for k, ix in self.indexes.items() if ix.table == t.key]:
+            del self.indexes[k]
+
+    # columns -------------------------------------------------------------------------------------
+
+    def column(self, t: Table, name: str | None, *, if_exists: bool = False) -> Column | None:
+        """Return a column of ``t`` before this statement, or None when it does not exist."""
+        col = t.columns.get(name)
+        if col is not None or t.complete or if_exists or name is None:
+            return col
+        col = t.columns[name] = Column(None)  # a column of a table the model does not fully know
+        return col
+
+    # indexes -------------------------------------------------------------------------------------
+
+    def index(self, rel: Rel, *, if_exists: bool = False) -> tuple[tuple[str, str], Index] | None:
+        """Return (key, index) of the index ``rel`` names, or None when it does not exist."""
+        key = self._find(rel, self.indexes)
+        if key is not None:
+            return key, self.indexes[key]
+        if self.from_catalog or if_exists:
+            return None
+        key = self._home(rel)
+        ix = self.indexes[key] = Index(None)
+        return key, ix
+
+    def create_index(self, name: str | None, t: Table | None, *, if_not_exists: bool = False) -> bool:
+        """Add an index the plan builds; False when IF NOT EXISTS finds it already there."""
+        if name is None:
+            return True
+        key = (t.schema if t else self.search_path[0], name[:63])
+        if if_not_exists and key in self.indexes:
+            return False
+        self.indexes[key] = Index(t.key if t else None, self.epoch)
+        return True
+
+    def table_of(self, ix: Index | None) -> Table | None:
+        return self.tables.get(ix.table) if ix is not None and ix.table else None
 
 
 class _FileLinter:
@@ -779,7 +993,11 @@ class _FileLinter:
         lookup: str | None = None,
         column: str | None = None,
         new_type: tuple | None = None,
+        obj: Table | Index | None = None,
     ) -> None:
+        """Report a finding; ``obj`` is the table or index it is about, as the model knows it."""
+        t = obj if isinstance(obj, Table) else self.schema.table_of(obj)
+        certain = obj is not None and obj.certain
         self.findings.append(
             Finding(
                 rule,
@@ -799,12 +1017,23 @@ class _FileLinter:
                 column_name=column,
                 new_type=new_type,
                 statement_index=index,
+                certain=certain,
+                rows=t.rows if certain and t is not None else None,
+                empty=certain and t is not None and t.empty,
             )
         )
 
-    def takes_access_exclusive(self, stmt: Stmt, index: int, rel: Rel | None, what: str) -> None:
+    def takes_access_exclusive(
+        self, stmt: Stmt, index: int, rel: Rel | None, what: str, t: Table | None = None
+    ) -> None:
         """Report a missing lock_timeout once per file, at the first ACCESS EXCLUSIVE lock on an existing table."""
-        if self.lock_timeout or self.lock_timeout_reported or rel is None or self.schema.is_new(rel):
+        if (
+            self.lock_timeout
+            or self.lock_timeout_reported
+            or rel is None
+            or t is None
+            or self.schema.is_new(t)
+        ):
             return
         self.lock_timeout_reported = True
         self.add(
@@ -818,6 +1047,7 @@ class _FileLinter:
             "NIXMIG['LOCK_TIMEOUT'].",
             rel=rel,
             lock=ACCESS_EXCLUSIVE,
+            obj=t,
         )
 
     def transaction(self, index: int) -> tuple[int, int]:
@@ -829,22 +1059,17 @@ class _FileLinter:
         text = self.file.text
         m = _fast("table").match(text, stmt.start)
         if m and not self.types_on:
-            rel = _fast_rel(m, 2)
-            self.schema.new_tables.add(rel.key)
-            self.schema.unread[rel.key] = text[
-                stmt.start : stmt.end
-            ]  # parsed if a later ALTER needs its columns
-            if self.no_tx and not m.group(1):
-                self.not_rerunnable(stmt, index, "CREATE TABLE", rel)
+            t = self.schema.create_table(_fast_rel(m, 2), if_not_exists=bool(m.group(1)))
+            if t is not None:
+                t.unread = text[stmt.start : stmt.end]  # parsed if a later statement needs its columns
             return True
         m = _fast("index").match(text, stmt.start)
-        if m and self.schema.is_new(rel := _fast_rel(m, 3)) and (self.no_tx or not m.group(1)):
+        if m and not m.group(1):  # CONCURRENTLY goes to the parser: its rules read the whole statement
+            t = self.schema.table(_fast_rel(m, 3))
             name = _fast("index_name").match(text, stmt.start)
-            if name:
-                self.schema.index_tables[_fold(name.group(1))] = rel
-            if self.no_tx and not m.group(2):
-                self.not_rerunnable(stmt, index, "CREATE INDEX", rel)
-            return True
+            if self.schema.is_new(t) and name:
+                self.schema.create_index(_fold(name.group(1)), t, if_not_exists=bool(m.group(2)))
+                return True
         return False
 
     def lint(self, stmts: list[Stmt]) -> list[Finding]:
@@ -887,30 +1112,49 @@ class _FileLinter:
         rel = _rangevar(node.get("relation"))
         if rel is None:
             return
-        self.schema.new_tables.add(rel.key)
-        self.schema.learn_table(rel, node)
+        t = self.schema.create_table(rel, if_not_exists=bool(node.get("if_not_exists")))
+        if t is None:
+            return  # IF NOT EXISTS, and it exists: nothing happens
+        self.schema.learn_table(t, node)
         if self.types_on:
             for elt in node.get("tableElts", []):
                 if elt.get("ColumnDef"):
                     self.check_types(stmt, index, rel, elt["ColumnDef"])
-        if self.no_tx and not node.get("if_not_exists"):
-            self.not_rerunnable(stmt, index, "CREATE TABLE", rel)
 
     def on_CreateTableAsStmt(self, stmt: Stmt, index: int, node: dict) -> None:
-        rel = _rangevar(node.get("into", {}).get("IntoClause", node.get("into", {})).get("rel"))
+        into = node.get("into", {})
+        rel = _rangevar(into.get("IntoClause", into).get("rel"))
         if rel is not None:
-            self.schema.new_tables.add(rel.key)
+            t = self.schema.create_table(rel, if_not_exists=bool(node.get("if_not_exists")))
+            if t is not None:
+                t.complete = False  # its columns come from a query
 
-    def not_rerunnable(self, stmt: Stmt, index: int, what: str, rel: Rel | None) -> None:
+    def on_AlterObjectSchemaStmt(self, stmt: Stmt, index: int, node: dict) -> None:
+        rel = _rangevar(node.get("relation"))
+        if rel is None or node.get("objectType") not in ("OBJECT_TABLE", "OBJECT_INDEX"):
+            return
+        if node.get("objectType") == "OBJECT_TABLE":
+            t = self.schema.table(rel, if_exists=bool(node.get("missing_ok")))
+            if t is not None:
+                self.schema.rename_table(t, schema=node.get("newschema"))
+        else:
+            found = self.schema.index(rel, if_exists=bool(node.get("missing_ok")))
+            if found is not None:
+                key, ix = found
+                self.schema.indexes[(node.get("newschema"), key[1])] = self.schema.indexes.pop(key)
+
+    def not_rerunnable(self, stmt: Stmt, index: int, rel: Rel | None, t: Table | None) -> None:
+        what = "CREATE INDEX CONCURRENTLY"
         self.add(
             "create-without-if-not-exists",
             stmt,
             index,
-            f"this file runs outside a transaction, one statement at a time: if it stops after this "
-            f"{what} and is run again by hand (or the statement succeeded but its progress was not "
-            "recorded), the {what} fails with 'already exists'.",
+            f"this statement can't share a transaction with the record of its progress: if the run stops "
+            f"after it and the file is run again by hand or by another tool, the {what} fails with "
+            "'already exists'.",
             f"Write {what} IF NOT EXISTS.",
             rel=rel,
+            obj=t,
         )
 
     def check_types(self, stmt: Stmt, index: int, rel: Rel, col: dict) -> None:
@@ -963,9 +1207,25 @@ class _FileLinter:
 
     def on_IndexStmt(self, stmt: Stmt, index: int, node: dict) -> None:
         rel = _rangevar(node.get("relation"))
-        if node.get("idxname") and rel is not None:
-            self.schema.index_tables[node["idxname"]] = rel
+        t = self.schema.table(rel)
         concurrent = bool(node.get("concurrent"))
+        name = node.get("idxname")
+        if not self.schema.create_index(
+            name or _generated_index_name(rel, node), t, if_not_exists=bool(node.get("if_not_exists"))
+        ):
+            return  # IF NOT EXISTS, and it exists: nothing is built
+        if concurrent and not name:
+            self.add(
+                "unnamed-concurrent-index",
+                stmt,
+                index,
+                "PostgreSQL names this index itself (t_a_idx, then t_a_idx1, ...): if the build is "
+                "interrupted it leaves an INVALID index under that name, and a second run builds another one "
+                "beside it; name the index so a resume can find it (and drop or keep what the first run left).",
+                "Write CREATE INDEX CONCURRENTLY IF NOT EXISTS <name> ON ...",
+                rel=rel,
+                obj=t,
+            )
         if concurrent and not self.no_tx:
             self.add(
                 "concurrently-in-transaction",
@@ -975,10 +1235,11 @@ class _FileLinter:
                 "one: the run is refused.",
                 f"Move the statement into {NO_TX_FILE}.",
                 rel=rel,
+                obj=t,
             )
-        if self.no_tx and not node.get("if_not_exists"):
-            self.not_rerunnable(stmt, index, "CREATE INDEX", rel)
-        if concurrent or self.schema.is_new(rel):
+        if concurrent and self.no_tx and not node.get("if_not_exists") and name:
+            self.not_rerunnable(stmt, index, rel, t)
+        if concurrent or t is None or self.schema.is_new(t):
             return
         unique = "UNIQUE " if node.get("unique") else ""
         fix = (
@@ -995,15 +1256,23 @@ class _FileLinter:
             rel=rel,
             lock="SHARE",
             effect="scans it to build the index",
+            obj=t,
         )
 
     def on_DropStmt(self, stmt: Stmt, index: int, node: dict) -> None:
         kind = node.get("removeType")
         objects = [_qualified(_names(o)) for o in node.get("objects", [])]
+        missing_ok = bool(node.get("missing_ok"))
         if kind == "OBJECT_INDEX":
             concurrent = bool(node.get("concurrent"))
             for idx in filter(None, objects):
-                rel = self.schema.index_tables.get(idx.name)
+                found = self.schema.index(idx, if_exists=missing_ok)
+                if found is None:
+                    continue  # IF EXISTS, and it does not exist (or the plan made it where the model can't see)
+                key, ix = found
+                del self.schema.indexes[key]
+                t = self.schema.table_of(ix)
+                rel = Rel(t.schema if t.schema != "public" else None, t.name) if t is not None else None
                 if concurrent and not self.no_tx:
                     self.add(
                         "concurrently-in-transaction",
@@ -1014,8 +1283,9 @@ class _FileLinter:
                         f"Move the statement into {NO_TX_FILE}.",
                         table=rel.display if rel else None,
                         lookup=idx.quoted,
+                        obj=ix,
                     )
-                if concurrent or self.schema.is_new(rel):
+                if concurrent or self.schema.is_new(ix) or self.schema.is_new(t):
                     continue
                 fix = (
                     "Write DROP INDEX CONCURRENTLY IF EXISTS (this file already runs outside a transaction)."
@@ -1032,11 +1302,16 @@ class _FileLinter:
                     table=rel.display if rel else f"the table of {idx.display}",
                     lock=ACCESS_EXCLUSIVE,
                     lookup=idx.quoted,
+                    obj=ix,
                 )
-                self.takes_access_exclusive(stmt, index, rel, "DROP INDEX")
-        elif kind == "OBJECT_TABLE":
+                self.takes_access_exclusive(stmt, index, rel, "DROP INDEX", t)
+        elif kind in ("OBJECT_TABLE", "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE"):
             for rel in filter(None, objects):
-                if self.schema.is_new(rel):
+                t = self.schema.table(rel, if_exists=missing_ok)
+                if t is None:
+                    continue
+                self.schema.drop_table(t)
+                if self.schema.is_new(t) or kind != "OBJECT_TABLE":
                     continue
                 self.add(
                     "drop-table",
@@ -1049,19 +1324,28 @@ class _FileLinter:
                     rel=rel,
                     lock=ACCESS_EXCLUSIVE,
                     effect="breaks running code",
+                    obj=t,
                 )
-                self.takes_access_exclusive(stmt, index, rel, "DROP TABLE")
+                self.takes_access_exclusive(stmt, index, rel, "DROP TABLE", t)
 
     def on_ReindexStmt(self, stmt: Stmt, index: int, node: dict) -> None:
         params = [p.get("DefElem", {}).get("defname") for p in node.get("params", [])]
         concurrent = "concurrently" in params or node.get("concurrent")
         rel = _rangevar(node.get("relation"))
+        obj: Table | Index | None = None
         if node.get("kind") == "REINDEX_OBJECT_INDEX" and rel is not None:
-            table = self.schema.index_tables.get(rel.name)
+            found = self.schema.index(rel)
+            if found is None:
+                return  # made by the plan where the model can't see: new
+            obj = found[1]
+            t = self.schema.table_of(obj)
             lookup = rel.quoted
-            rel = table
+            rel = Rel(t.schema if t.schema != "public" else None, t.name) if t is not None else None
         else:
             lookup = rel.quoted if rel else None
+            obj = t = self.schema.table(rel) if rel is not None else None
+            if rel is not None and t is None:
+                return
         if concurrent and not self.no_tx:
             self.add(
                 "concurrently-in-transaction",
@@ -1072,8 +1356,9 @@ class _FileLinter:
                 f"Move the statement into {NO_TX_FILE}.",
                 rel=rel,
                 lookup=lookup,
+                obj=obj,
             )
-        if concurrent or self.schema.is_new(rel):
+        if concurrent or self.schema.is_new(obj) or self.schema.is_new(t):
             return
         fix = (
             "Write REINDEX ... CONCURRENTLY in "
@@ -1093,6 +1378,7 @@ class _FileLinter:
             lock="SHARE",
             effect="rebuilds its indexes",
             lookup=lookup,
+            obj=obj,
         )
 
     def on_VacuumStmt(self, stmt: Stmt, index: int, node: dict) -> None:
@@ -1101,7 +1387,8 @@ class _FileLinter:
             return
         rels = [_rangevar(r.get("VacuumRelation", {}).get("relation")) for r in node.get("rels", [])]
         for rel in rels or [None]:
-            if self.schema.is_new(rel):
+            t = self.schema.table(rel) if rel is not None else None
+            if rel is not None and (t is None or self.schema.is_new(t)):
                 continue
             self.add(
                 "vacuum-full",
@@ -1114,11 +1401,13 @@ class _FileLinter:
                 table=None if rel else "every table",
                 lock=ACCESS_EXCLUSIVE,
                 effect="rewrites it",
+                obj=t,
             )
 
     def on_ClusterStmt(self, stmt: Stmt, index: int, node: dict) -> None:
         rel = _rangevar(node.get("relation"))
-        if self.schema.is_new(rel):
+        t = self.schema.table(rel) if rel is not None else None
+        if rel is not None and (t is None or self.schema.is_new(t)):
             return
         self.add(
             "cluster",
@@ -1130,14 +1419,16 @@ class _FileLinter:
             table=None if rel else "every clustered table",
             lock=ACCESS_EXCLUSIVE,
             effect="rewrites it",
+            obj=t,
         )
-        self.takes_access_exclusive(stmt, index, rel, "CLUSTER")
+        self.takes_access_exclusive(stmt, index, rel, "CLUSTER", t)
 
     def on_LockStmt(self, stmt: Stmt, index: int, node: dict) -> None:
         mode = LOCK_MODES.get(node.get("mode", 8), ACCESS_EXCLUSIVE)
         for r in node.get("relations", []):
             rel = _rangevar(r)
-            if self.schema.is_new(rel):
+            t = self.schema.table(rel)
+            if t is None or self.schema.is_new(t):
                 continue
             self.add(
                 "lock-table",
@@ -1149,16 +1440,18 @@ class _FileLinter:
                 "the locks they need; otherwise keep the migration short and set a lock timeout.",
                 rel=rel,
                 lock=mode,
+                obj=t,
             )
             if mode == ACCESS_EXCLUSIVE:
-                self.takes_access_exclusive(stmt, index, rel, "LOCK TABLE")
+                self.takes_access_exclusive(stmt, index, rel, "LOCK TABLE", t)
 
     def on_TruncateStmt(self, stmt: Stmt, index: int, node: dict) -> None:
         if node.get("behavior") != "DROP_CASCADE":
             return
         for r in node.get("relations", []):
             rel = _rangevar(r)
-            if self.schema.is_new(rel):
+            t = self.schema.table(rel)
+            if t is None or self.schema.is_new(t):
                 continue
             self.add(
                 "truncate-cascade",
@@ -1170,16 +1463,37 @@ class _FileLinter:
                 rel=rel,
                 lock=ACCESS_EXCLUSIVE,
                 effect="deletes the rows of referencing tables",
+                obj=t,
             )
 
     def on_RenameStmt(self, stmt: Stmt, index: int, node: dict) -> None:
         kind = node.get("renameType")
         rel = _rangevar(node.get("relation"))
+        newname = node.get("newname", "")
+        missing_ok = bool(node.get("missing_ok"))
         if rel is None:
             return
-        if kind == "OBJECT_TABLE":
-            if self.schema.is_new(rel):
-                self.schema.new_tables.add(Rel(rel.schema, node.get("newname", "")).key)
+        if kind == "OBJECT_INDEX":
+            found = self.schema.index(rel, if_exists=missing_ok)
+            if found is not None:
+                key, ix = found
+                self.schema.indexes[(key[0], newname)] = self.schema.indexes.pop(key)
+            return
+        if kind not in (
+            "OBJECT_TABLE",
+            "OBJECT_MATVIEW",
+            "OBJECT_FOREIGN_TABLE",
+            "OBJECT_COLUMN",
+            "OBJECT_TABCONSTRAINT",
+        ):
+            return
+        t = self.schema.table(rel, if_exists=missing_ok)
+        if t is None:
+            return
+        old = not self.schema.is_new(t)
+        if kind in ("OBJECT_TABLE", "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE"):
+            self.schema.rename_table(t, name=newname)
+            if kind != "OBJECT_TABLE" or not old:
                 return
             self.add(
                 "rename-table",
@@ -1192,10 +1506,22 @@ class _FileLinter:
                 rel=rel,
                 lock=ACCESS_EXCLUSIVE,
                 effect="breaks running code",
+                obj=t,
             )
-            self.takes_access_exclusive(stmt, index, rel, "ALTER TABLE ... RENAME")
+            self.takes_access_exclusive(stmt, index, rel, "ALTER TABLE ... RENAME", t)
+        elif kind == "OBJECT_TABCONSTRAINT":
+            key = (t.schema, node.get("subname"))
+            if self.schema.indexes.get(key) is not None and self.schema.indexes[key].table == t.key:
+                self.schema.indexes[(t.schema, newname)] = self.schema.indexes.pop(key)
         elif kind == "OBJECT_COLUMN" and node.get("relationType") == "OBJECT_TABLE":
-            if self.schema.is_new(rel):
+            col = self.schema.column(t, node.get("subname"))
+            if col is None:
+                return
+            t.columns[newname] = t.columns.pop(node.get("subname"))
+            proven = self.schema.proven_not_null.pop((t.key, node.get("subname")), None)
+            if proven is not None:
+                self.schema.proven_not_null[(t.key, newname)] = proven
+            if not old or self.schema.is_new(col):
                 return
             self.add(
                 "rename-column",
@@ -1207,8 +1533,9 @@ class _FileLinter:
                 rel=rel,
                 lock=ACCESS_EXCLUSIVE,
                 effect="breaks running code",
+                obj=t,
             )
-            self.takes_access_exclusive(stmt, index, rel, "ALTER TABLE ... RENAME COLUMN")
+            self.takes_access_exclusive(stmt, index, rel, "ALTER TABLE ... RENAME COLUMN", t)
 
     def on_TransactionStmt(self, stmt: Stmt, index: int, node: dict) -> None:
         word = stmt.first_line.split()[0].upper() if stmt.first_line.split() else "BEGIN"
@@ -1234,6 +1561,15 @@ class _FileLinter:
             for v in values:
                 text = str((v.get("sval") or {}).get("sval", "") or (v.get("ival") or {}).get("ival", "0"))
             self.lock_timeout = node.get("kind") == "VAR_SET_VALUE" and not _is_zero(text)
+        elif node.get("name") == "search_path" and node.get("kind") == "VAR_SET_VALUE":
+            path = []
+            for a in node.get("args", []):
+                const = a.get("A_Const", {})
+                value = (const.get("sval") or {}).get("sval")
+                if value:
+                    path.append(value)
+            if path and not node.get("is_local"):
+                self.schema.search_path = [p for p in path if p != "$user"] or ["public"]
 
     def on_AlterTableStmt(self, stmt: Stmt, index: int, node: dict) -> None:
         if node.get("objtype", "OBJECT_TABLE") != "OBJECT_TABLE":
@@ -1241,9 +1577,9 @@ class _FileLinter:
         rel = _rangevar(node.get("relation"))
         if rel is None:
             return
-        new = self.schema.is_new(rel)
-        self.schema.read_unread(rel)
-        cols = self.schema.columns.setdefault(rel.key, {})
+        t = self.schema.table(rel, if_exists=bool(node.get("missing_ok")))
+        if t is None:
+            return  # ALTER TABLE IF EXISTS of a table that is not there, or one the plan made out of sight
         for item in node.get("cmds", []):
             cmd = item.get("AlterTableCmd", {})
             sub = cmd.get("subtype")
@@ -1251,19 +1587,24 @@ class _FileLinter:
                 sub == "AT_AddConstraint"
                 and cmd.get("def", {}).get("Constraint", {}).get("contype") == "CONSTR_FOREIGN"
             ):
-                self.takes_access_exclusive(stmt, index, rel, "ALTER TABLE")
+                self.takes_access_exclusive(stmt, index, rel, "ALTER TABLE", t)
             handler = getattr(self, "at_" + (sub or ""), None)
             if handler is not None:
-                handler(stmt, index, rel, new, cmd, cols)
+                handler(stmt, index, rel, t, cmd)
 
     # ALTER TABLE subcommands ---------------------------------------------------------------------
 
-    def at_AT_AddColumn(self, stmt, index, rel, new, cmd, cols) -> None:
+    def at_AT_AddColumn(self, stmt, index, rel, t, cmd) -> None:
+        new = self.schema.is_new(t)
         col = cmd.get("def", {}).get("ColumnDef", {})
         colname = col.get("colname")
+        if cmd.get("missing_ok") and self.schema.column(t, colname, if_exists=True) is not None:
+            return  # ADD COLUMN IF NOT EXISTS, and it exists: nothing happens
         type_name = _type_of(col.get("typeName", {}))
-        cols[colname] = type_name
+        t.columns[colname] = Column(type_name, self.schema.epoch)
         self.check_types(stmt, index, rel, col)
+        for c in col.get("constraints", []):
+            self.schema.constraint_index(t, c.get("Constraint", {}), [colname])
         if new:
             return
         contypes = {}
@@ -1287,6 +1628,7 @@ class _FileLinter:
                 "(new rows only), backfill in batches, then build a unique index CONCURRENTLY and ADD "
                 "PRIMARY KEY USING INDEX.",
                 rel=rel,
+                obj=t,
                 lock=ACCESS_EXCLUSIVE,
                 effect="rewrites it",
             )
@@ -1308,6 +1650,7 @@ class _FileLinter:
                     "Add the column without a default (or with a constant one), set the default in a separate "
                     "ALTER COLUMN ... SET DEFAULT, and backfill existing rows in batches.",
                     rel=rel,
+                    obj=t,
                     lock=ACCESS_EXCLUSIVE,
                     effect="rewrites it",
                 )
@@ -1321,6 +1664,7 @@ class _FileLinter:
                 "Add the column with a constant DEFAULT, or add it nullable, backfill, and SET NOT NULL "
                 "later (after a validated CHECK (col IS NOT NULL)).",
                 rel=rel,
+                obj=t,
                 lock=ACCESS_EXCLUSIVE,
             )
         for con in contypes.values():
@@ -1334,26 +1678,29 @@ class _FileLinter:
                     "Add the column first, CREATE UNIQUE INDEX CONCURRENTLY in a no-transaction "
                     "migration, then ADD CONSTRAINT ... UNIQUE USING INDEX.",
                     rel=rel,
+                    obj=t,
                     lock=ACCESS_EXCLUSIVE,
                     effect="builds an index",
                 )
 
-    def at_AT_AddConstraint(self, stmt, index, rel, new, cmd, cols) -> None:
+    def at_AT_AddConstraint(self, stmt, index, rel, t, cmd) -> None:
+        new = self.schema.is_new(t)
         con = cmd.get("def", {}).get("Constraint", {})
         contype = con.get("contype")
         name = con.get("conname")
         tx = self.transaction(index)
+        self.schema.constraint_index(t, con, [k.get("String", {}).get("sval") for k in con.get("keys", [])])
         if contype == "CONSTR_CHECK":
             expr = con.get("raw_expr", {}).get("NullTest")
             if expr and expr.get("nulltesttype") == "IS_NOT_NULL":
                 fields = _names(expr.get("arg", {}).get("ColumnRef", {}).get("fields", []))
                 if len(fields) == 1:
                     if name:
-                        self.schema.not_null_checks[(rel.key, name)] = fields[0]
+                        self.schema.not_null_checks[(t.key, name)] = fields[0]
                     if not con.get("skip_validation"):
-                        self.schema.proven_not_null[(rel.key, fields[0])] = tx
+                        self.schema.proven_not_null[(t.key, fields[0])] = tx
         if contype in ("CONSTR_CHECK", "CONSTR_FOREIGN") and con.get("skip_validation"):
-            self.added_not_valid.add((rel.key, name))
+            self.added_not_valid.add((t.key, name))
         if new:
             return
         if contype in ("CONSTR_CHECK", "CONSTR_FOREIGN") and not con.get("skip_validation"):
@@ -1371,6 +1718,7 @@ class _FileLinter:
                 "ADD CONSTRAINT ... NOT VALID (instant; new rows are checked), then VALIDATE CONSTRAINT in a "
                 "later migration (it only takes a SHARE UPDATE EXCLUSIVE lock).",
                 rel=rel,
+                obj=t,
                 lock=lock,
                 effect="scans it",
             )
@@ -1391,19 +1739,21 @@ class _FileLinter:
                 else "There is no USING INDEX form for EXCLUDE: run it in a quiet period and suppress this with the "
                 "reason.",
                 rel=rel,
+                obj=t,
                 lock=ACCESS_EXCLUSIVE,
                 effect="builds an index",
             )
         elif contype == "CONSTR_NOTNULL":
             for k in con.get("keys", []):
-                self.set_not_null(stmt, index, rel, k.get("String", {}).get("sval"))
+                self.set_not_null(stmt, index, rel, k.get("String", {}).get("sval"), t)
 
-    def at_AT_ValidateConstraint(self, stmt, index, rel, new, cmd, cols) -> None:
+    def at_AT_ValidateConstraint(self, stmt, index, rel, t, cmd) -> None:
+        new = self.schema.is_new(t)
         name = cmd.get("name")
-        column = self.schema.not_null_checks.get((rel.key, name))
+        column = self.schema.not_null_checks.get((t.key, name))
         if column:
-            self.schema.proven_not_null[(rel.key, column)] = self.transaction(index)
-        if (rel.key, name) in self.added_not_valid and not self.no_tx and not new:
+            self.schema.proven_not_null[(t.key, column)] = self.transaction(index)
+        if (t.key, name) in self.added_not_valid and not self.no_tx and not new:
             self.add(
                 "validate-in-same-transaction",
                 stmt,
@@ -1412,16 +1762,18 @@ class _FileLinter:
                 "VALIDATE scans the table: NOT VALID gains nothing.",
                 "Move VALIDATE CONSTRAINT into a later migration.",
                 rel=rel,
+                obj=t,
                 lock=ACCESS_EXCLUSIVE,
                 effect="scans it",
             )
 
-    def at_AT_SetNotNull(self, stmt, index, rel, new, cmd, cols) -> None:
-        if not new:
-            self.set_not_null(stmt, index, rel, cmd.get("name"))
+    def at_AT_SetNotNull(self, stmt, index, rel, t, cmd) -> None:
+        col = self.schema.column(t, cmd.get("name"))
+        if not self.schema.is_new(t) and col is not None and not self.schema.is_new(col):
+            self.set_not_null(stmt, index, rel, cmd.get("name"), t)
 
-    def set_not_null(self, stmt, index, rel, column) -> None:
-        proven = self.schema.proven_not_null.get((rel.key, column))
+    def set_not_null(self, stmt, index, rel, column, t) -> None:
+        proven = self.schema.proven_not_null.get((t.key, column))
         if self.pg >= 12 and proven is not None and proven != self.transaction(index):
             return
         fix = (
@@ -1438,13 +1790,15 @@ class _FileLinter:
             "or write the table.",
             fix,
             rel=rel,
+            obj=t,
             lock=ACCESS_EXCLUSIVE,
             effect="scans it",
             column=column,
         )
 
-    def at_AT_DropNotNull(self, stmt, index, rel, new, cmd, cols) -> None:
-        if new:
+    def at_AT_DropNotNull(self, stmt, index, rel, t, cmd) -> None:
+        col = self.schema.column(t, cmd.get("name"))
+        if self.schema.is_new(t) or col is None or self.schema.is_new(col):
             return
         self.add(
             "drop-not-null",
@@ -1454,12 +1808,22 @@ class _FileLinter:
             "handle.",
             "Deploy code that copes with NULL first, then suppress this finding with the reason.",
             rel=rel,
+            obj=t,
             lock=ACCESS_EXCLUSIVE,
         )
 
-    def at_AT_DropColumn(self, stmt, index, rel, new, cmd, cols) -> None:
-        cols.pop(cmd.get("name"), None)
-        if new:
+    def at_AT_DropConstraint(self, stmt, index, rel, t, cmd) -> None:
+        key = (t.schema, cmd.get("name"))
+        ix = self.schema.indexes.get(key)
+        if ix is not None and ix.table == t.key:
+            del self.schema.indexes[key]  # the index of a PRIMARY KEY / UNIQUE constraint goes with it
+
+    def at_AT_DropColumn(self, stmt, index, rel, t, cmd) -> None:
+        col = self.schema.column(t, cmd.get("name"), if_exists=bool(cmd.get("missing_ok")))
+        if col is None:
+            return  # DROP COLUMN IF EXISTS, and it is not there
+        del t.columns[cmd.get("name")]
+        if self.schema.is_new(t) or self.schema.is_new(col):
             return
         self.add(
             "drop-column",
@@ -1471,18 +1835,23 @@ class _FileLinter:
             "Deploy code that no longer uses the column first, drop it in a later migration, and suppress "
             "this finding there with the reason.",
             rel=rel,
+            obj=t,
             lock=ACCESS_EXCLUSIVE,
             effect="breaks running code",
         )
 
-    def at_AT_AlterColumnType(self, stmt, index, rel, new, cmd, cols) -> None:
+    def at_AT_AlterColumnType(self, stmt, index, rel, t, cmd) -> None:
+        new = self.schema.is_new(t)
         column = cmd.get("name")
         col = cmd.get("def", {}).get("ColumnDef", {})
         new_type = _type_of(col.get("typeName", {}))
-        old_type = cols.get(column)
+        known = self.schema.column(t, column)
+        if known is None:
+            return  # a column the plan made out of sight
+        old_type = known.type
         if isinstance(old_type, dict):
             old_type = _type_of(old_type)
-        cols[column] = new_type
+        known.type = new_type
         if new:
             return
         using = "raw_default" in col
@@ -1505,11 +1874,23 @@ class _FileLinter:
             "Add a new column of the new type, write both from the code, backfill in batches, then switch "
             "over and drop the old column in later migrations.",
             rel=rel,
+            obj=t,
             lock=ACCESS_EXCLUSIVE,
             effect="rewrites it",
             column=None if using else column,
             new_type=new_type,
         )
+
+
+def _generated_index_name(rel: Rel | None, node: dict) -> str | None:
+    """Return the name PostgreSQL gives an unnamed index: <table>_<columns>_idx ('expr' for expressions)."""
+    if rel is None:
+        return None
+    parts = [rel.name]
+    for p in node.get("indexParams", []):
+        elem = p.get("IndexElem", {})
+        parts.append(elem.get("name") or "expr")
+    return "_".join([*parts, "idx"])
 
 
 def _show_type(t: tuple) -> str:
@@ -1563,86 +1944,75 @@ def lint_files(
     pg_version: int | None = None,
     settings: Settings | None = None,
     separate: bool = False,
-    facts: Callable[[list[Finding]], dict] | None = None,
+    catalog: Catalog | None = None,
+    deployed: Iterable[Item] = (),
 ) -> Report:
-    """Lint up files in run order; pure unless ``facts`` reads table sizes from a database.
+    """Lint up files in run order, following each statement's effect on a model of the schema; pure.
 
-    ``separate``: each file is its own plan (``--all``): tables created by earlier files are existing
-    tables, as in production; what earlier files say about columns and constraints still counts.
-    ``facts(findings)`` returns {lookup name: TableFacts} for the tables the findings lock.
+    The model starts from ``catalog`` (the live database before the plan) or from empty; the files of
+    ``deployed`` are read into it first, without findings (they are in production already). The
+    ``items`` are one plan, or with ``separate`` (``--all``) each file is a plan of its own, run after
+    the ones before it were deployed.
     """
     settings = settings or Settings.default()
     pg = pg_version or DEFAULT_PG_VERSION
-    schema = Schema()
-    raw: list[Finding] = []
-    allow_map: list[tuple[list[Allow], SqlFile, str | None]] = []
-    files = 0
+    schema = Schema(catalog)
     tx_counter = [0]
-    per_file: list[tuple[list[Finding], list[Allow]]] = []
+    for migration, sql_file in deployed:
+        tx_counter[0] += 1
+        _FileLinter(sql_file, migration, schema, pg, settings, tx_counter).lint(statements(sql_file.text))
+    findings: list[Finding] = []
+    files = 0
     for migration, sql_file in items:
+        if separate or files == 0:
+            schema.next_epoch()
         files += 1
         tx_counter[0] += 1
-        if separate:
-            schema.new_tables = set()
         stmts = statements(sql_file.text)
         found = _FileLinter(sql_file, migration, schema, pg, settings, tx_counter).lint(stmts)
-        allows = _allows(sql_file.text, stmts)
-        per_file.append((found, allows))
-        raw.extend(found)
-        allow_map.append((allows, sql_file, migration))
-    sized = False
-    table_facts = {}
-    if facts is not None:
-        wanted = [f for f in raw if f.lookup and settings.levels.get(f.rule, OFF) != OFF]
-        if wanted:
-            table_facts = facts(wanted)
-            sized = True
-    findings: list[Finding] = []
-    for (found, allows), (_, sql_file, migration) in zip(per_file, allow_map):
-        used = set()
-        for f in found:
-            level = settings.levels.get(f.rule, OFF)
-            if level == OFF:
-                continue
-            known = table_facts.get(f.lookup) if f.lookup else None
-            if known is not None:
-                if f.rule == "set-not-null" and pg >= 12 and f.column_name in known.not_null_checked:
-                    continue
-                if (
-                    f.rule == "alter-column-type"
-                    and f.column_name
-                    and f.column_name in known.columns
-                    and _binary_compatible(_parse_format_type(known.columns[f.column_name]), f.new_type)
-                ):
-                    continue
-                if (
-                    RULES[f.rule].downgrades_on_small_tables
-                    and level != INFO
-                    and known.rows is not None
-                    and known.rows < settings.small_table_rows
-                ):
-                    level = INFO
-                    f = replace(
-                        f,
-                        message=f"{f.message} (Downgraded: the table has about {known.rows:,.0f} "
-                        f"rows, under NIXMIG['LINT_SMALL_TABLE_ROWS'] = "
-                        f"{settings.small_table_rows:,}.)",
-                    )
-            hit = next(
-                (
-                    i
-                    for i, a in enumerate(allows)
-                    if a.rule == f.rule and a.reason and a.statement == f.statement_index
-                ),
-                None,
-            )
-            if hit is not None:
-                used.add(hit)
-                continue
-            findings.append(replace(f, level=level) if level != f.level else f)
-        findings.extend(_allow_findings(allows, used, sql_file, migration, settings))
+        findings.extend(_settle(found, _allows(sql_file.text, stmts), sql_file, migration, settings, pg))
     findings.sort(key=lambda f: (f.migration or "", f.file, f.line, f.column, ORDER.get(f.level, 3)))
-    return Report(findings, files, pg, sized)
+    return Report(findings, files, pg, catalog is not None)
+
+
+def _settle(
+    found: list[Finding], allows: list[Allow], sql_file: SqlFile, migration, settings: Settings, pg: int
+) -> list[Finding]:
+    """Apply levels, what the catalog says about rows, and the file's allow comments to its findings."""
+    out, used = [], set()
+    for f in found:
+        level = settings.levels.get(f.rule, OFF)
+        if level == OFF:
+            continue
+        if f.certain and RULES[f.rule].needs_rows:
+            if f.empty:
+                continue  # the catalog shows the table has no row: nothing to wait for
+            if (
+                RULES[f.rule].downgrades_on_small_tables
+                and level != INFO
+                and f.rows is not None
+                and f.rows < settings.small_table_rows
+            ):
+                level = INFO
+                f = replace(
+                    f,
+                    message=f"{f.message} (Downgraded: the table has about {f.rows:,.0f} "
+                    f"rows, under NIXMIG['LINT_SMALL_TABLE_ROWS'] = {settings.small_table_rows:,}.)",
+                )
+        hit = next(
+            (
+                i
+                for i, a in enumerate(allows)
+                if a.rule == f.rule and a.reason and a.statement == f.statement_index
+            ),
+            None,
+        )
+        if hit is not None:
+            used.add(hit)
+            continue
+        out.append(replace(f, level=level) if level != f.level else f)
+    out.extend(_allow_findings(allows, used, sql_file, migration, settings))
+    return out
 
 
 def _allow_findings(
@@ -1694,60 +2064,67 @@ def _allow_findings(
 # -- with a database -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TableFacts:
-    rows: float | None  # pg_class.reltuples (None: never analyzed and not empty)
-    not_null_checked: frozenset  # columns with a validated CHECK (col IS NOT NULL)
-    columns: dict  # column -> format_type()
-
-
-_FACTS_SQL = """
-WITH r AS (SELECT x AS name, to_regclass(x) AS rel FROM unnest(%s::text[]) AS x),
-     t AS (SELECT r.name, COALESCE(i.indrelid, r.rel) AS oid FROM r LEFT JOIN pg_index i ON i.indexrelid = r.rel
-           WHERE r.rel IS NOT NULL)
-SELECT t.name,
-       CASE WHEN c.reltuples >= 0 THEN c.reltuples WHEN pg_relation_size(c.oid) = 0 THEN 0 END,
-       ARRAY(SELECT pg_get_constraintdef(k.oid) FROM pg_constraint k
-             WHERE k.conrelid = c.oid AND k.contype = 'c' AND k.convalidated),
+_CATALOG_SQL = """
+SELECT n.nspname, c.relname, c.relkind,
+       CASE WHEN c.reltuples >= 0 THEN c.reltuples END,
+       c.relkind <> 'p' AND c.reltuples <= 0 AND pg_relation_size(c.oid) = 0,
        ARRAY(SELECT a.attname || ' ' || format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
-FROM t JOIN pg_class c ON c.oid = t.oid
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+       ARRAY(SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = c.oid),
+       ARRAY(SELECT pg_get_constraintdef(k.oid) FROM pg_constraint k
+             WHERE k.conrelid = c.oid AND k.contype = 'c' AND k.convalidated)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'm', 'f') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
 """
 _CHECK_NOT_NULL = re.compile(r'^CHECK \(\(?("?)(.+?)\1 IS NOT NULL\)?\)$')
 
 
-def database_facts(connection) -> Callable[[list[Finding]], dict]:
-    """Return a ``facts`` function that sizes the tables of findings with one query on ``connection``."""
+def read_catalog(connection, schema: str | None = None) -> Catalog:
+    """Return the live catalog's tables, columns, indexes and NOT NULL checks (one query), for the model.
 
-    def facts(findings: list[Finding]) -> dict:
-        from django.db import DatabaseError
+    ``schema``: a schema target, whose unqualified names resolve in it first, then in public (as the
+    runner sets search_path); otherwise the connection's own search_path.
+    """
+    from django.db import DatabaseError
 
-        names = sorted({f.lookup for f in findings if f.lookup})
-        out = {}
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(_FACTS_SQL, [names])
-                found = cursor.fetchall()
-        except DatabaseError as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DatabaseUnavailable(
-                f"Lint could not read the sizes of the tables its findings name ({first}); nothing was run. "
-                "Check the connection and run again, or pass --no-lint."
-            ) from None
-        for name, rows, checks, columns in found:
-            checked = set()
-            for c in checks:
-                m = _CHECK_NOT_NULL.match(c)
-                if m:
-                    checked.add(m.group(2).replace('""', '"'))
-            cols = {}
-            for c in columns:
-                col, _, typ = c.partition(" ")
-                cols[col] = typ
-            out[name] = TableFacts(float(rows) if rows is not None else None, frozenset(checked), cols)
-        return out
-
-    return facts
+    try:
+        with connection.cursor() as cursor:
+            if schema:
+                path = (schema, "public")
+            else:
+                cursor.execute("SELECT current_schemas(false)")
+                path = tuple(cursor.fetchone()[0])
+            cursor.execute(_CATALOG_SQL)
+            rows = cursor.fetchall()
+    except DatabaseError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatabaseUnavailable(
+            f"Lint could not read the database's catalog ({first}); nothing was run. "
+            "Check the connection and run again, or pass --no-lint."
+        ) from None
+    tables = []
+    for nsp, name, _kind, reltuples, empty, columns, indexes, checks in rows:
+        checked = set()
+        for c in checks:
+            m = _CHECK_NOT_NULL.match(c)
+            if m:
+                checked.add(m.group(2).replace('""', '"'))
+        cols = {}
+        for c in columns:
+            col, _, typ = c.partition(" ")
+            cols[col] = typ
+        tables.append(
+            CatalogTable(
+                nsp,
+                name,
+                float(reltuples) if reltuples is not None else (0.0 if empty else None),
+                bool(empty),
+                cols,
+                tuple(indexes),
+                frozenset(checked),
+            )
+        )
+    return Catalog(path or ("public",), tuple(tables))
 
 
 def server_version(connection) -> int:
@@ -1772,18 +2149,41 @@ def skipped(skip: bool = True) -> Iterator[None]:
 
 
 def lint_entries(
-    entries, *, connection=None, pg_version: int | None = None, settings: Settings | None = None
+    entries,
+    *,
+    connection=None,
+    pg_version: int | None = None,
+    settings: Settings | None = None,
+    schema: str | None = None,
 ) -> Report:
-    """Lint the up files of planned entries as one plan, sized on ``connection`` when given."""
+    """Lint the up files of planned entries as one plan, over the live catalog of ``connection`` when given."""
     items = [(e.id, e.migration.up) for e in entries if e.migration is not None]
     if connection is not None and pg_version is None:
         pg_version = server_version(connection)
-    return lint_files(
+    report = lint_files(
         items,
         pg_version=pg_version,
         settings=settings or Settings.from_django(),
-        facts=database_facts(connection) if connection is not None else None,
+        catalog=read_catalog(connection, schema) if connection is not None else None,
     )
+    report.mode = (
+        "one plan over the database's catalog" if connection is not None else "one plan, starting from empty"
+    )
+    return report
+
+
+def _wanted(tree: Tree, ids: list[str] | None) -> set[str] | None:
+    if not ids:
+        return None
+    wanted = set()
+    for mid in ids:
+        m = tree.get(mid)
+        if m is None:
+            raise NixmigError(
+                f"{mid} is not a migration of {tree.directory}; sqlmigrate_status lists the ids (module/NNN_name)."
+            )
+        wanted.add(m.id)
+    return wanted
 
 
 def lint_tree(
@@ -1794,35 +2194,131 @@ def lint_tree(
     pg_version: int | None = None,
     settings: Settings | None = None,
 ) -> Report:
-    """Lint every migration of a tree (or ``ids``), each file as if it ran alone after the ones before it."""
-    wanted = None
-    if ids:
-        wanted = []
-        for mid in ids:
-            m = tree.get(mid)
-            if m is None:
-                raise NixmigError(
-                    f"{mid} is not a migration of {tree.directory}; sqlmigrate_status lists the ids "
-                    "(module/NNN_name)."
-                )
-            wanted.append(m.id)
+    """Lint every migration of a tree (or ``ids``), each file as if it ran alone after the ones before it.
+
+    The model starts from empty (earlier files teach it tables, column types and constraints); with a
+    connection, only the server's version is read from it, and the rows of its tables count.
+    """
+    wanted = _wanted(tree, ids)
     if connection is not None and pg_version is None:
         pg_version = server_version(connection)
-    # Earlier files teach column types and validated constraints; only the wanted ones report.
-    items = []
-    for m in tree.migrations:
-        items.append((m.id, m.up))
     report = lint_files(
-        items,
+        [(m.id, m.up) for m in tree.migrations],
         pg_version=pg_version,
         settings=settings or Settings.from_django(),
         separate=True,
-        facts=database_facts(connection) if connection is not None else None,
     )
+    if connection is not None:
+        report = _sized(report, read_catalog(connection), settings or Settings.from_django())
+    report.mode = "each file as if the ones before it were deployed, starting from an empty database"
     if wanted is not None:
-        keep = set(wanted)
-        report.findings = [f for f in report.findings if f.migration in keep]
-        report.files = len(keep)
+        report.findings = [f for f in report.findings if f.migration in wanted]
+        report.files = len(wanted)
+    return report
+
+
+def _sized(report: Report, catalog: Catalog, settings: Settings) -> Report:
+    """Downgrade lock findings on tables the live catalog shows small (``--all`` with a database)."""
+    sizes = {}
+    for t in catalog.tables:
+        sizes[(t.schema, t.name)] = t
+        if t.schema in catalog.search_path[:1]:
+            sizes.setdefault((None, t.name), t)
+    out = []
+    for f in report.findings:
+        rel = f.table.rpartition(".") if f.table else None
+        known = sizes.get((rel[0] or None, rel[2])) if rel else None
+        if (
+            known is not None
+            and RULES[f.rule].downgrades_on_small_tables
+            and f.level != INFO
+            and known.rows is not None
+            and known.rows < settings.small_table_rows
+        ):
+            f = replace(
+                f,
+                level=INFO,
+                message=f"{f.message} (Downgraded: the table has about {known.rows:,.0f} rows, under "
+                f"NIXMIG['LINT_SMALL_TABLE_ROWS'] = {settings.small_table_rows:,}.)",
+            )
+        out.append(f)
+    report.findings = out
+    report.sized = True
+    return report
+
+
+def changed_since(tree: Tree, ref: str) -> set[str]:
+    """Return the ids of migrations whose up file was added or changed since git ``ref`` (committed or not)."""
+    import subprocess
+
+    directory = tree.directory
+    try:
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=directory, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", ref + "^{commit}"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        diff = subprocess.run(
+            ["git", "diff", "--name-only", "--no-renames", "-z", ref, "--", "."],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        untracked = subprocess.run(
+            ["git", "ls-files", "--others", "--exclude-standard", "-z", "--", "."],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except FileNotFoundError:
+        raise NixmigError("--since needs git, which is not installed here.") from None
+    except subprocess.CalledProcessError as exc:
+        why = (exc.stderr or "").strip().splitlines()
+        raise NixmigError(
+            f"--since {ref}: git can't compare {directory} with {ref!r}"
+            f"{' (' + why[0] + ')' if why else ' (no such commit, branch or tag)'}. Name a commit, branch or tag "
+            "the repository has (in CI, fetch it first, e.g. 'git fetch origin main' and '--since origin/main')."
+        ) from None
+    import os
+
+    changed = {os.path.realpath(os.path.join(top, p)) for p in diff.split("\0") if p}
+    changed |= {os.path.realpath(os.path.join(directory, p)) for p in untracked.split("\0") if p}
+    return {m.id for m in tree.migrations if m.up is not None and os.path.realpath(m.up.path) in changed}
+
+
+def lint_since(
+    tree: Tree,
+    ref: str,
+    *,
+    connection=None,
+    pg_version: int | None = None,
+    settings: Settings | None = None,
+) -> Report:
+    """Lint the migrations added or changed since git ``ref`` as one plan, the older ones taken as deployed."""
+    changed = changed_since(tree, ref)
+    if connection is not None and pg_version is None:
+        pg_version = server_version(connection)
+    settings = settings or Settings.from_django()
+    deployed = [(m.id, m.up) for m in tree.migrations if m.id not in changed and m.up is not None]
+    report = lint_files(
+        [(m.id, m.up) for m in tree.migrations if m.id in changed and m.up is not None],
+        pg_version=pg_version,
+        settings=settings,
+        deployed=deployed,
+    )
+    if connection is not None:
+        report = _sized(report, read_catalog(connection), settings)
+    report.mode = (
+        f"{report.files} migration(s) added or changed since {ref} as one plan, "
+        f"{len(deployed)} older migration(s) taken as deployed"
+    )
     return report
 
 
@@ -1854,12 +2350,18 @@ def plan_check(
     connection=None,
     fake: bool = False,
     emit: Callable[..., None] | None = None,
+    schema: str | None = None,
     **_,
 ) -> None:
     """The runner's plan check: refuse an up plan with lint errors (not --fake, not down, not --no-lint)."""
     if direction != "up" or fake or not entries or _skip.get():
         return
-    report = lint_entries(entries, connection=connection)
+    report = lint_entries(entries, connection=connection, schema=schema)
+    # Only what is certain blocks: an error on an object the live catalog shows. Anything the model
+    # could not resolve (an object it assumed, a statement with no object) is a warning here.
+    report.findings = [
+        replace(f, level=WARNING) if f.level == ERROR and not f.certain else f for f in report.findings
+    ]
     report.raise_for_errors()
     if emit is not None and report.counts()[WARNING]:
         emit("lint", report=report)

@@ -150,6 +150,10 @@ CASES = {
         [NO_TX + "CREATE INDEX CONCURRENTLY users_email_idx ON users (email);"],
         [NO_TX + "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);"],
     ),
+    "unnamed-concurrent-index": (
+        [NO_TX + "CREATE INDEX CONCURRENTLY ON users (email);"],
+        [NO_TX + "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);"],
+    ),
     "unparsed-statement": (
         ["ALTER TABLE users ADD COLUMN bio text WITH NONSENSE;"],
         ["ALTER TABLE users ADD COLUMN bio text;"],
@@ -448,14 +452,18 @@ def test_lint_all_reports_and_exits_1_on_errors(tree):
         "CREATE INDEX users_email_idx ON users (email)\n"
     )
     assert (
-        "1 finding(s) in 3 file(s): 1 error(s), 0 warning(s), 0 info (3 migration(s), PostgreSQL 14)." in out
+        "1 finding(s) in 3 file(s): 1 error(s), 0 warning(s), 0 info (3 migration(s), each file as if the ones before it were deployed, starting from an empty database, "
+        "PostgreSQL 14)." in out
     )
 
 
 def test_lint_of_ids_only_reports_those_and_exits_0_without_errors(tree):
     write_tree(tree)
     out, err, rc = call("app/003_bio", dir=str(tree))
-    assert (out, rc) == ("No findings in 1 migration(s).\n", 0)
+    assert (out, rc) == (
+        "No findings in 1 migration(s), each file as if the ones before it were deployed, starting from an empty database.\n",
+        0,
+    )
     out, err, rc = call("app/404_nothing", dir=str(tree))
     assert rc == 1 and "app/404_nothing is not a migration" in err
 
@@ -501,7 +509,10 @@ def test_lint_levels_from_settings(tree, settings):
     out, err, rc = call("--all", dir=str(tree))
     assert rc == 0 and "warning [create-index-not-concurrently]" in out
     settings.NIXMIG = {**settings.NIXMIG, "LINT": {"create-index-not-concurrently": "off"}}
-    assert call("--all", dir=str(tree))[:3:2] == ("No findings in 3 migration(s).\n", 0)
+    assert call("--all", dir=str(tree))[:3:2] == (
+        "No findings in 3 migration(s), each file as if the ones before it were deployed, starting from an empty database.\n",
+        0,
+    )
     settings.NIXMIG = {**settings.NIXMIG, "LINT": {"create-index": "off"}}
     out, err, rc = call("--all", dir=str(tree))
     assert rc == 1 and "unknown rule 'create-index'" in err and "Traceback" not in err
@@ -608,7 +619,7 @@ def test_server_facts_clear_set_not_null_and_varchar_widening(big_and_small, tre
     )
     out, err, rc = lint_db(big_and_small, dir=str(tree))
     assert (out, rc) == (
-        f"No findings in 1 pending migration(s) of database '{big_and_small.alias}'.\n",
+        f"No findings in 1 pending migration(s) of database '{big_and_small.alias}', one plan over its catalog.\n",
         0,
     ), err
     tree.pair("app/003_narrow", "ALTER TABLE big ALTER COLUMN s TYPE varchar(10);\n", None)
@@ -715,11 +726,13 @@ def test_admin_pending_list_shows_lint_counts(admin_client, tree, settings):
     settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path)}
     with connection.cursor() as cursor:
         cursor.execute("CREATE TABLE lint_admin_t (id int)")
+        cursor.execute("INSERT INTO lint_admin_t VALUES (1)")
+        cursor.execute("ANALYZE lint_admin_t")
     tree.pair("app/001_index", "CREATE INDEX lint_admin_idx ON lint_admin_t (id);\n", None)
     tree.pair("app/002_ok", "CREATE TABLE lint_admin_u (id int);\n", None)
     html = admin_client.get("/admin/nixmig/migrationrecord/").content.decode()
     assert 'id="nixmig-lint"' in html and "Lint of the pending" in html
-    assert "<li><code>app/001_index</code>: 1 info</li>" in html  # an empty table: downgraded
+    assert "<li><code>app/001_index</code>: 1 info</li>" in html  # a small table: downgraded
     assert "app/002_ok</code>:" not in html
 
 
@@ -763,9 +776,8 @@ def test_fast_path_keeps_what_later_statements_need():
 
 def test_fast_path_still_reports_no_transaction_rules():
     assert rules(NO_TX + "CREATE TABLE t (id int);\nCREATE INDEX CONCURRENTLY t_idx ON t (id);") == [
-        "create-without-if-not-exists",
-        "create-without-if-not-exists",
-    ]
+        "create-without-if-not-exists"
+    ]  # CREATE TABLE commits with its progress row; only CONCURRENTLY can't
     assert rules("CREATE TABLE t (id int);\nCREATE INDEX CONCURRENTLY t_idx ON t (id);") == [
         "concurrently-in-transaction"
     ]
@@ -794,8 +806,6 @@ def test_a_connection_lost_while_sizing_tables_is_one_clear_error(big_and_small)
             cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
     finally:
         other.close()
-    facts = lint.database_facts(connection)
-    findings = run("CREATE INDEX big_v_idx ON big (v);")
-    with pytest.raises(DatabaseUnavailable, match="Lint could not read the sizes .* --no-lint"):
-        facts(findings)
+    with pytest.raises(DatabaseUnavailable, match="Lint could not read the database's catalog .* --no-lint"):
+        lint.read_catalog(connection)
     connection.close()

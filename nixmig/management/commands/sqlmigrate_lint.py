@@ -34,6 +34,12 @@ class Command(NixmigCommand):
             help="Lint every migration of the tree, without a database.",
         )
         parser.add_argument(
+            "--since",
+            metavar="GIT_REF",
+            help="Lint the migrations added or changed since this git commit, branch or tag as one plan, "
+            "with every older one taken as deployed (what a pull request would deploy).",
+        )
+        parser.add_argument(
             "--format",
             choices=("text", "json", "github"),
             default="text",
@@ -48,7 +54,7 @@ class Command(NixmigCommand):
         )
         parser.add_argument("--rules", action="store_true", help="List the rules with their levels and exit.")
 
-    def run(self, *, ids, directory, database, everything, format, pg_version, rules, **options):
+    def run(self, *, ids, directory, database, everything, format, pg_version, rules, since=None, **options):
         if isinstance(database, (list, tuple)):  # --database is repeatable (target options)
             targets, database = database, database[0] if len(database) == 1 else None
         else:
@@ -56,19 +62,26 @@ class Command(NixmigCommand):
         if rules:
             self.list_rules()
             return
-        if everything and ids:
-            raise CommandError("Give migration ids or --all, not both.")
+        if sum(map(bool, (everything, ids, since))) > 1:
+            raise CommandError("Give migration ids, --all or --since, not two of them.")
         if pg_version is not None and not 9 <= pg_version <= 99:
             raise CommandError(f"--pg-version {pg_version} is not a PostgreSQL major version; write e.g. 15.")
         settings = lint.Settings.from_django()
-        if everything or ids:
+        if everything or ids or since:
             tree = api.load_tree(directory)
             tree.raise_for_errors()
             connection = api.connection_for(database) if database else None
-            report = lint.lint_tree(
-                tree, ids, connection=connection, pg_version=pg_version, settings=settings
-            )
-            scope = f"{len(tree.migrations)} migration(s)" if everything else f"{len(ids)} migration(s)"
+            if since:
+                report = lint.lint_since(
+                    tree, since, connection=connection, pg_version=pg_version, settings=settings
+                )
+                scope = report.mode
+            else:
+                report = lint.lint_tree(
+                    tree, ids, connection=connection, pg_version=pg_version, settings=settings
+                )
+                count = len(tree.migrations) if everything else len(ids)
+                scope = f"{count} migration(s), {report.mode}"
         else:
             tree = api.load_tree(directory)
             tree.raise_for_errors()
@@ -82,13 +95,17 @@ class Command(NixmigCommand):
                         connection=api.connection_for(alias),
                         pg_version=pg_version,
                         settings=settings,
+                        schema=target.schema,
                     )
                     if status.pending
                     else lint.Report([], 0, pg_version)
                 )
                 where = f"database {alias!r}" if not target.schema and not target.url else target.key
                 self.write_report(
-                    report, format, f"{len(status.pending)} pending migration(s) of {where}", writer
+                    report,
+                    format,
+                    f"{len(status.pending)} pending migration(s) of {where}, one plan over its catalog",
+                    writer,
                 )
                 self.fail_on_errors(report)
                 text = report.summary() if report.findings else "no findings"
