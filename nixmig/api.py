@@ -111,10 +111,12 @@ def _database_errors(function):
 
 
 def load_tree(directory: str | Path | None = None) -> Tree:
-    """Read the migration tree (default: NIXMIG['MIGRATIONS_DIR'])."""
+    """Read the migration tree (default: NIXMIG['MIGRATIONS_DIR']), through the checksum cache."""
+    directory = directory if directory is not None else conf.migrations_dir()
     return _load_tree(
-        directory if directory is not None else conf.migrations_dir(),
+        directory,
         allow_empty=bool(conf.get("ALLOW_EMPTY")),
+        checksum_cache=conf.checksum_cache(directory),
     )
 
 

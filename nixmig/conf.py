@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "VERIFY_DATABASE_URL": None,  # the server of sqlmigrate_verify's scratch databases (default: the target's)
     "VERIFY_SETUP": None,  # SQL files (or a callable) making what a deploy makes outside the tree
     "DRIFT_IGNORE": (),  # name patterns that sqlmigrate_verify --drift leaves out
+    "CHECKSUM_CACHE": True,  # True: <migrations dir>/__pycache__; a folder; False: read every up file each run
 }
 
 
@@ -61,3 +62,13 @@ def duration(key: str) -> str:
             f"NIXMIG[{key!r}] = {value!r} is not a duration; use e.g. '10s', '500ms' or '0' (off)."
         )
     return value
+
+
+def checksum_cache(directory: str | Path) -> Path | None:
+    """Return the folder of the checksum cache for ``directory`` (NIXMIG['CHECKSUM_CACHE']), or None when off."""
+    value = get("CHECKSUM_CACHE")
+    if value is True:
+        return Path(directory) / "__pycache__"
+    if not value:
+        return None
+    return Path(value)

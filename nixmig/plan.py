@@ -203,10 +203,13 @@ class Status:
         return [p for p in self.problems if p.level == ERROR]
 
     def counts(self) -> dict[str, int]:
-        counts = {APPLIED: 0, PENDING: 0, CHANGED: 0, MISSING: 0, PARTLY_APPLIED: 0, PARTLY_ROLLED_BACK: 0}
-        for e in self.entries:
-            counts[e.state] += 1
-        return counts
+        known = self.__dict__.get("_counts")  # counted once: status asks several times, over 10,000 entries
+        if known is None:
+            known = {APPLIED: 0, PENDING: 0, CHANGED: 0, MISSING: 0, PARTLY_APPLIED: 0, PARTLY_ROLLED_BACK: 0}
+            for e in self.entries:
+                known[e.state] += 1
+            self.__dict__["_counts"] = known
+        return dict(known)
 
     def counts_text(self, *, applied: bool = False) -> str:
         """'2 pending, 0 changed, 0 missing, 1 partly applied, 0 partly rolled back' (for summaries)."""

@@ -7,11 +7,17 @@ migrations run in order of (number, module, name).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
+import json
 import operator
 import os
 import re
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -60,8 +66,10 @@ class Directives:
 class SqlFile:
     """One ``_up.sql`` or ``_down.sql`` file, read and normalised.
 
-    Built with ``text`` it is an up file read by ``load_tree``. Built without, it is a down file
-    whose content is read on first use (a status, or an up, never needs it): ``text``,
+    Built with ``text`` it is an up file read by ``load_tree``; built with ``checksum`` and
+    ``directives`` but no text, an up file the checksum cache vouched for (its text is read when
+    the migration runs or is shown). Built with none of them, it is a down file whose content
+    is read on first use (a status, or an up, never needs it): ``text``,
     ``checksum`` and ``directives`` then raise a TreeError naming the file and line when the
     file turns out unusable (a NUL byte, not UTF-8, a bad directive), exactly as load_tree
     would have reported it.
@@ -99,7 +107,11 @@ class SqlFile:
         errors = [p for p in problems if p.level == ERROR]
         if loaded is None or errors:
             raise TreeError(errors[0].message)
-        self._text, self._checksum, self._directives = loaded._text, loaded._checksum, loaded._directives
+        directives = loaded._directives
+        if self._directives is not None and self._directives.allow_empty and directives is not None:
+            directives = replace(directives, allow_empty=True)  # NIXMIG['ALLOW_EMPTY'] is not in the file
+        # The text read now wins over a checksum from the cache: the file may have changed since.
+        self._text, self._checksum, self._directives = loaded._text, loaded._checksum, directives
 
     @property
     def text(self) -> str:
@@ -109,13 +121,15 @@ class SqlFile:
 
     @property
     def checksum(self) -> str:
-        self._load()
+        if self._checksum is None:  # known without the text for an up file the checksum cache vouched for
+            self._load()
         assert self._checksum is not None
         return self._checksum
 
     @property
     def directives(self) -> Directives:
-        self._load()
+        if self._directives is None:
+            self._load()
         assert self._directives is not None
         return self._directives
 
@@ -145,7 +159,7 @@ class SqlFile:
         return f"SqlFile({self.relpath!r}{'' if self.is_loaded else ', not read yet'})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Migration:
     """An up file and, when it exists, its down file."""
 
@@ -154,6 +168,10 @@ class Migration:
     name: str  # "<NNN>_<name>", the bare name the Go migrator recorded
     up: SqlFile
     down: SqlFile | None
+
+    def __init__(self, module: str, number: int, name: str, up: SqlFile, down: SqlFile | None) -> None:
+        # Frozen, but filled in one step (a frozen dataclass's own __init__ is four times slower).
+        self.__dict__.update(module=module, number=number, name=name, up=up, down=down)
 
     @property
     def id(self) -> str:
@@ -180,6 +198,9 @@ class Tree:
     migrations: tuple[Migration, ...]
     problems: tuple[Problem, ...] = ()
     by_id: dict[str, Migration] = field(default_factory=dict, compare=False, repr=False)
+    files_read: int = field(
+        default=0, compare=False, repr=False
+    )  # up files read (not vouched for by the cache)
 
     def __post_init__(self) -> None:
         if not self.by_id:
@@ -352,6 +373,211 @@ def read_sql_file(path: str | os.PathLike, relpath: str) -> tuple[SqlFile | None
     return SqlFile(path, relpath, text, hashlib.sha256(normalised).hexdigest(), directives), problems
 
 
+RACY_NS = 2_000_000_000  # see ChecksumCache
+_stat = os.stat  # what the cache keys on (a test stands in a file system with coarse timestamps)
+CACHE_FORMAT = 1
+
+
+class ChecksumCache:
+    """Checksums and directives of up files, kept between runs so an unchanged file is not read again.
+
+    An entry is used only while the file's size, modification time, change time and inode (all in
+    nanoseconds where they are times) are exactly those stat() gave when the file was read: any
+    write, rename onto it, ``touch``, ``chmod`` or replacement changes at least one of them (an edit
+    that sets the modification time back still changes the change time, which no user can set).
+
+    As git's index does with "racily clean" entries, a file whose times were less than RACY_NS
+    before the read began is not vouched for: a timestamp has a granularity (a kernel tick, two
+    seconds on FAT), so an edit made within it after the read could leave every time unchanged. Such
+    a file is read again on the next run, and vouched for once its times are old enough. What the
+    cache can't see is an edit that keeps size and inode and sets both times back, which takes
+    setting the system clock back or writing to the disk device; and times from a server whose
+    clock is more than RACY_NS behind or ahead (a network file system) void the margin.
+
+    The cache is one JSON file per migrations directory, ``nixmig-checksums-<hash of the path>.json``
+    in ``folder``, written whole (a temporary file renamed over it) when an entry changed. It is
+    trusted as the directory is: keep it where only those who may write migrations can write. A
+    missing, unreadable or malformed file is ignored, and a folder that can't be written (or has no
+    write permission bit, root included) is never written to.
+    """
+
+    def __init__(self, folder: str | os.PathLike, directory: Path):
+        self.started = time.time_ns()  # before any stat(): the racy margin counts from here
+        self.folder = os.fspath(folder)
+        self.directory = str(directory)
+        digest = hashlib.sha256(self.directory.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        self.path = os.path.join(self.folder, f"nixmig-checksums-{digest}.json")
+        self.entries, self.snapshot = self._read()
+        self.seen: dict[str, list] = {}
+        self.new_snapshot: dict | None = None
+        self.dirty = False
+
+    def _read(self) -> tuple[dict[str, list], dict | None]:
+        try:
+            with open(self.path, "rb") as f:
+                data = json.loads(f.read())
+        except (OSError, ValueError):
+            return {}, None
+        if not (
+            isinstance(data, dict)
+            and data.get("format") == CACHE_FORMAT
+            and data.get("directory") == self.directory
+            and isinstance(data.get("files"), dict)
+        ):
+            return {}, None
+        snapshot = data.get("tree")
+        return data["files"], snapshot if isinstance(snapshot, dict) else None
+
+    def folder_key(self, path: str) -> list[int] | None:
+        """Return a folder's (mtime, ctime, inode) taken before it is listed, or None when too recent to trust."""
+        try:
+            st = _stat(path)
+        except OSError:
+            return None
+        if max(st.st_mtime_ns, st.st_ctime_ns) > self.started - RACY_NS:
+            return None
+        return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def tree(self, root: Path, allow_empty: bool) -> Tree | None:
+        """Return the tree as the last full read left it, if no folder and no up file changed since.
+
+        A folder's times change whenever a file is added, removed or renamed in it; an up file's
+        whenever it is written. Anything else (a file, a folder or a setting changed, a snapshot
+        that doesn't fit) returns None, and the tree is read again (through the file entries).
+        """
+        snap = self.snapshot
+        if snap is None or snap.get("allow_empty") is not allow_empty:
+            return None
+        base = str(root)
+        stat_ = _stat
+        try:
+            for folder, mtime, ctime, ino in snap["folders"]:
+                st = stat_(f"{base}/{folder}" if folder else base)
+                if st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_ino != ino:
+                    return None
+            files = self.entries
+            seen: dict[str, list] = {}
+            migrations = []
+            shared: dict[tuple, Directives] = {}  # immutable: one object per distinct set of directives
+            for module, number, name, has_down in snap["migrations"]:
+                stem = f"{module}/{name}" if module else name
+                up_rel = f"{stem}_up.sql"
+                entry = files[up_rel]
+                up_path = f"{base}/{up_rel}"
+                st = stat_(up_path)
+                size, mtime, ctime, ino, checksum, no_transaction, lock_timeout, statement_timeout = entry
+                if (
+                    st.st_size != size
+                    or st.st_mtime_ns != mtime
+                    or st.st_ctime_ns != ctime
+                    or st.st_ino != ino
+                    or not stat.S_ISREG(st.st_mode)
+                    or len(checksum) != 64
+                ):
+                    return None
+                seen[up_rel] = entry
+                options = (no_transaction, lock_timeout, statement_timeout)
+                directives = shared.get(options)
+                if directives is None:
+                    directives = shared[options] = Directives(
+                        no_transaction=no_transaction is True,
+                        lock_timeout=lock_timeout if isinstance(lock_timeout, str) else None,
+                        allow_empty=allow_empty,
+                        statement_timeout=statement_timeout if isinstance(statement_timeout, str) else None,
+                    )
+                up = SqlFile(up_path, up_rel, None, checksum, directives)
+                down = SqlFile(f"{base}/{stem}_down.sql", f"{stem}_down.sql") if has_down else None
+                migrations.append(Migration(module, number, name, up, down))
+            problems = tuple(Problem(m, f, lv, c) for m, f, lv, c in snap["problems"])
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
+        self.seen = seen
+        self.new_snapshot = snap
+        return Tree(root, tuple(migrations), problems)
+
+    @staticmethod
+    def _key(st: os.stat_result) -> list[int]:
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def lookup(self, relpath: str, path: str) -> tuple[SqlFile | None, os.stat_result | None]:
+        """Return the up file at ``path`` from the cache, unread, or None when it must be read.
+
+        The second value is the file's stat() taken now, before it is read: ``store`` keeps that
+        one, so an edit between this stat and the read shows as changed times on the next run.
+        """
+        try:
+            st = _stat(path)
+        except OSError:
+            return None, None
+        entry = self.entries.get(relpath)
+        if entry is None:
+            return None, st
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 8
+            or entry[:4] != self._key(st)
+            or not stat.S_ISREG(st.st_mode)
+        ):
+            return None, st
+        checksum, no_transaction, lock_timeout, statement_timeout = entry[4:]
+        if not (isinstance(checksum, str) and len(checksum) == 64):
+            return None, st
+        self.seen[relpath] = entry
+        directives = Directives(
+            no_transaction=bool(no_transaction),
+            lock_timeout=lock_timeout if isinstance(lock_timeout, str) else None,
+            statement_timeout=statement_timeout if isinstance(statement_timeout, str) else None,
+        )
+        return SqlFile(path, relpath, None, checksum, directives), st
+
+    def store(self, relpath: str, sql_file: SqlFile, st: os.stat_result) -> None:
+        """Vouch for a file just read (``st`` from before the read), unless its times are in the racy margin."""
+        if sql_file.is_empty or sql_file.directives.empty:
+            return
+        if not stat.S_ISREG(st.st_mode) or max(st.st_mtime_ns, st.st_ctime_ns) > self.started - RACY_NS:
+            return  # too recent to vouch for: read again next time
+        d = sql_file.directives
+        self.seen[relpath] = [
+            *self._key(st),
+            sql_file.checksum,
+            d.no_transaction,
+            d.lock_timeout,
+            d.statement_timeout,
+        ]
+        self.dirty = True
+
+    def save(self) -> None:
+        """Write the entries of this read (files gone since are dropped), if anything changed."""
+        if not self.dirty and len(self.seen) == len(self.entries) and self.new_snapshot == self.snapshot:
+            return
+        try:
+            parent = os.path.dirname(self.folder)
+            if not os.path.isdir(self.folder):
+                if not os.stat(parent).st_mode & 0o222:
+                    return  # a read-only tree (no write bit): leave it as it is, root included
+                os.makedirs(self.folder, exist_ok=True)
+            elif not os.stat(self.folder).st_mode & 0o222:
+                return
+            data = {
+                "format": CACHE_FORMAT,
+                "directory": self.directory,
+                "files": self.seen,
+                "tree": self.new_snapshot,
+            }
+            fd, tmp = tempfile.mkstemp(prefix=".nixmig-checksums-", dir=self.folder)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(data, f, separators=(",", ":"))
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError:
+            pass  # a cache that can't be written only costs the next run its reads
+
+
 _NAME = operator.attrgetter("name")
 
 
@@ -376,27 +602,45 @@ def _unpaired_partner(index: dict, module: str, number: int, direction: str) -> 
     return found[0] if len(found) == 1 else None
 
 
-def load_tree(directory: str | os.PathLike, *, allow_empty: bool = False) -> Tree:
+def load_tree(
+    directory: str | os.PathLike,
+    *,
+    allow_empty: bool = False,
+    checksum_cache: str | os.PathLike | None = None,
+) -> Tree:
     """Read every migration under ``directory`` and return them in run order.
 
     ``allow_empty`` accepts empty (and comment-only) up files as no-op migrations, as if each
     said ``-- nixmig:empty`` (for trees imported from tools that allow them).
+
+    ``checksum_cache`` names a folder for the checksum cache (see ChecksumCache): an up file whose
+    size, modification and change times and inode are those it had when the cache last read it
+    (and that had not changed for RACY_NS before that read) is not read again.
 
     Raises TreeError only when the directory itself is unusable; problems with single
     files are collected in ``Tree.problems`` (call ``raise_for_errors()`` before running).
     """
     # Reading makes tens of thousands of objects and no garbage cycles; the collector's passes
     # over Django's heap meanwhile were a quarter of the time at 10,000 migrations.
+    with paused_gc():
+        return _load_tree(directory, allow_empty, checksum_cache)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the garbage collector while building many objects that form no cycles (then resume it)."""
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _load_tree(directory, allow_empty)
+        yield
     finally:
         if collecting:
             gc.enable()
 
 
-def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
+def _load_tree(
+    directory: str | os.PathLike, allow_empty: bool, checksum_cache: str | os.PathLike | None
+) -> Tree:
     root = Path(directory)
     if not root.is_dir():
         if root.exists():
@@ -411,16 +655,32 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
     real_root = root.resolve()
     problems: list[Problem] = []
     files: dict[tuple[str, str, str], tuple[int, SqlFile]] = {}
+    cache = ChecksumCache(checksum_cache, real_root) if checksum_cache is not None else None
+    if cache is not None:
+        unchanged = cache.tree(root, allow_empty)
+        if unchanged is not None:
+            cache.save()
+            return unchanged
+    files_read = 0
+    folders: list[list] = []  # (folder, mtime, ctime, inode) of each folder read, for the cache's snapshot
+    snapshot = cache is not None  # False once anything is seen that a snapshot can't vouch for
 
     # One os.scandir() per folder gives names, folder-ness and symbolic links (no stat per file).
     # Up files are read now (status compares their checksums); down files only when they run.
     pending_dirs = [(str(root), "")]
     while pending_dirs:
         dirpath, module = pending_dirs.pop()
+        if snapshot and cache is not None:
+            key = cache.folder_key(dirpath)  # before listing it: a change during the listing shows next time
+            if key is None:
+                snapshot = False
+            else:
+                folders.append([module, *key])
         try:
             with os.scandir(dirpath) as listing:
                 entries = sorted(listing, key=_NAME)
         except OSError:
+            snapshot = False
             continue  # as os.walk: a folder that can't be listed is skipped
         subdirs, file_entries = [], []
         for entry in entries:
@@ -436,6 +696,7 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
                 continue  # hidden (.git, .idea); a name of dots only ('...') is refused below
             rel = f"{module}/{d}" if module else d
             if entry.is_symlink():
+                snapshot = False
                 problems.append(
                     Problem(
                         f"{rel}/: is a symbolic link to a folder; nixmig does not follow folder links. "
@@ -469,6 +730,7 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
             full = entry.path
             relpath = prefix + filename
             if entry.is_symlink():
+                snapshot = False  # its target may change without this folder changing
                 target = Path(full).resolve()
                 if not target.is_relative_to(real_root):
                     problems.append(
@@ -505,11 +767,18 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
                 continue
             direction = match["direction"]
             if direction == "up":
-                sql_file, file_problems = read_sql_file(full, relpath)
-                if file_problems:
-                    problems.extend(file_problems)
-                if sql_file is None:
-                    continue
+                found, before = cache.lookup(relpath, full) if cache is not None else (None, None)
+                if found is not None:
+                    sql_file = found
+                else:
+                    files_read += 1
+                    sql_file, file_problems = read_sql_file(full, relpath)
+                    if file_problems:
+                        problems.extend(file_problems)
+                    if sql_file is None:
+                        continue
+                    if cache is not None and before is not None and not file_problems:
+                        cache.store(relpath, sql_file, before)
             else:
                 sql_file = SqlFile(full, relpath)  # read when it runs (or is shown)
             bare = filename[:-7] if direction == "up" else filename[:-9]  # without _up.sql / _down.sql
@@ -520,7 +789,7 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
     for (module, bare, direction), (number, up) in files.items():
         if direction != "up":
             continue
-        empty = up.is_empty
+        empty = up.is_loaded and up.is_empty  # the cache vouches only for files with a statement
         if empty and allow_empty:
             up = SqlFile(up.path, up.relpath, up.text, up.checksum, Directives(allow_empty=True))
         elif empty:
@@ -535,7 +804,9 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
             )
             continue
         elif allow_empty and not up.directives.empty:
-            up = SqlFile(up.path, up.relpath, up.text, up.checksum, replace(up.directives, allow_empty=True))
+            up = SqlFile(
+                up._path, up.relpath, up._text, up.checksum, replace(up.directives, allow_empty=True)
+            )
         down_entry = files.get((module, bare, "down"))
         migration = Migration(module, number, bare, up, down_entry[1] if down_entry else None)
         migrations.append(migration)
@@ -573,7 +844,20 @@ def _load_tree(directory: str | os.PathLike, allow_empty: bool) -> Tree:
 
     migrations.sort(key=lambda m: m.sort_key)
     problems.sort(key=lambda p: ({ERROR: 0, WARNING: 1, INFO: 2}[p.level], p.file or ""))
-    return Tree(root, tuple(migrations), tuple(problems))
+    if cache is not None:
+        if (
+            snapshot
+            and not any(p.level == ERROR for p in problems)
+            and all(m.up.relpath in cache.seen for m in migrations)
+        ):
+            cache.new_snapshot = {
+                "allow_empty": allow_empty,
+                "folders": folders,
+                "migrations": [[m.module, m.number, m.name, m.down is not None] for m in migrations],
+                "problems": [[p.message, p.file, p.level, p.code] for p in problems],
+            }
+        cache.save()
+    return Tree(root, tuple(migrations), tuple(problems), files_read=files_read)
 
 
 def load_migration(

@@ -116,26 +116,29 @@ class Command(NixmigCommand):
         groups = {}
         for e in status.entries:  # modules in order of their first migration
             groups.setdefault(e.module or "(no module)", []).append(e)
+        append = out.append
         for module, entries in groups.items():
-            out.append(style.MIGRATE_LABEL(module))
-            for e in entries:
-                line = f" {MARKS[e.state]} {e.name}"
+            append(style.MIGRATE_LABEL(module))
+            for e in entries:  # one line per migration: kept lean, as status prints 10,000 of them
+                state, record, migration = e.state, e.record, e.migration
+                line = f" {MARKS[state]} {e.name}"
                 details = []
-                if e.state != "applied" and e.state != "pending":
-                    details.append(e.state.replace("_", " "))
+                if state != "applied" and state != "pending":
+                    details.append(state.replace("_", " "))
                 if e.out_of_order:
                     details.append("out of order")
-                if e.migration is not None and not e.migration.reversible:
+                if migration is not None and migration.down is None:
                     details.append("irreversible")
                 if verified and e.id in verified:
-                    details.append(f"verified {verified[e.id].label(e.migration)}")
-                if e.applied_at is not None and v >= 1:
-                    details.append(f"applied {e.applied_at:%Y-%m-%d %H:%M:%S}")
-                if v >= 2 and e.record is not None and e.record.execution_ms is not None:
-                    details.append(f"{e.record.execution_ms:.0f} ms")
+                    details.append(f"verified {verified[e.id].label(migration)}")
+                if record is not None and record.applied_at is not None and v >= 1:
+                    # = f"{applied_at:%Y-%m-%d %H:%M:%S}", without strftime's cost per line
+                    details.append("applied " + record.applied_at.isoformat(" ", "seconds")[:19])
+                if v >= 2 and record is not None and record.execution_ms is not None:
+                    details.append(f"{record.execution_ms:.0f} ms")
                 if details:
                     line = f"{line:<52} " + ", ".join(details)
-                out.append(paints[e.state](line))
+                append(paints[state](line))
         if not status.entries:
             out.append("(no migrations)")
         if lint_note:  # after the migrations, before the problems
