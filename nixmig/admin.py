@@ -7,6 +7,7 @@ migration's SQL is in the schema", so editing rows would make the table lie.
 from __future__ import annotations
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError, connections
 from django.http import HttpRequest
 
@@ -20,7 +21,7 @@ from .exceptions import NixmigError
 from .highlight import highlight_sql
 from .models import MigrationRecord
 from .recorder import NIXMIG_COLUMNS, Recorder
-from .tree import Migration, Tree, load_migration
+from .tree import Migration, Tree, load_migration, paused_gc
 
 PENDING_SHOWN = 100
 
@@ -143,7 +144,13 @@ class MigrationRecordAdmin(admin.ModelAdmin):
         queryset = super().get_queryset(request)
         return queryset if self._table_usable(request) else queryset.none()
 
+    def _require_view_permission(self, request) -> None:
+        """Refuse before any work: the status above the list reads the tree, the table and lint results."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+
     def changelist_view(self, request, extra_context=None):
+        self._require_view_permission(request)
         context = {"nixmig": self.status_context(request), **(extra_context or {})}
         return super().changelist_view(request, extra_context=context)
 
@@ -156,7 +163,8 @@ class MigrationRecordAdmin(admin.ModelAdmin):
             context["error"] = error
             return context
         try:
-            status = api.status(tree=tree, database=alias, create_table=False)
+            with paused_gc():  # tens of thousands of objects, no cycles: no collector passes over the heap
+                status = api.status(tree=tree, database=alias, create_table=False)
         except (NixmigError, DatabaseError) as exc:
             context["error"] = str(exc).strip()
             return context
@@ -188,6 +196,7 @@ class MigrationRecordAdmin(admin.ModelAdmin):
     # -- detail ------------------------------------------------------------------------
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        self._require_view_permission(request)
         record = self.get_object(request, object_id) if self._table_usable(request) else None
         context = dict(extra_context or {})
         if record is not None:

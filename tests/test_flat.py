@@ -44,3 +44,49 @@ def test_the_tracking_table_reads_applied_at_as_djangos_cursor_does(scratch_db, 
     assert got == expected
     assert [g.tzinfo is None for g in got] == [e.tzinfo is None for e in expected]
     assert [str(g) for g in got] == [str(e) for e in expected]
+
+
+CHANGELIST = "/admin/nixmig/migrationrecord/"
+
+
+@pytest.fixture
+def staff_without_view(client, settings, tree):
+    """A logged-in staff user without the view permission, and a tree with a big pending file."""
+    from django.contrib.auth.models import User
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path)}
+    tree.table_pair("auth/001_users", "users")
+    tree.write("auth/002_rows_up.sql", "INSERT INTO users VALUES (1);\n" * 20000)
+    staff = User.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(staff)
+    return client
+
+
+def test_a_staff_user_without_view_permission_gets_403_before_anything_is_read(
+    staff_without_view, monkeypatch
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from nixmig import api, lint, tree
+
+    touched = []
+    for module, name in (
+        (tree, "read_sql_file"),
+        (tree, "load_migration"),
+        (api, "load_tree"),
+        (api, "status"),
+    ):
+        real = getattr(module, name)
+        monkeypatch.setattr(
+            module, name, lambda *a, _name=name, _real=real, **k: touched.append(_name) or _real(*a, **k)
+        )
+    monkeypatch.setattr(lint, "pending_summary", lambda *a, **k: touched.append("lint") or {})
+    with CaptureQueriesContext(connection) as queries:
+        assert staff_without_view.get(CHANGELIST).status_code == 403
+        assert staff_without_view.get(f"{CHANGELIST}1/change/").status_code == 403
+    assert touched == []
+    sql = " ".join(q["sql"] for q in queries.captured_queries)
+    assert "migrations" not in sql and "pg_attribute" not in sql, sql
+    assert len(queries.captured_queries) == 8, sql  # per request: the session, the user, its permissions
