@@ -107,7 +107,8 @@ class Executor:
         """Return, per entry, the exact query strings a run would send (nothing is sent).
 
         Replayed in order (e.g. with psql), they leave the database as a real run would:
-        the progress rows of a no-transaction file included.
+        the progress rows of a no-transaction file included, and a partly run file resumed
+        where a real run would resume it.
         """
         out = []
         progress_table = False
@@ -116,7 +117,7 @@ class Executor:
             if prep is not None and prep.no_transaction:
                 queries = [] if progress_table else [self.recorder.progress_table_sql() + ";"]
                 progress_table = True
-                queries += [q for q, _ in self.no_transaction_queries(direction, entry, prep)]
+                queries += NoTransactionRun(self, entry, prep, RunOptions(direction), []).preview()
             else:
                 queries = [self.query_for(direction, entry, prep, fake=fake, in_tx=atomic)[1]]
             out.append((entry, queries))

@@ -84,6 +84,49 @@ class NoTransactionRun:
                     + (" RESET search_path;" if ex.recorder.schema else "")
                 )
 
+    def preview(self) -> list[str]:
+        """Return the queries a run would send from the current state; only catalog reads are sent.
+
+        A partly run file starts at its next statement, after what the resume would clean up or
+        finish (an INVALID index dropped, a pending detach finalized, a finished statement counted).
+        """
+        ex, progress = self.ex, self.entry.progress
+        start = progress.statements_done if progress is not None else 0
+        settle: list[str] = []
+        if progress is not None and start < self.total:
+            stmt = self.statements[start]
+            found = self._inspect(stmt, self._since(stmt) if progress.in_flight else None)
+            if found is not None:
+                settle = [notx.terminated(x.fix) for x in found.leftovers]
+                if found.done or any(x.finishes for x in found.leftovers):
+                    hashes = notx.hashes(self.prep)[: start + 1]
+                    row = ex.recorder.progress_sql(
+                        self.entry.files, self.direction, self.prep.file.checksum, hashes, self.total
+                    )
+                    settle.append(f"BEGIN; {row}; COMMIT;")
+                    start += 1
+        out: list[str] = []
+        for n, (query, k) in enumerate(
+            ex.no_transaction_queries(self.direction, self.entry, self.prep, start)
+        ):
+            stmt = self.statements[k] if k >= 0 else None
+            if (
+                stmt is not None
+                and stmt.effect is not None
+                and stmt.effect.kind == "index"
+                and stmt.effect.name
+            ):
+                found = self._inspect(stmt, None)  # an INVALID index of that name is dropped first
+                out += [notx.terminated(x.fix) for x in found.leftovers] if found else []
+            out.append(query)
+            if n == 0:  # after the session settings, as a resume cleans up under the file's timeouts
+                out += settle
+        return out
+
+    def _inspect(self, stmt: Statement, since: str | None) -> Found | None:
+        with self.ex.connection.cursor() as cursor:
+            return leftovers.inspect(cursor, stmt, since)
+
     def _statement(self, query: str, k: int) -> None:
         """Send statement k+1 (with its progress), retrying after lock timeouts; check what it left."""
         stmt, body = self.statements[k], self.prep.body
@@ -135,8 +178,7 @@ class NoTransactionRun:
     def _clean(self, stmt: Statement, k: int, since: str | None, cleaned: list[str]) -> Found | None:
         """Remove (or finish) what an earlier attempt of statement k+1 left in the catalog; say so."""
         ex = self.ex
-        with ex.connection.cursor() as cursor:
-            found = leftovers.inspect(cursor, stmt, since)
+        found = self._inspect(stmt, since)
         for left in found.leftovers if found else ():
             ex.send(left.fix)
             cleaned.append(left.what)
@@ -149,10 +191,7 @@ class NoTransactionRun:
 
     def _broken(self, stmt: Statement, since: str | None) -> str | None:
         """Why the catalog is not as statement ``stmt`` (just run, no error) promises; None when it is."""
-        if not stmt.no_transaction:
-            return None
-        with self.ex.connection.cursor() as cursor:
-            found = leftovers.inspect(cursor, stmt, since)
+        found = self._inspect(stmt, since) if stmt.no_transaction else None
         return found.problem if found is not None else None
 
     def _settle(self, k: int, in_flight: bool) -> int:

@@ -209,6 +209,13 @@ def test_an_unnamed_create_index_concurrently_in_flight_at_a_kill_is_built_once(
         blocker.close()
     assert _progress(db) == [(0, 1)]  # statement 1 in flight
     assert _status(db, tree)["migrations"][0]["state"] != "pending"
+    rc, preview, err, tb = db.inprocess("sqlmigrate_up", "--dir", tree, "--sql")
+    assert (rc, tb) == (0, None), err
+    sends_it_again = "CREATE INDEX CONCURRENTLY ON big (a)" in preview
+    assert sends_it_again is (when == "waiting for lockers"), preview
+    assert ('DROP INDEX CONCURRENTLY IF EXISTS "public"."big_a_idx"' in preview) is (
+        when == "waiting for lockers"
+    )
 
     rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", tree)
 
@@ -238,6 +245,10 @@ def test_reindex_concurrently_in_flight_at_a_kill_leaves_no_ccnew_index(chaos_db
     assert ("big_a_idx_ccnew", False) in _indexes(db)
     leftovers = _status(db, tree)["leftovers"]
     assert [x["fix"] for x in leftovers] == ['DROP INDEX CONCURRENTLY IF EXISTS "public"."big_a_idx_ccnew";']
+    rc, preview, err, tb = db.inprocess("sqlmigrate_up", "--dir", tree, "--sql")  # what the resume would send
+    assert (rc, tb) == (0, None), err
+    drop = 'DROP INDEX CONCURRENTLY IF EXISTS "public"."big_a_idx_ccnew";'
+    assert drop in preview and preview.index(drop) < preview.index("REINDEX INDEX CONCURRENTLY big_a_idx")
 
     rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", tree)
 
