@@ -6,7 +6,7 @@ functions; NN = the migration's number, k = the statement), so "the effects of s
 1..k" is one catalog query. Padding statements (``SELECT pg_sleep``) have no effect; they
 spread the run over about a second so random kill instants land everywhere.
 
-The invariant (issue 9), after the runner's backend is gone:
+The invariant, after the runner's backend is gone:
 1. each migration is recorded at most once;
 2. recorded, no DOWN progress row: every effect of its up file present (and valid);
 3. unrecorded, no UP progress row: no effect present;
@@ -18,7 +18,8 @@ statement hash more than statements_done: the engine marks a statement that can'
 transaction as sent before sending it), and only such a statement may be in flight. In 2..5 the effect of statement k+1 (k = 0 without a
 progress row) may be in any state -- absent, present, or an INVALID index -- only when that
 statement can't run in a transaction (CREATE/DROP INDEX CONCURRENTLY): the engine can't write
-progress atomically with it.
+progress atomically with it. Every index of a recorded migration is valid, and no ``_ccnew``/``_ccold``
+index nor partition pending detach is left, except by the statement in flight (``leaves``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 NT = "-- nixmig:no-transaction\n"
+BLOCKER_GAP = 0.3  # seconds between 011's tables and its concurrent statements
 OBJECT_RE = re.compile(r"\b[tief]_(\d\d)_\d+")
 
 
@@ -36,6 +38,8 @@ class Stmt:
     sql: str
     effects: tuple[str, ...] = ()  # up: objects it creates; down: objects it drops
     nontx: bool = False  # can't run inside a transaction block (CIC, DROP INDEX CONCURRENTLY)
+    removes: tuple[str, ...] = ()  # up: objects of earlier statements it takes away (a detached partition)
+    leaves: tuple[str, ...] = ()  # what it may leave only while in flight (a _ccnew index, a pending detach)
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,9 @@ class Spec:
 
     @property
     def effects(self) -> list[str]:
-        return [e for s in self.up for e in s.effects]
+        """What the applied migration holds: what its up statements create, less what later ones take away."""
+        removed = {e for s in self.up for e in s.removes}
+        return [e for s in self.up for e in s.effects if e not in removed]
 
     def text(self, direction: str) -> str:
         stmts, nt = (self.up, self.up_nt) if direction == "up" else (self.down, self.down_nt)
@@ -222,6 +228,40 @@ def base_tree(pad: float = 0.02, rows: int = 50000) -> list[Spec]:
             (_table("t_10_1"), _sleep(3 * P), _table("t_10_3")),
             (_drop("table", "t_10_3"), _sleep(2 * P), _drop("table", "t_10_1")),
         ),
+        Spec(
+            "ops",
+            "011_notx_kinds",
+            (
+                cic_table("t_11_1"),
+                Stmt("CREATE INDEX i_11_2 ON t_11_1 (w)", ("index:i_11_2",)),
+                Stmt("CREATE TABLE t_11_3 (at int NOT NULL) PARTITION BY RANGE (at)", ("table:t_11_3",)),
+                Stmt(
+                    "CREATE TABLE t_11_4 PARTITION OF t_11_3 FOR VALUES FROM (0) TO (100)",
+                    ("table:t_11_4", "part:t_11_4"),
+                ),
+                _sleep(BLOCKER_GAP),  # a blocker session takes its lock here (test_lock_blocker)
+                Stmt("CREATE INDEX CONCURRENTLY ON t_11_1 (v)", ("index:t_11_1_v_idx",), True),
+                Stmt(
+                    "REINDEX INDEX CONCURRENTLY i_11_2",
+                    (),
+                    True,
+                    leaves=("index:i_11_2_ccnew", "index:i_11_2_ccold"),
+                ),
+                Stmt(
+                    "ALTER TABLE t_11_3 DETACH PARTITION t_11_4 CONCURRENTLY",
+                    (),
+                    True,
+                    removes=("part:t_11_4",),
+                    leaves=("pending:t_11_4",),
+                ),
+            ),
+            (
+                Stmt("DROP TABLE t_11_4", ("table:t_11_4",)),
+                Stmt("DROP TABLE t_11_3", ("table:t_11_3",)),
+                Stmt("DROP TABLE t_11_1", ("table:t_11_1", "index:i_11_2", "index:t_11_1_v_idx")),
+            ),
+            up_nt=True,
+        ),
     ]
 
 
@@ -241,7 +281,14 @@ SELECT 'table:' || relname, true FROM pg_class
  WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p') AND relname ~ '^t_\d\d_\d+$'
 UNION ALL
 SELECT 'index:' || c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
- WHERE c.relnamespace = 'public'::regnamespace AND c.relname ~ '^i_\d\d_\d+$'
+ WHERE c.relnamespace = 'public'::regnamespace
+   AND c.relname ~ '^(i_\d\d_\d+(_cc(new|old)\d*)?|t_\d\d_\d+_\w+_idx\d*)$'
+UNION ALL
+SELECT 'part:' || relname, true FROM pg_class
+ WHERE relnamespace = 'public'::regnamespace AND relispartition AND relname ~ '^t_\d\d_\d+$'
+UNION ALL
+SELECT 'pending:' || c.relname, true FROM pg_inherits h JOIN pg_class c ON c.oid = h.inhrelid
+ WHERE h.inhdetachpending AND c.relname ~ '^t_\d\d_\d+$'
 UNION ALL
 SELECT 'type:' || typname, true FROM pg_type
  WHERE typnamespace = 'public'::regnamespace AND typtype = 'e' AND typname ~ '^e_\d\d_\d+$'
@@ -305,9 +352,12 @@ def _expect(spec: Spec, direction: str, k: int, nt: bool) -> tuple[set[str], set
     everything = set(spec.effects)
     if direction == "up":
         stmts = spec.up
-        present = {e for s in stmts[:k] for e in s.effects}
-        loose = set(stmts[k].effects) if nt and k < len(stmts) and stmts[k].nontx else set()
-        return present, everything - present - loose, loose
+        created = {e for s in stmts for e in s.effects}
+        present = {e for s in stmts[:k] for e in s.effects} - {e for s in stmts[:k] for e in s.removes}
+        loose = set()
+        if nt and k < len(stmts) and stmts[k].nontx:
+            loose = set(stmts[k].effects) | set(stmts[k].removes) | set(stmts[k].leaves)
+        return present, created - present - loose, loose
     stmts = spec.down
     gone = {e for s in stmts[:k] for e in s.effects}
     loose = set(stmts[k].effects) if nt and k < len(stmts) and stmts[k].nontx else set()

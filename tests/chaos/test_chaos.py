@@ -10,9 +10,11 @@ Figures per kind go to stderr (pytest -s) and to tests/artifacts/chaos-summary.j
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
+from django.test import override_settings
 
 from .conftest import rng_for, trials
 from .model import base_tree, check, final_problems, landed_in, write_tree
@@ -51,10 +53,10 @@ def _calibrate(db, specs, tree, argv) -> float:
 
 
 def _windows(db, tree) -> tuple[float, float]:
-    """Return the seconds an undisturbed 'up' and 'down --steps 3' take (measured once per cluster)."""
+    """Return the seconds an undisturbed 'up' and 'down --steps 4' take (measured once per cluster)."""
     if not db.windows:
         db.windows["up"] = _calibrate(db, None, tree, ["sqlmigrate_up", "--dir", tree])
-        db.windows["down"] = _calibrate(db, None, tree, ["sqlmigrate_down", "--steps", "3", "--dir", tree])
+        db.windows["down"] = _calibrate(db, None, tree, ["sqlmigrate_down", "--steps", "4", "--dir", tree])
         db.reset()
     return db.windows["up"], db.windows["down"]
 
@@ -78,7 +80,7 @@ def _kill_at_random(db, runner, window, rng, fig, trial, label):
         where = fig.setdefault("killed_in_migration", {})
         where[f"{label} {number}"] = where.get(f"{label} {number}", 0) + 1
     if row and row[0] == "active" and "CONCURRENTLY" in (row[1] or "").upper():
-        fig.landed(f"{label}: during CREATE/DROP INDEX CONCURRENTLY")
+        fig.landed(f"{label}: during {_concurrent_kind(row[1])}")
     elif row and row[0] == "active" and landed_in(row[1]):
         fig.landed(f"{label}: inside a statement")
     else:
@@ -87,6 +89,16 @@ def _kill_at_random(db, runner, window, rng, fig, trial, label):
         rc = runner.wait(HANG)
     if rc is None:
         fig.problem("hangs", trial, f"{label}: killed runner pid {runner.pid} did not end")
+
+
+def _concurrent_kind(query: str) -> str:
+    """Name the kind of a CONCURRENTLY statement (for where the faults landed)."""
+    q = " ".join(query.upper().split())
+    for kind in ("REINDEX", "DETACH PARTITION", "DROP INDEX"):
+        if kind in q:
+            return f"{kind} ... CONCURRENTLY"
+    unnamed = "INDEX CONCURRENTLY ON" in q
+    return f"CREATE INDEX CONCURRENTLY{' (unnamed)' if unnamed else ''}"
 
 
 def _after_fault(db, specs, fig, trial, label) -> bool:
@@ -119,19 +131,19 @@ def _after_fault(db, specs, fig, trial, label) -> bool:
 
 
 def test_kill_up_and_down(chaos_db, figures, tmp_path):
-    """kill -9 of sqlmigrate_up at random instants, then of sqlmigrate_down --steps 3; recover each time.
+    """kill -9 of sqlmigrate_up at random instants, then of sqlmigrate_down --steps 4; recover each time.
 
     Each cycle: empty database -> kill an up run -> invariant -> recovery (sqlmigrate_up) ->
-    everything applied -> kill a 'down --steps 3' run -> invariant -> recovery: finish a partly
+    everything applied -> kill a 'down --steps 4' run -> invariant -> recovery: finish a partly
     rolled-back migration with 'sqlmigrate_down --steps 1', then sqlmigrate_up -> everything applied.
     Every tenth runner is a real 'python manage.py' process, the others are forked (see runners.py).
     """
     db, fig = chaos_db, figures
     specs, tree = _tree(tmp_path)
-    up, down = ["sqlmigrate_up", "--dir", tree], ["sqlmigrate_down", "--steps", "3", "--dir", tree]
+    up, down = ["sqlmigrate_up", "--dir", tree], ["sqlmigrate_down", "--steps", "4", "--dir", tree]
     with fig.phase("calibration"):
         up_window, down_window = _windows(db, tree)
-    fig["window_s"] = {"up": round(up_window, 2), "down_steps_3": round(down_window, 2)}
+    fig["window_s"] = {"up": round(up_window, 2), "down_steps_4": round(down_window, 2)}
     for trial in range(trials(30)):
         rng = rng_for("kill", fig["version"], trial)
         how = "manage" if trial % 10 == 0 else "fork"
@@ -359,6 +371,86 @@ def test_mutated_trees(chaos_db, figures, tmp_path):
     assert fig.bad == 0, fig.line() + "\n" + "\n".join(fig["examples"])
 
 
+class _Blocker(threading.Thread):
+    """A session that, once ``table`` exists, holds a conflicting lock on it for ``hold`` seconds."""
+
+    def __init__(self, db, table: str, sql: str, hold: float):
+        super().__init__(daemon=True)
+        self.db, self.table, self.sql, self.hold = db, table, sql, hold
+        self.took: float | None = None  # seconds after start when it held the lock
+        self.error: str | None = None
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            with self.db.cluster.connect(self.db.name, application_name="chaos-blocker") as conn:
+                while conn.execute("SELECT to_regclass(%s)", [self.table]).fetchone()[0] is None:
+                    if time.monotonic() - started > HANG:
+                        return
+                    time.sleep(0.002)
+                conn.execute("BEGIN")
+                conn.execute(self.sql)
+                self.took = time.monotonic() - started
+                time.sleep(self.hold)
+                conn.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 -- reported as a problem of the trial
+            self.error = repr(exc)
+
+
+BLOCKERS = [
+    (
+        "t_11_1",
+        "INSERT INTO t_11_1 (id) VALUES (0)",
+    ),  # a writer: CREATE/REINDEX INDEX CONCURRENTLY wait for it
+    ("t_11_3", "SELECT count(*) FROM t_11_3"),  # a reader of the parent: DETACH ... CONCURRENTLY waits for it
+]
+
+
+def test_lock_blocker(chaos_db, figures, tmp_path):
+    """A session holds a conflicting lock longer than the lock timeout while 011's concurrent statements run.
+
+    The runner (in-process, LOCK_TIMEOUT 200 ms, 2 retries) either outlasts the blocker through its
+    retries or stops with one lock-timeout paragraph; the invariant holds either way (no INVALID index
+    of a recorded migration, no _ccnew/_ccold index, no partition pending detach, except the one
+    statement in flight), and a plain re-run once the blocker is gone applies everything once.
+    """
+    db, fig = chaos_db, figures
+    specs, tree = _tree(tmp_path)
+    for trial in range(trials(12)):
+        rng = rng_for("blocker", fig["version"], trial)
+        table, sql = rng.choice(BLOCKERS)
+        hold = rng.uniform(0.2, 5.0)
+        with fig.phase("reset"):
+            db.reset()
+        fig.add("trials")
+        blocker = _Blocker(db, table, sql, hold)
+        blocker.start()
+        with fig.phase("run"), override_settings(NIXMIG={"LOCK_TIMEOUT": "200ms", "LOCK_RETRIES": 2}):
+            rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", tree)
+        blocker.join(HANG)
+        label = f"{table} held {hold:.1f} s"
+        if blocker.is_alive() or blocker.error:
+            fig.problem("hangs", trial, f"{label}: blocker {blocker.error or 'did not end'}")
+            continue
+        if tb:
+            fig.problem("tracebacks", trial, f"{label}:\n{tb}")
+        elif rc == 0:
+            fig.landed(f"{'writer' if table == 't_11_1' else 'reader'}: outlasted through retries")
+        else:
+            why = one_paragraph_problem(err)
+            if rc != 1 or why:
+                fig.problem("unclear_errors", trial, f"{label}: exit {rc}, {why}:\n{err}")
+            fig.landed(f"{'writer' if table == 't_11_1' else 'reader'}: stopped at a lock timeout")
+            if "Fix the SQL" in err:
+                fig.problem("unclear_errors", trial, f"{label}: a lock timeout told to fix the SQL:\n{err}")
+        if "removed " in err:
+            fig.landed("removed what an attempt left")
+        if not _after_fault(db, specs, fig, trial, "blocker"):
+            continue
+        _recover_up(db, specs, tree, fig, trial, "blocker")
+    assert fig.bad == 0, fig.line() + "\n" + "\n".join(fig["examples"])
+
+
 @pytest.mark.parametrize("k", [0, 1, 3])
 def test_invariant_checker_catches_lies(chaos_db, tmp_path, k):
     """The checker is not a check that can't fail: a record without effects, or effects without a record, are caught."""
@@ -393,3 +485,8 @@ def test_invariant_checker_catches_lies(chaos_db, tmp_path, k):
         assert "core/002_nt_tables (not recorded, up progress 1/6): present but should not be" in problems
     if k == 3:
         assert "core/002_nt_tables (not recorded, up progress 3/6): present but should not be" in problems
+    # A REINDEX CONCURRENTLY leftover on a recorded migration's table:
+    db.conn.execute("CREATE INDEX i_11_2_ccnew ON t_11_1 (w)")
+    assert "ops/011_notx_kinds (recorded): unexpected objects: index:i_11_2_ccnew" in " | ".join(
+        check(specs, db.snap())
+    )

@@ -64,7 +64,7 @@ def test_down_resumes_when_the_drop_index_concurrently_ahead_of_its_progress_alr
     down_file.write_text(
         good.replace("DROP INDEX CONCURRENTLY i_09_2", "DROP INDEX CONCURRENTLY i_09_2_nope")
     )
-    rc, out, err, tb = db.inprocess("sqlmigrate_down", "--steps", "2", "--dir", str(root))
+    rc, out, err, tb = db.inprocess("sqlmigrate_down", "--steps", "3", "--dir", str(root))
     assert (rc, tb) == (1, None), err
     assert [(p["direction"], p["done"]) for p in _progress(db, "search/009_cic_both_ways")] == [("down", 2)]
     # What a kill -9 leaves when statement 3 (DROP INDEX CONCURRENTLY i_09_2) finished but its progress was
