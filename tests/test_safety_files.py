@@ -198,6 +198,28 @@ def test_rerun_drops_an_invalid_index_of_the_same_name_left_from_before(scratch_
     )
 
 
+def test_status_and_check_report_an_invalid_index_on_a_table_the_tree_names_with_its_fix(scratch_db, tree):
+    tree.pair("shop/001_items", "CREATE TABLE items (id int);\nINSERT INTO items VALUES (1), (1);\n", None)
+    assert scratch_db.run("sqlmigrate_up", dir=str(tree))[2] == 0
+    scratch_db.sql("CREATE TABLE elsewhere (id int); INSERT INTO elsewhere VALUES (1), (1)")
+    for table in ("items", "elsewhere"):  # a failed unique build by hand leaves an INVALID index on each
+        with scratch_db.connection.cursor() as cursor, pytest.raises(Exception, match="could not create"):
+            cursor.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {table}_id_key ON {table} (id)")
+
+    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(tree), check=True)
+
+    assert rc == 1
+    assert (
+        "  warning: INVALID index public.items_id_key on items: left by a statement that runs outside a "
+        'transaction and was interrupted or failed; fix it with: DROP INDEX CONCURRENTLY IF EXISTS "public"."items_id_key";'
+    ) in out
+    assert "elsewhere" not in out  # a table no file of the tree names is not this tree's business
+    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(tree), json=True)
+    assert [x["fix"] for x in json.loads(out)["leftovers"]] == [
+        'DROP INDEX CONCURRENTLY IF EXISTS "public"."items_id_key";'
+    ]
+
+
 @pytest.mark.parametrize(
     "statement, what",
     [
