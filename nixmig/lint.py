@@ -624,9 +624,9 @@ def _binary_compatible(old: tuple[str, tuple], new: tuple[str, tuple]) -> bool:
         return bool(om) and len(om) == 2 and len(nm) == 2 and nm[1] == om[1] and nm[0] >= om[0]
     if o == "varbit" and n == "varbit":
         return not nm or (bool(om) and nm[0] >= om[0])
-    if o == "cidr" and n == "inet":
-        return True
-    return False
+    if o == n and o in ("timestamp", "timestamptz", "time", "timetz", "interval"):
+        return not nm or (bool(om) and nm[0] >= om[0])  # more fractional digits: no rewrite
+    return o == "cidr" and n == "inet"
 
 
 _VOLATILE = {

@@ -295,3 +295,12 @@ def test_all_says_which_mode_and_assumptions_it_used(repo):
     out, err, rc = lint_call("--all", dir=str(repo))
     assert rc == 0
     assert "each file as if the ones before it were deployed" in out
+
+
+def test_raising_a_timestamp_precision_is_not_a_rewrite():
+    deployed = "CREATE TABLE t (at timestamp(3), tz timestamptz(0), d interval(2));"
+    widen = "ALTER TABLE t ALTER at TYPE timestamp, ALTER tz TYPE timestamptz(6), ALTER d TYPE interval;"
+    assert rules(deployed, widen, separate=True) == []
+    assert rules(deployed, "ALTER TABLE t ALTER at TYPE timestamp(0);", separate=True) == [
+        "alter-column-type"
+    ]
