@@ -36,6 +36,7 @@ from .plan import (
     resolve,
 )
 from .recorder import NIXMIG_COLUMNS, REQUIRED_COLUMNS, Recorder, TableState
+from .sqlnames import check_schema, ident
 from .tree import ERROR, WARNING, Migration, Problem, Tree
 from .tree import load_tree as _load_tree
 
@@ -234,13 +235,14 @@ def require_schema(connection, schema: str | None, *, create: bool = False) -> N
     """Raise a clear error when the schema of a schema target does not exist (or create it)."""
     if not schema:
         return
+    check_schema(schema, "schema")
     with connection.cursor() as cursor:
         cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", [schema])
         if cursor.fetchone()[0]:
             return
         if create:
             try:
-                cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {connection.ops.quote_name(schema)}")
+                cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
                 return
             except DatabaseError as exc:
                 cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", [schema])

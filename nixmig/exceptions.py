@@ -58,3 +58,7 @@ class SourceTreeError(NixmigError):
 
 class AdoptionError(NixmigError):
     """Another tool's tracking table can't be adopted; nothing was recorded."""
+
+
+class UnsafeName(NixmigError):
+    """A name can't be used in SQL as it is (a schema or table name); nothing was run."""

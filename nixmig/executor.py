@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from django.db import DatabaseError, transaction
 
-from . import conf, notx
+from . import conf, notx, sqlnames
 from .exceptions import MigrationFailed, NixmigError
 from .notx import resume_problem
 from .notxrun import NoTransactionRun
@@ -29,8 +29,9 @@ from .pgerrors import (
     replayable,
 )
 from .plan import Entry, RunOptions
-from .recorder import Recorder, literal
+from .recorder import Recorder
 from .reports import failure
+from .sqlnames import literal
 from .tree import Directives, line_of
 
 if TYPE_CHECKING:  # pglast costs ~30 ms to import; sqlmigrate_status never needs it
@@ -185,7 +186,7 @@ class Executor:
     def search_path(self) -> str:
         """The search_path of a schema target: its schema, then public (for shared objects)."""
         assert self.recorder.schema is not None, "only a schema target has a search_path of its own"
-        return f"{self.connection.ops.quote_name(self.recorder.schema)}, public"
+        return sqlnames.search_path(self.recorder.schema)
 
     def execute_with_retries(
         self, entry: Entry, query: str, *, rollback: bool, finished: Callable[[], bool] | None = None

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from psycopg import sql
+from .sqlnames import ident
 
 if TYPE_CHECKING:  # status reads leftovers and never imports the parser
     from django.db.backends.utils import CursorWrapper
@@ -50,13 +50,13 @@ class Found:
 
 
 def _name(parts: Iterable[str]) -> str:
-    return sql.Identifier(*parts).as_string()
+    return ident(*parts)
 
 
 def _drop(schema: str, name: str) -> Leftover:
     return Leftover(
         f"the INVALID index {schema}.{name}",
-        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name)).as_string(),
+        f"DROP INDEX CONCURRENTLY IF EXISTS {ident(schema, name)}",
     )
 
 
@@ -128,7 +128,7 @@ def _reindex_leftovers(cursor: CursorWrapper, effect: Effect) -> tuple[Leftover,
     cursor.execute(
         _INDEX + "JOIN pg_class t ON t.oid = i.indrelid "
         f"WHERE NOT i.indisvalid AND c.relname ~ %(cc)s AND {where} ORDER BY c.oid",
-        {"name": name, "schema": sql.Identifier(effect.relation[0]).as_string(), "cc": _CC},
+        {"name": name, "schema": ident(effect.relation[0]), "cc": _CC},
     )
     return tuple(_drop(r[0], r[1]) for r in cursor.fetchall())
 
@@ -143,10 +143,8 @@ def _detach(cursor: CursorWrapper, effect: Effect) -> Found:
     exists, pending = cursor.fetchone()
     label = ".".join(effect.name)
     if pending:
-        fix = sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
-            sql.Identifier(*effect.relation), sql.Identifier(*effect.name)
-        )
-        left = Leftover(f"the partition {label} pending detach", fix.as_string(), finishes=True)
+        fix = f"ALTER TABLE {ident(*effect.relation)} DETACH PARTITION {ident(*effect.name)} FINALIZE"
+        left = Leftover(f"the partition {label} pending detach", fix, finishes=True)
         return Found(False, (left,), f"the partition {label} is still pending detach")
     if exists and pending is None:
         return Found(True)
@@ -200,15 +198,13 @@ def catalog_leftovers(
         if not named & words or (schema is not None and nsp != schema):
             continue
         if kind == "detach":
-            fix = sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE;").format(
-                sql.Identifier(nsp, table), sql.Identifier(part_schema, name)
-            )
+            fix = f"ALTER TABLE {ident(nsp, table)} DETACH PARTITION {ident(part_schema, name)} FINALIZE;"
             what = f"partition {part_schema}.{name} pending detach from {nsp}.{table}"
-            out.append(CatalogLeftover(what, table, fix.as_string()))
+            out.append(CatalogLeftover(what, table, fix))
             continue
         what = f"{'INVALID ' if not valid else ''}index {nsp}.{name} on {table}"
         if re.search(_CC, name):
             what += " (left by an interrupted REINDEX CONCURRENTLY)"
-        drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {};").format(sql.Identifier(nsp, name))
-        out.append(CatalogLeftover(what, table, drop.as_string()))
+        drop = f"DROP INDEX CONCURRENTLY IF EXISTS {ident(nsp, name)};"
+        out.append(CatalogLeftover(what, table, drop))
     return out

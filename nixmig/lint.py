@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from .exceptions import DatabaseUnavailable, LintError, NixmigError
+from .sqlnames import ident
 from .tree import SqlFile, Tree, line_of
 
 ERROR, WARNING, INFO, OFF = "error", "warning", "info", "off"
@@ -530,7 +531,7 @@ def _fast_rel(m: re.Match, first: int) -> Rel:
 
 
 def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    return ident(name)
 
 
 @dataclass(frozen=True)

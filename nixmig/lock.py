@@ -26,6 +26,7 @@ from django.db import DatabaseError
 
 from . import conf
 from .exceptions import LockTimeout, NixmigError
+from .sqlnames import literal
 
 if TYPE_CHECKING:
     from django.db.backends.postgresql.base import DatabaseWrapper
@@ -85,7 +86,7 @@ class MigrationLock:
         with self.connection.cursor() as cursor:
             cursor.execute("SET application_name = %s", [self.application_name()])
             if self.connection.pg_version >= 140000:
-                cursor.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_INTERVAL!r}")
+                cursor.execute(f"SET client_connection_check_interval = {literal(CLIENT_CHECK_INTERVAL)}")
             cursor.execute("SELECT hashtextextended(%s || current_database(), 0)", [f"nixmig:{self.table}:"])
             self.key = cursor.fetchone()[0]
         started = time.monotonic()

@@ -11,6 +11,8 @@ from typing import Any
 
 from . import __version__
 from .exceptions import PlanError
+from .sqlnames import literal
+from .sqlnames import table as quoted_table
 from .tree import ERROR, INFO, WARNING, Migration, Problem, SqlFile, Tree
 
 APPLIED = "applied"
@@ -441,10 +443,11 @@ def describe_partial(entry: Entry) -> str:
 
 def _duplicate(label: str, first: AppliedRecord, rec: AppliedRecord, table: str) -> Problem:
     """Explain a second row for one migration, with the SQL that removes it."""
+    table = quoted_table(table)
     return Problem(
         f"The tracking table records {label} twice (rows {first.row_id} and {rec.row_id}), as two runners racing "
         f"without a lock can leave it (the Go migrator takes none). Delete the later row, DELETE FROM {table} WHERE "
-        f"id = {rec.row_id}; and run again.",
+        f"id = {int(rec.row_id)}; and run again.",
         None,
         ERROR,
         "duplicate_record",
@@ -456,14 +459,16 @@ def _ambiguous(rec: AppliedRecord, candidates: list[Migration], table: str) -> P
     # The Go migrator kept one file per bare name in a map: the last one its lexical directory walk read.
     kept = max(candidates, key=lambda m: m.up.relpath.split("/"))
     others = [m for m in candidates if m is not kept]
+    table = quoted_table(table)
     return Problem(
         f"The tracking table's row {rec.row_id} names {rec.name!r} without a module, and files of that name exist "
         f"in {len(candidates)} modules ({', '.join(m.id for m in candidates)}), so nixmig can't tell which one was "
         f"applied. The Go migrator only ever knew one file per name, the last its directory walk read, so most "
         f"likely {kept.id} ran and {', '.join(m.id for m in others)} never did; check the schema. Then record the "
         f"module: ALTER TABLE {table} ADD COLUMN IF NOT EXISTS module VARCHAR; UPDATE {table} SET module = "
-        f"'{kept.module}' WHERE id = {rec.row_id}; (for another module whose file did run too: INSERT INTO {table} "
-        f"(name, module, applied_at) VALUES ('{rec.name}', '{others[0].module}', now());) and run again.",
+        f"{literal(kept.module)} WHERE id = {int(rec.row_id)}; (for another module whose file did run too: INSERT "
+        f"INTO {table} (name, module, applied_at) VALUES ({literal(rec.name)}, {literal(others[0].module)}, now());) "
+        "and run again.",
         None,
         ERROR,
         "ambiguous_record",

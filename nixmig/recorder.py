@@ -20,8 +20,9 @@ from zoneinfo import ZoneInfo
 from django.db import DatabaseError, transaction
 
 from . import conf
-from .exceptions import TrackingTableError
+from .exceptions import TrackingTableError, UnsafeName
 from .plan import AppliedRecord, Progress, Status
+from .sqlnames import check_schema, ident, literal, split_table, values
 from .tree import Migration
 
 if TYPE_CHECKING:
@@ -73,15 +74,6 @@ class TableState:
         return self.exists and not set(NIXMIG_COLUMNS) <= self.columns
 
 
-def literal(value: str | None) -> str:
-    """Quote a string as an SQL literal (standard_conforming_strings is on since PostgreSQL 9.1)."""
-    if value is None:
-        return "NULL"
-    if "\\" in value or "\x00" in value:
-        raise ValueError(f"refusing to quote {value!r}")
-    return "'" + value.replace("'", "''") + "'"
-
-
 class Recorder:
     """Read and write the tracking table of one database connection."""
 
@@ -89,18 +81,19 @@ class Recorder:
         self.connection = connection
         self.table = table or conf.table()
         self.schema = schema  # a schema target: the tables live there, and migrations run with it first
-        if schema:
-            self.table = f"{schema}.{self.table.rsplit('.', 1)[-1]}"
-        quote = connection.ops.quote_name
-        parts = self.table.split(".")
-        if not all(parts) or len(parts) > 2:
+        try:
+            parts = split_table(self.table)
+        except UnsafeName:
             raise TrackingTableError(
                 f"NIXMIG['TABLE'] = {self.table!r} is not a table name; use 'migrations' "
                 "or 'schema.migrations'."
-            )
-        self.qtable = ".".join(quote(p) for p in parts)
-        self.qprogress = ".".join(quote(p) for p in parts[:-1] + [parts[-1] + "_progress"])
-        self.index_name = quote(parts[-1] + "_module_name_key")
+            ) from None
+        if schema:
+            parts = (check_schema(schema, "schema"), parts[-1])
+            self.table = ".".join(parts)
+        self.qtable = ident(*parts)
+        self.qprogress = ident(*parts[:-1], parts[-1] + "_progress")
+        self.index_name = ident(parts[-1] + "_module_name_key")
 
     # -- reading -------------------------------------------------------------------------
 
@@ -200,10 +193,10 @@ class Recorder:
 
     def adopt_sql(self, legacy: tuple[tuple[AppliedRecord, Migration], ...]) -> str:
         """Return SQL that fills module and checksum of bare-name rows, keeping id, name and applied_at."""
-        values = ", ".join(f"({r.row_id}, {literal(m.module)}, {literal(m.checksum)})" for r, m in legacy)
+        rows = values((int(r.row_id), m.module, m.checksum) for r, m in legacy)
         return (
             f"UPDATE {self.qtable} AS t SET module = v.module, checksum = v.checksum "
-            f"FROM (VALUES {values}) AS v(id, module, checksum) WHERE t.id = v.id"
+            f"FROM (VALUES {rows}) AS v(id, module, checksum) WHERE t.id = v.id"
         )
 
     def progress_table_sql(self) -> str:
@@ -286,7 +279,7 @@ class Recorder:
     def progress_error_sql(self, migration: Migration, direction: str, error: str) -> str:
         """SQL that keeps why the statement after the last one done failed."""
         return (
-            f"UPDATE {self.qprogress} SET error = {literal(error.replace(chr(92), '/'))}, updated_at = now() "
+            f"UPDATE {self.qprogress} SET error = {literal(error.replace(chr(0), ''))}, updated_at = now() "
             f"WHERE module = {literal(migration.module)} AND name = {literal(migration.name)} "
             f"AND direction = {literal(direction)}"
         )
@@ -338,11 +331,11 @@ class Recorder:
         """
         if not rows:
             return 0
-        values = ", ".join(["(%s, %s, %s, COALESCE(%s, now()))"] * len(rows))
+        placeholders = ", ".join(["(%s, %s, %s, COALESCE(%s, now()))"] * len(rows))
         params = [p for m, applied_at in rows for p in (m.name, m.module, m.checksum, applied_at)]
         with self.connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {self.qtable} (name, module, checksum, applied_at) VALUES {values} "
+                f"INSERT INTO {self.qtable} (name, module, checksum, applied_at) VALUES {placeholders} "
                 f"ON CONFLICT (module, name) DO NOTHING",
                 params,
             )

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from . import conf
+from . import conf, sqlnames
 
 Key = tuple[str, str]
 
@@ -524,9 +524,7 @@ class Difference:
 
 def nixmig_tables(table: str | None = None) -> tuple[str, ...]:
     """Return nixmig's own tables (tracking, progress, verify results), as quoted regclass names."""
-    parts = (table or conf.table()).split(".")
-    schema = [f'"{p}"' for p in parts[:-1]]
-    return tuple(".".join(schema + [f'"{parts[-1]}{suffix}"']) for suffix in ("", "_progress", "_verify"))
+    return tuple(sqlnames.table(table or conf.table(), suffix) for suffix in ("", "_progress", "_verify"))
 
 
 def take(

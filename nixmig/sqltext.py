@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pglast import parser
 
 from .exceptions import TreeError
+from .sqlnames import ident
 from .tree import SqlFile, line_of
 
 # Statements PostgreSQL refuses inside a transaction block.
@@ -179,7 +180,7 @@ def _classify(node_name: str, node: dict) -> tuple[str | None, str | None]:
 
 
 def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    return ident(name)
 
 
 def _built_index(node_name: str, node: dict) -> tuple[str, str] | None:

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.db import DatabaseError, connections
 
-from . import conf, databases
-from .exceptions import NixmigError
+from . import conf, databases, sqlnames
+from .exceptions import NixmigError, UnsafeName
 
 CANARY = "[canary]"
 URL_SCHEMES = ("postgres://", "postgresql://", "pgsql://")
@@ -86,25 +86,11 @@ class Selection:
 
 
 def check_schema_name(name: str, where: str) -> str:
-    """Return ``name`` if PostgreSQL can have a schema by that name that nixmig can use, else raise."""
-    name = name.strip()
-    problem = (
-        "is empty"
-        if not name
-        else "contains a '.'"
-        if "." in name
-        else "is longer than 63 bytes"
-        if len(name.encode()) > 63
-        else "contains a NUL or a line break"
-        if any(c in name for c in "\x00\n\r")
-        else ""
-    )
-    if problem:
-        raise TargetError(
-            f"{where}: the schema name {name!r} {problem}; nixmig keeps each schema's tracking table "
-            "as <schema>.<table>, so use a plain name (e.g. tenant_0001)."
-        )
-    return name
+    """Return ``name`` if it can be the schema of a target (see ``sqlnames.schema_problem``), else raise."""
+    try:
+        return sqlnames.check_schema(name, where)
+    except UnsafeName as exc:
+        raise TargetError(str(exc)) from None
 
 
 def parse_targets(text: str, source: str = "the targets file") -> list[TargetSpec]:

@@ -48,6 +48,7 @@ from django.db import DatabaseError, connections
 from . import api, conf, databases
 from .exceptions import NixmigError
 from .lint import skipped
+from .sqlnames import ident
 
 Callback = Callable[..., None]
 
@@ -96,7 +97,7 @@ class Outcome:
 
 
 def _quote(connection, name: str) -> str:
-    return connection.ops.quote_name(name)
+    return ident(name)
 
 
 def _has_relation(connection, name: str) -> bool:

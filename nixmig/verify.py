@@ -30,7 +30,7 @@ from pathlib import Path
 import psycopg
 from django.db import DatabaseError, connections
 
-from . import api, conf, databases, pgerrors, snapshot
+from . import api, conf, databases, pgerrors, snapshot, sqlnames
 from .exceptions import MigrationFailed, NixmigError
 from .tree import Migration, Tree
 
@@ -376,7 +376,9 @@ class ScratchDatabase:
         for attempt in range(20):
             try:
                 with admin.cursor() as cursor:
-                    cursor.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+                    cursor.execute(
+                        f"CREATE DATABASE {sqlnames.ident(name)} TEMPLATE {sqlnames.ident(template)}"
+                    )
                 return
             except DatabaseError as exc:
                 if (
@@ -389,7 +391,8 @@ class ScratchDatabase:
                 url = conf.get("VERIFY_DATABASE_URL")
                 where = "NIXMIG['VERIFY_DATABASE_URL']" if url else f"database {self.database!r}"
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                user = admin.settings_dict.get("USER") or "<role>"
+                user = admin.settings_dict.get("USER")
+                user = sqlnames.ident(user) if user else "<role>"
                 raise ScratchDatabaseError(
                     f"Can't create the scratch database {name} on the server of {where} ({first}). "
                     f"sqlmigrate_verify needs a role that may create databases: grant it with "
@@ -406,7 +409,7 @@ class ScratchDatabase:
         databases.forget(self.alias)
         if self.created:
             with connections[self.admin_alias].cursor() as cursor:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+                cursor.execute(f"DROP DATABASE IF EXISTS {sqlnames.ident(self.name)} WITH (FORCE)")
             self.created = False
 
     def renew(self) -> None:
@@ -418,7 +421,7 @@ class ScratchDatabase:
     def _drop_template(self) -> None:
         if self.template is not None:
             with connections[self.admin_alias].cursor() as cursor:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)')
+                cursor.execute(f"DROP DATABASE IF EXISTS {sqlnames.ident(self.template)} WITH (FORCE)")
             self.template = None
 
     def drop(self) -> None:
@@ -781,7 +784,7 @@ def _close(run: _Run, keep: bool) -> None:
         run.emit(
             "warning",
             message=f"could not drop the scratch database {name} ({first}); drop it by hand: "
-            f'DROP DATABASE "{name}"',
+            f"DROP DATABASE {sqlnames.ident(name)}",
         )
 
 
@@ -1074,9 +1077,7 @@ class VerifyStore:
 
     def __init__(self, connection, table: str | None = None):
         self.connection = connection
-        parts = (table or conf.table()).split(".")
-        quote = connection.ops.quote_name
-        self.qtable = ".".join([quote(p) for p in parts[:-1]] + [quote(parts[-1] + "_verify")])
+        self.qtable = sqlnames.table(table or conf.table(), "_verify")
 
     def create_sql(self) -> str:
         return (

@@ -284,7 +284,7 @@ def test_tracking_table_with_a_duplicated_row_is_refused_with_the_delete_to_run(
     proc = _cmd(scratch_db, "sqlmigrate_up", "--dir", str(tree))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "records auth/001_users twice" in proc.stderr
-    assert f"DELETE FROM migrations WHERE id = {row};" in proc.stderr
+    assert f'DELETE FROM "migrations" WHERE id = {row};' in proc.stderr
     assert "roles" not in scratch_db.tables()
 
 

@@ -226,7 +226,7 @@ def test_without_the_right_to_create_databases_it_says_how_to_fix_it(scratch_db,
         assert rc == 2
         assert err.startswith("Can't create the scratch database nixmig_verify_")
         assert "permission denied to create database" in err
-        assert f"ALTER ROLE {role} CREATEDB" in err and "NIXMIG['VERIFY_DATABASE_URL']" in err
+        assert f'ALTER ROLE "{role}" CREATEDB' in err and "NIXMIG['VERIFY_DATABASE_URL']" in err
     finally:
         connections[alias].close()
         del connections[alias]

@@ -26,7 +26,8 @@ from datetime import datetime
 
 from django.db import DatabaseError, transaction
 
-from ..exceptions import AdoptionError
+from .. import sqlnames
+from ..exceptions import AdoptionError, UnsafeName
 from .readers import Source, flyway_version_key
 
 DEFAULT_TABLES = {
@@ -58,10 +59,12 @@ class SourceState:
 
 
 def _quote_table(connection, table: str) -> str:
-    parts = table.split(".")
-    if not all(parts) or len(parts) > 2:
-        raise AdoptionError(f"{table!r} is not a table name; pass --source-table as 'name' or 'schema.name'.")
-    return ".".join(connection.ops.quote_name(p) for p in parts)
+    try:
+        return sqlnames.table(table)
+    except UnsafeName:
+        raise AdoptionError(
+            f"{table!r} is not a table name; pass --source-table as 'name' or 'schema.name'."
+        ) from None
 
 
 def read_source_state(connection, source: Source, table: str | None = None) -> SourceState:

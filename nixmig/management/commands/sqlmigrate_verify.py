@@ -4,7 +4,7 @@ import threading
 
 from django.core.management.base import CommandError
 
-from nixmig import verify
+from nixmig import sqlnames, verify
 from nixmig.exceptions import NixmigError
 from nixmig.management.base import NixmigCommand
 
@@ -208,7 +208,7 @@ class Command(NixmigCommand):
         if report.kept:
             out.write(
                 f"Kept the scratch database {report.scratch} (--keep); drop it with "
-                f'DROP DATABASE "{report.scratch}".'
+                f"DROP DATABASE {sqlnames.ident(report.scratch)}."
             )
         if self.verbosity >= 2 and report.snapshots:
             out.write(

@@ -1,0 +1,306 @@
+"""Security: names and values reach SQL only through nixmig.sqlnames; untrusted schema names can't run SQL."""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from nixmig import api, sqlnames
+from nixmig.exceptions import NixmigError, UnsafeName
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "nixmig"
+
+# A schema name that closes the quoted identifier if its '"' is not doubled, then drops a table.
+EVIL = 'x"; DROP TABLE victim; --'
+EVIL_NO_SPACE = 'x";DROP/**/TABLE/**/victim;--'  # a targets file splits fields on white space
+
+
+def run(command: str, **options) -> tuple[str, str, int]:
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command(command, stdout=out, stderr=err, **options)
+        rc = 0
+    except CommandError as exc:
+        err.write(str(exc))
+        rc = exc.returncode
+    return out.getvalue(), err.getvalue(), rc
+
+
+@pytest.fixture
+def victim(scratch_db):
+    """A table that an injected statement would drop; the test asserts it survives."""
+    scratch_db.sql("CREATE TABLE public.victim (id int); INSERT INTO public.victim VALUES (1)")
+
+    def alive() -> bool:
+        return scratch_db.value("SELECT count(*) FROM public.victim") == 1
+
+    return alive
+
+
+@pytest.fixture
+def small_tree(tree):
+    tree.pair("core/001_things", "CREATE TABLE things (id int);\n", "DROP TABLE things;\n")
+    return tree
+
+
+def schema_migrated(db, schema: str) -> bool:
+    """True when ``schema`` exists and holds the tree's table and a tracking row for it."""
+    found = db.value("SELECT to_regclass(%s) IS NOT NULL", [sqlnames.ident(schema, "things")])
+    rows = db.value(f"SELECT count(*) FROM {sqlnames.ident(schema, 'migrations')}") if found else 0
+    return bool(found) and rows == 1
+
+
+# -- the module itself --------------------------------------------------------------------------
+
+
+def test_identifiers_are_quoted_with_inner_quotes_doubled():
+    assert sqlnames.ident("a") == '"a"'
+    assert sqlnames.ident('x"y') == '"x""y"'
+    assert sqlnames.ident("s", "t") == '"s"."t"'
+    assert sqlnames.table("nx.migrations", "_progress") == '"nx"."migrations_progress"'
+
+
+def test_literals_are_quoted_and_backslashes_kept():
+    assert sqlnames.literal("it's") == "'it''s'"
+    assert sqlnames.literal(None) == "NULL"
+    assert sqlnames.literal("a\\b").strip() == "E'a\\\\b'"
+    with pytest.raises(UnsafeName):
+        sqlnames.literal("a\x00b")
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("", "is empty"),
+        ("a.b", "contains a '.'"),
+        ("tenant\n", "contains a control character"),
+        ("ten\x00ant", "contains a control character"),
+        ("ten\u202eant", "contains a control character"),
+        (" tenant", "starts or ends with white space"),
+        ("x" * 64, "is longer than 63 bytes"),
+        ("pg_tenant", "starts with 'pg_'"),
+    ],
+)
+def test_unusable_schema_names_are_refused_with_the_reason(name, problem):
+    with pytest.raises(UnsafeName) as caught:
+        sqlnames.check_schema(name, "--schema")
+    assert str(caught.value).startswith(f"--schema: the schema name {name!r} {problem}")
+
+
+def test_quotes_and_semicolons_in_schema_names_are_allowed_because_they_are_quoted():
+    assert sqlnames.check_schema(EVIL, "--schema") == EVIL
+
+
+# -- injection through each way a schema name comes in -------------------------------------------
+
+
+def test_schemas_from_a_query_cannot_inject_sql(scratch_db, small_tree, victim):
+    scratch_db.sql("CREATE TABLE tenants (name text); INSERT INTO tenants VALUES (%s), ('plain')", [EVIL])
+    out, err, rc = run(
+        "sqlmigrate_up",
+        dir=str(small_tree),
+        database=[scratch_db.alias],
+        schemas_query="SELECT name FROM tenants ORDER BY name",
+        create_schemas=True,
+    )
+    assert victim(), err
+    assert rc == 0, err
+    assert schema_migrated(scratch_db, EVIL)
+    assert schema_migrated(scratch_db, "plain")
+    assert scratch_db.value("SELECT count(*) FROM pg_namespace WHERE nspname = 'x'") == 0
+
+
+def test_a_schema_option_cannot_inject_sql(scratch_db, small_tree, victim):
+    out, err, rc = run(
+        "sqlmigrate_up", dir=str(small_tree), database=[scratch_db.alias], schemas=[EVIL], create_schemas=True
+    )
+    assert victim(), err
+    assert rc == 0, err
+    assert schema_migrated(scratch_db, EVIL)
+    out, err, rc = run("sqlmigrate_down", dir=str(small_tree), database=[scratch_db.alias], schemas=[EVIL])
+    assert victim(), err
+    assert rc == 0, err
+    assert scratch_db.value("SELECT to_regclass(%s)", [sqlnames.ident(EVIL, "things")]) is None
+
+
+def test_a_targets_file_cannot_inject_sql(scratch_db, small_tree, victim, tmp_path):
+    targets = tmp_path / "targets.txt"
+    targets.write_text(f"{scratch_db.alias}:{EVIL_NO_SPACE}\n{scratch_db.url} {EVIL_NO_SPACE}2\n")
+    out, err, rc = run("sqlmigrate_up", dir=str(small_tree), targets_file=str(targets), create_schemas=True)
+    assert victim(), err
+    assert rc == 0, err
+    assert schema_migrated(scratch_db, EVIL_NO_SPACE)
+    assert schema_migrated(scratch_db, EVIL_NO_SPACE + "2")
+
+
+def test_the_tracking_table_setting_cannot_inject_sql(scratch_db, small_tree, victim, settings):
+    name = 'migrations"; DROP TABLE victim; --'
+    settings.NIXMIG = {**settings.NIXMIG, "TABLE": name}
+    out, err, rc = run("sqlmigrate_up", dir=str(small_tree), database=[scratch_db.alias])
+    assert victim(), err
+    assert rc == 0, err
+    assert scratch_db.value(f"SELECT count(*) FROM public.{sqlnames.ident(name)}") == 1
+    out, err, rc = run("sqlmigrate_status", dir=str(small_tree), database=[scratch_db.alias])
+    assert rc == 0, err
+    assert " [X] 001_things" in out
+    assert victim()
+
+
+def test_a_schema_name_with_a_line_break_is_refused_before_anything_runs(scratch_db, small_tree, victim):
+    scratch_db.sql("CREATE TABLE tenants (name text); INSERT INTO tenants VALUES ('ok'), (E'bad\\nname')")
+    out, err, rc = run(
+        "sqlmigrate_up",
+        dir=str(small_tree),
+        database=[scratch_db.alias],
+        schemas_query="SELECT name FROM tenants",
+        create_schemas=True,
+    )
+    assert rc == 1
+    assert (
+        f"--schemas-from on database {scratch_db.alias!r}: the schema name 'bad\\nname' contains a control"
+        in err
+    )
+    assert "Traceback" not in err
+    assert scratch_db.value("SELECT count(*) FROM pg_namespace WHERE nspname IN ('ok', E'bad\\nname')") == 0
+    assert victim()
+
+
+def test_the_api_refuses_an_unusable_schema_name(scratch_db, small_tree):
+    with pytest.raises(NixmigError) as caught:
+        api.migrate_up(directory=small_tree.path, database=scratch_db.alias, schema="a.b", create_schema=True)
+    assert "the schema name 'a.b' contains a '.'" in str(caught.value)
+    assert scratch_db.value("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'a%%'") == 0
+
+
+# -- no identifier formatting into SQL outside nixmig.sqlnames --------------------------------------
+
+SQL_WORDS = re.compile(
+    r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|TRUNCATE|COMMENT ON|GRANT|FROM|INTO|SET|RESET|"
+    r"SCHEMA|TABLE|DATABASE|INDEX|search_path)\b"
+)
+# What an f-string that holds SQL may interpolate: names built by sqlnames, numbers, and other SQL.
+SAFE_CALLS = {"ident", "literal", "table", "quoted_table", "search_path", "values", "int", "len", "q"}
+SAFE_NAMES = {
+    # attributes and variables that hold the result of sqlnames.ident/table (checked where they are set)
+    "qtable",
+    "qprogress",
+    "index_name",
+    "quoted",
+    "table",  # plan.py: table = quoted_table(table) just before
+    "rows",  # recorder.adopt_sql: rows = values(...)
+    "hashes_sql",  # recorder.progress_sql: literal(list) + '::text[]'
+    "placeholders",  # recorder.record_adopted: '(%s, %s, ...)' for parameters
+    "extra",  # recorder.read: column names from NIXMIG_COLUMNS, a constant
+    "path",  # executor._settings: search_path(...) or ''
+    "scope",  # executor._settings: 'SET' or 'SET LOCAL'
+    "prefix",
+    "body",
+    "query",
+    "sql",
+    "finish",
+    "after",
+    "flight",
+    "settings",
+    "suffix",
+    "values",
+    "i",  # snapshot: an enumerate() index
+    "cat",  # snapshot: a catalog name from the constant _TRACKED
+}
+
+
+def _expression_is_safe(node: ast.expr) -> bool:
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.Call):
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        return name in SAFE_CALLS
+    if isinstance(node, ast.Name):
+        return node.id in SAFE_NAMES or node.id.isupper()  # a module constant (e.g. _LOCAL_TIME)
+    if isinstance(node, ast.Attribute):
+        return node.attr in SAFE_NAMES
+    if isinstance(node, ast.IfExp):
+        return _expression_is_safe(node.body) and _expression_is_safe(node.orelse)
+    if isinstance(node, ast.BinOp):
+        return _expression_is_safe(node.left) and _expression_is_safe(node.right)
+    if isinstance(node, ast.JoinedStr):
+        return all(_expression_is_safe(v.value) for v in node.values if isinstance(v, ast.FormattedValue))
+    return False
+
+
+def _sql_fstring_findings(path: Path, root: Path = ROOT) -> list[str]:
+    source = path.read_text(encoding="utf-8")
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name not in ("execute", "executemany") or not node.args:
+            continue
+        for sub in ast.walk(node.args[0]):
+            if isinstance(sub, ast.JoinedStr):
+                text = "".join(v.value for v in sub.values if isinstance(v, ast.Constant))
+                if SQL_WORDS.search(text) and not _expression_is_safe(sub):
+                    found.append(
+                        f"{path.relative_to(root)}:{sub.lineno}: {ast.get_source_segment(source, sub)}"
+                    )
+            elif isinstance(sub, ast.BinOp) and isinstance(sub.op, ast.Mod):
+                found.append(f"{path.relative_to(root)}:{sub.lineno}: %-formatting of a query")
+            elif isinstance(sub, ast.Call) and getattr(sub.func, "attr", "") == "format":
+                found.append(f"{path.relative_to(root)}:{sub.lineno}: str.format of a query")
+    return found
+
+
+HAND_QUOTING = [
+    (re.compile(r"quote_name\s*\("), "Django's quote_name (does not double a '\"' inside a name)"),
+    (re.compile(r"""replace\(\s*(['"])(\\?"|')\1\s*,"""), "hand-written quote doubling"),
+    (
+        re.compile(r"""f(['"]).*?\\?"\{[^}]+\}\\?".*?\1"""),
+        "a name in hand-written double quotes",
+    ),  # SQL lines
+    (re.compile(r"""'"'\s*\+|\+\s*'"'"""), "a name concatenated with '\"'"),
+    (re.compile(r"def literal\("), "a home-made literal()"),
+    (re.compile(r"\bsql\.(Identifier|Literal)\b"), "psycopg.sql used directly (use nixmig.sqlnames)"),
+]
+
+
+def _hand_quoting_findings(path: Path, root: Path = ROOT) -> list[str]:
+    found = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for pattern, what in HAND_QUOTING:
+            if pattern.search(line) and (what != HAND_QUOTING[2][1] or SQL_WORDS.search(line)):
+                found.append(f"{path.relative_to(root)}:{number}: {what}: {line.strip()}")
+    return found
+
+
+def nixmig_sources() -> list[Path]:
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if p.name != "sqlnames.py"]
+
+
+def test_no_identifier_or_value_is_formatted_into_sql_outside_sqlnames():
+    found = [
+        f for path in nixmig_sources() for f in _sql_fstring_findings(path) + _hand_quoting_findings(path)
+    ]
+    assert found == [], "Build these with nixmig.sqlnames:\n" + "\n".join(found)
+
+
+def test_the_source_check_finds_the_old_ways_of_quoting(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "def f(cursor, connection, schema, name):\n"
+        '    cursor.execute(f"CREATE SCHEMA {connection.ops.quote_name(schema)}")\n'
+        '    cursor.execute(f"SET search_path = {schema}")\n'
+        '    cursor.execute("DROP TABLE %s" % name)\n'
+        '    return "\'" + name.replace("\'", "\'\'") + "\'"\n'
+    )
+    found = _sql_fstring_findings(bad, tmp_path) + _hand_quoting_findings(bad, tmp_path)
+    assert [f.split(":")[1] for f in found] == ["2", "3", "4", "2", "5"]
+
