@@ -4,9 +4,25 @@ The table is created by nixmig itself (any sqlmigrate_* command), not by Django'
 ``migrate``, so the model is unmanaged: ``manage.py migrate`` before or after never fails.
 """
 
+from django.core.signals import setting_changed
 from django.db import models
+from django.dispatch import receiver
 
-from . import conf
+from . import conf, sqlnames
+from .exceptions import UnsafeName
+
+
+def tracking_db_table() -> str:
+    """Return NIXMIG['TABLE'] quoted ('"nx"."migrations"'), so Django reads a schema-qualified table.
+
+    Django quotes a db_table only when it is not quoted already; unquoted, 'nx.migrations'
+    would be one name with a dot in it. A name that isn't a table name is left as it is:
+    every command refuses it with a clear message.
+    """
+    try:
+        return sqlnames.table(conf.table())
+    except UnsafeName:
+        return str(conf.table())
 
 
 class MigrationRecord(models.Model):
@@ -21,7 +37,7 @@ class MigrationRecord(models.Model):
 
     class Meta:
         managed = False
-        db_table = conf.table()
+        db_table = tracking_db_table()
         ordering = ["-applied_at", "-id"]
         verbose_name = "applied SQL migration"
         default_permissions = ("view",)
@@ -32,3 +48,10 @@ class MigrationRecord(models.Model):
     @property
     def migration_id(self) -> str:
         return f"{self.module}/{self.name}" if self.module else self.name
+
+
+@receiver(setting_changed)
+def follow_the_table_setting(setting: str, **kwargs) -> None:
+    """Keep the model on NIXMIG['TABLE'] when tests change it (override_settings)."""
+    if setting == "NIXMIG":
+        MigrationRecord._meta.db_table = tracking_db_table()

@@ -304,3 +304,29 @@ def test_the_source_check_finds_the_old_ways_of_quoting(tmp_path):
     found = _sql_fstring_findings(bad, tmp_path) + _hand_quoting_findings(bad, tmp_path)
     assert [f.split(":")[1] for f in found] == ["2", "3", "4", "2", "5"]
 
+
+# -- a schema-qualified tracking table in the admin ------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_a_schema_qualified_tracking_table(admin_client, tree, settings):
+    from django.db import connection
+
+    from nixmig.recorder import Recorder
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    tree.pair("core/001_things", "CREATE TABLE things (id int);\n", "DROP TABLE things;\n")
+    tree.pair("core/002_more", "CREATE TABLE more (id int);\n", "DROP TABLE more;\n")
+    settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path), "TABLE": "nx.migrations"}
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE SCHEMA nx")
+    recorder = Recorder(connection)
+    recorder.ensure_schema(recorder.read())
+    recorder.record_applied(api.load_tree(tree.path).get("core/001_things"))
+    response = admin_client.get("/admin/nixmig/migrationrecord/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "001_things" in html
+    assert "core/002_more" in html  # pending
+    record_id = connection.cursor().execute('SELECT id FROM "nx"."migrations"').fetchone()[0]
+    assert admin_client.get(f"/admin/nixmig/migrationrecord/{record_id}/change/").status_code == 200
