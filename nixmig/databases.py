@@ -9,6 +9,9 @@ app label ``nixmig``, which databases take SQL migrations at all.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -105,3 +108,64 @@ def forget(alias: str) -> None:
         with contextlib.suppress(AttributeError):  # no connection was made in this thread
             del connections[alias]
         del connections.settings[alias]
+
+
+# -- database URLs: parsed by dj-database-url, shown without their password ------------------------
+
+_PASSWORD_PARAM = re.compile(r"([?&])password=[^&#]*&?", re.IGNORECASE)
+_url_aliases: dict[str, str] = {}  # URL (with its password, in memory only) -> its temporary alias
+_alias_numbers = itertools.count(1)
+_alias_lock = threading.Lock()
+
+
+def without_password(url: str) -> str:
+    """Return ``url`` with any password removed, for output and reports.
+
+    Also when the URL is malformed: everything between '://' and the last '@' is user
+    information, and only its user name (before the first ':') is kept, so a password with an
+    unescaped '/', '@' or '#' never shows. A ``password=`` query parameter is dropped too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _PASSWORD_PARAM.sub(r"\1", url).rstrip("?&")
+    if "@" in rest:
+        userinfo, rest = rest.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        rest = f"{user}@{rest}" if user else rest
+    shown = f"{scheme}://{rest}"
+    return _PASSWORD_PARAM.sub(r"\1", shown).rstrip("?&") if "password=" in shown.lower() else shown
+
+
+def parse_url(url: str, where: str) -> dict:
+    """Return the DATABASES entry of a PostgreSQL URL, or raise a NixmigError that shows no password."""
+    import dj_database_url
+
+    try:
+        settings = dj_database_url.parse(url)
+    except ValueError:
+        raise NixmigError(
+            f"{where}: can't read the database URL {without_password(url)!r}; write it as "
+            "postgres://user:password@host:port/name, with any '/', '@', ':', '#' or '%' in the user "
+            "name or password percent-encoded (e.g. '/' as %2F)."
+        ) from None
+    if not settings.get("NAME"):
+        raise NixmigError(
+            f"{where}: the database URL {without_password(url)!r} names no database; end it with "
+            "/<database name>."
+        )
+    return complete(settings)
+
+
+def register_url(url: str, where: str, prefix: str = "nixmig_target") -> str:
+    """Register a temporary alias for a database URL; return it (the same URL gets the same alias).
+
+    The alias is numbered, never derived from the URL: it shows in errors and reports, and a
+    hash of a URL with its password would let a weak password be found offline.
+    """
+    settings = parse_url(url, where)
+    with _alias_lock:
+        alias = _url_aliases.get(url)
+        if alias is None or alias not in connections.settings:
+            alias = f"{prefix}_{next(_alias_numbers)}"
+            _url_aliases[url] = alias
+        return register(alias, settings)

@@ -391,11 +391,24 @@ def write_report(path: str | Path, rollout: Rollout, **extra) -> None:
 
 def rerun_keys(path: str | Path) -> list[str]:
     """Return the targets of a report that failed, were interrupted or did not start, in its order."""
+    return rerun_targets(path)[0]
+
+
+def rerun_targets(path: str | Path) -> tuple[list[str], dict | None]:
+    """Return the report's targets to run again, and the target options its run was given.
+
+    The options (None in a report of an older nixmig) let --only-failed select the targets the
+    way the first run did, so credentials come from where they came from then (settings, the
+    targets file, the environment), never from the report, which holds none.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         rows = data["targets"]
-        return [row["target"] for row in rows if row["status"] in RERUN]
+        sources = data.get("sources")
+        if sources is not None and not isinstance(sources, dict):
+            raise TypeError("'sources' is not an object")
+        return [row["target"] for row in rows if row["status"] in RERUN], sources
     except OSError as exc:
         raise ReportError(
             f"Can't read the report {path} ({exc.strerror or exc}); give --only-failed the file "

@@ -15,16 +15,15 @@ ignored. Parsing a file needs no database (``parse_targets``).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from django.db import DatabaseError, connections
 
 from . import conf, databases, sqlnames
+from .databases import without_password
 from .exceptions import NixmigError, UnsafeName
 
 CANARY = "[canary]"
@@ -93,6 +92,11 @@ def check_schema_name(name: str, where: str) -> str:
         raise TargetError(str(exc)) from None
 
 
+def _shown(line: str) -> str:
+    """Return a targets-file line as an error may show it: any URL in it without its password."""
+    return " ".join(without_password(field) for field in line.split())
+
+
 def parse_targets(text: str, source: str = "the targets file") -> list[TargetSpec]:
     """Parse the lines of a targets file; raise a TargetError naming the file and line of a bad one."""
     specs = []
@@ -107,7 +111,7 @@ def parse_targets(text: str, source: str = "the targets file") -> list[TargetSpe
             fields = fields[:-1]
         if not fields or len(fields) > 2 or any(f.startswith("[") for f in fields):
             raise TargetError(
-                f"{where}: {raw.strip()!r} is not a target. Write one per line: 'alias', "
+                f"{where}: {_shown(raw)!r} is not a target. Write one per line: 'alias', "
                 "'alias:schema', 'URL' or 'URL schema', optionally followed by '[canary]'."
             )
         database, schema = fields[0], fields[1] if len(fields) == 2 else None
@@ -126,40 +130,19 @@ def parse_targets(text: str, source: str = "the targets file") -> list[TargetSpe
             database, _, schema = database.partition(":")
             schema = schema or None
             if not database:
-                raise TargetError(f"{where}: {raw.strip()!r} names no database alias before the ':'.")
+                raise TargetError(f"{where}: {_shown(raw)!r} names no database alias before the ':'.")
         if schema is not None:
             schema = check_schema_name(schema, where)
         specs.append(TargetSpec(database, schema, canary, number))
     return specs
 
 
-def without_password(url: str) -> str:
-    """Return ``url`` with any password removed (for reports and output)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
-
-
 def register_url(url: str, where: str) -> str:
     """Register a temporary Django alias for a database URL; return the alias."""
-    import dj_database_url
-
     try:
-        settings = dj_database_url.parse(url)
-    except ValueError as exc:
-        raise TargetError(
-            f"{where}: can't read the database URL {without_password(url)!r} ({exc})."
-        ) from None
-    if not settings.get("NAME"):
-        raise TargetError(
-            f"{where}: the database URL {without_password(url)!r} names no database; end it with "
-            "/<database name>."
-        )
-    alias = "nixmig_target_" + hashlib.sha256(url.encode()).hexdigest()[:12]
-    return databases.register(alias, databases.complete(settings))
+        return databases.register_url(url, where)
+    except NixmigError as exc:
+        raise TargetError(str(exc)) from None
 
 
 def _from_specs(specs: Iterable[TargetSpec], source: str, temporary: list[str]) -> list[Target]:
@@ -315,7 +298,18 @@ def _select(
 
 
 def from_keys(keys: Iterable[str], source: str) -> Selection:
-    """Return the targets named by report keys (the targets-file syntax), e.g. for --only-failed."""
+    """Return the targets named by report keys (the targets-file syntax), e.g. for --only-failed.
+
+    Database aliases only: a report keeps a URL without its password, so a URL key is refused
+    rather than connected to without the credentials the first run had.
+    """
+    urls = [k for k in keys if "://" in k]
+    if urls:
+        raise TargetError(
+            f"{source} names database URL targets ({', '.join(urls[:3])}{', ...' if len(urls) > 3 else ''}), "
+            "and a report keeps no passwords; nothing was run. Give --only-failed the target options "
+            "of the first run too (e.g. the same --targets-file), so the credentials come from there."
+        )
     temporary: list[str] = []
     try:
         specs = parse_targets("\n".join(keys), source)

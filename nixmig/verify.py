@@ -359,10 +359,10 @@ class ScratchDatabase:
     def _server(self) -> None:
         url = conf.get("VERIFY_DATABASE_URL")
         if url:
-            import dj_database_url
-
             self.server_alias = f"{self.prefix}_server"
-            databases.register(self.server_alias, databases.complete(dj_database_url.parse(str(url))))
+            databases.register(
+                self.server_alias, databases.parse_url(str(url), "NIXMIG['VERIFY_DATABASE_URL']")
+            )
             self.admin_alias = self.server_alias
 
     def _settings(self, name: str) -> dict:

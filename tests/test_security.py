@@ -330,3 +330,173 @@ def test_the_admin_lists_a_schema_qualified_tracking_table(admin_client, tree, s
     assert "core/002_more" in html  # pending
     record_id = connection.cursor().execute('SELECT id FROM "nx"."migrations"').fetchone()[0]
     assert admin_client.get(f"/admin/nixmig/migrationrecord/{record_id}/change/").status_code == 200
+
+
+# -- secrets: URLs without password, aliases not derived from secrets, --only-failed credentials -----
+
+PASSWORD = "S3cr/t@pw"  # a '/' and an '@': both must be percent-encoded in a URL
+
+
+@pytest.fixture(scope="module")
+def password_server():
+    """A private PostgreSQL that checks passwords (scram) for the role tenant_owner; stopped by pid."""
+    import os
+
+    from pgcluster import Cluster, _ensure_user, available_versions, suite_version
+
+    version = suite_version()
+    bindir, user = available_versions().get(version, (None, None))
+    if bindir is None:
+        pytest.skip(f"no PostgreSQL {version} binaries to start a private server with password checks")
+    if os.geteuid() == 0:
+        _ensure_user(user)
+    cluster = Cluster(version, bindir, user, max_connections=20)
+    try:
+        cluster.init()
+        (cluster.data / "pg_hba.conf").write_text("local all postgres trust\nlocal all all scram-sha-256\n")
+        cluster.start()
+        with cluster.connect() as conn:
+            conn.execute(f"CREATE ROLE tenant_owner LOGIN PASSWORD {sqlnames.literal(PASSWORD)}")
+            conn.execute("CREATE DATABASE tenants OWNER tenant_owner")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def tenant_url(cluster, password: str = PASSWORD) -> str:
+    from urllib.parse import quote
+
+    return (
+        f"postgres://tenant_owner:{quote(password, safe='')}@{quote(str(cluster.socket_dir), safe='')}:"
+        f"{cluster.port}/tenants"
+    )
+
+
+def test_the_private_server_really_checks_the_password(password_server):
+    import psycopg
+
+    where = {"host": str(password_server.socket_dir), "port": password_server.port, "dbname": "tenants"}
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(user="tenant_owner", connect_timeout=5, **where).close()
+    psycopg.connect(user="tenant_owner", password=PASSWORD, connect_timeout=5, **where).close()
+
+
+def test_only_failed_takes_the_password_from_the_targets_file_not_the_report(
+    password_server, small_tree, tmp_path, django_db_blocker
+):
+    import hashlib
+    import json
+
+    url = tenant_url(password_server)
+    with password_server.connect("tenants") as conn:
+        conn.execute(
+            "CREATE SCHEMA t1 AUTHORIZATION tenant_owner; CREATE SCHEMA t2 AUTHORIZATION tenant_owner; "
+            "CREATE TABLE t2.things (id int)"  # owned by postgres: t2's 001 fails
+        )
+    targets = tmp_path / "targets.txt"
+    targets.write_text(f"{url} t1\n{url} t2\n")
+    report = tmp_path / "report.json"
+    with django_db_blocker.unblock():
+        out, err, rc = run(
+            "sqlmigrate_up",
+            dir=str(small_tree),
+            targets_file=str(targets),
+            report=str(report),
+            on_error="continue",
+        )
+    assert rc == 1, err
+    text = out + err + report.read_text()
+    assert "S3cr" not in text and "S3cr%2Ft%40pw" not in text
+    assert hashlib.sha256(url.encode()).hexdigest()[:12] not in text
+    statuses = {t["target"].rsplit(" ", 1)[1]: t["status"] for t in json.loads(report.read_text())["targets"]}
+    assert statuses == {"t1": "done", "t2": "failed"}, out + err
+
+    with password_server.connect("tenants") as conn:
+        conn.execute("DROP TABLE t2.things")
+    again = tmp_path / "again.json"
+    with django_db_blocker.unblock():
+        out, err, rc = run("sqlmigrate_up", dir=str(small_tree), only_failed=str(report), report=str(again))
+    assert rc == 0, err
+    assert [t["status"] for t in json.loads(again.read_text())["targets"]] == ["done"]
+    assert "S3cr" not in out + err + again.read_text()
+    with password_server.connect("tenants") as conn:
+        assert conn.execute("SELECT count(*) FROM t2.migrations").fetchone()[0] == 1
+
+
+def test_a_url_report_of_an_older_nixmig_is_refused_rather_than_run_without_password(tmp_path):
+    import json
+
+    report = tmp_path / "old.json"
+    report.write_text(
+        json.dumps({"targets": [{"target": "postgres://u@db.example/app t1", "status": "failed"}]})
+    )
+    out, err, rc = run("sqlmigrate_up", dir=str(tmp_path), only_failed=str(report))
+    assert rc == 1
+    assert (
+        "names database URL targets (postgres://u@db.example/app t1), and a report keeps no passwords" in err
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://owner:se/cret@127.0.0.1:1/app",  # an unescaped '/': not a URL dj-database-url reads
+        "postgres://owner:se#cret@127.0.0.1:1/app",
+        "postgres://owner:se/cret@127.0.0.1:1",  # and no database either
+    ],
+)
+def test_a_url_that_cant_be_read_is_shown_without_its_password(url, tmp_path):
+    targets = tmp_path / "targets.txt"
+    targets.write_text(url + "\n")
+    out, err, rc = run("sqlmigrate_status", dir=str(tmp_path), targets_file=str(targets))
+    assert rc == 1
+    assert "cret" not in out + err
+    assert "Traceback" not in err
+    assert f"{targets} line 1: can't read the database URL 'postgres://owner@127.0.0.1:1" in err
+
+
+def test_a_verify_database_url_that_cant_be_read_is_shown_without_its_password(
+    scratch_db, small_tree, settings
+):
+    settings.NIXMIG = {**settings.NIXMIG, "VERIFY_DATABASE_URL": "postgres://owner:se/cret@127.0.0.1:1/x"}
+    out, err, rc = scratch_db.run("sqlmigrate_verify", dir=str(small_tree))
+    assert rc == 2, out + err  # verify's exit code when it can't run at all
+    assert "cret" not in out + err
+    assert (
+        "NIXMIG['VERIFY_DATABASE_URL']: can't read the database URL 'postgres://owner@127.0.0.1:1/x'" in err
+    )
+
+
+def test_url_aliases_are_numbered_and_never_mix_credentials():
+    from django.db import connections
+
+    from nixmig import databases
+
+    a = "postgres://u:one@127.0.0.1:1/app"
+    b = "postgres://u:two@127.0.0.1:1/app"
+    try:
+        alias_a, alias_b = databases.register_url(a, "t"), databases.register_url(b, "t")
+        assert databases.register_url(a, "t") == alias_a != alias_b
+        assert re.fullmatch(r"nixmig_target_\d+", alias_a)
+        assert connections.settings[alias_a]["PASSWORD"] == "one"
+        assert connections.settings[alias_b]["PASSWORD"] == "two"
+    finally:
+        databases.forget(alias_a)
+        databases.forget(alias_b)
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgres://u:pw@db:5433/app", "postgres://u@db:5433/app"),
+        ("postgres://u:se/cr@t@db/app", "postgres://u@db/app"),
+        ("postgres://u@db/app", "postgres://u@db/app"),
+        ("postgres://:pw@db/app", "postgres://db/app"),
+        ("postgres://db/app?sslmode=require&password=pw", "postgres://db/app?sslmode=require"),
+        ("postgres://db/app?password=pw", "postgres://db/app"),
+    ],
+)
+def test_urls_are_shown_without_any_password(url, shown):
+    from nixmig.databases import without_password
+
+    assert without_password(url) == shown

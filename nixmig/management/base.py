@@ -7,6 +7,7 @@ import io
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
@@ -271,14 +272,37 @@ class NixmigCommand(BaseCommand):
         only_failed = options.get("only_failed")
         if not only_failed:
             return target_sources.select(**sources)
-        keys = rollouts.rerun_keys(only_failed)
-        if not any(sources.values()):
-            return target_sources.from_keys(keys, only_failed)
-        selection = target_sources.select(**sources, use_setting=False)
+        keys, recorded = rollouts.rerun_targets(only_failed)
+        given = any(sources.values())
+        if not given:
+            if recorded is None:  # a report of an older nixmig: aliases only (a URL key has no password)
+                return target_sources.from_keys(keys, only_failed)
+            sources = {k: recorded.get(k) for k in sources}
+            sources["schemas"] = sources["schemas"] or ()
+            sources["all_databases"] = bool(sources["all_databases"])
+        selection = target_sources.select(**sources, use_setting=not given)
+        found = {t.key for t in selection.targets}
         wanted = set(keys)
         selection.targets = [t for t in selection.targets if t.key in wanted]
-        selection.skipped = []
+        selection.skipped = [
+            (key, f"it failed in {only_failed}, but the target options no longer select it")
+            for key in keys
+            if key not in found
+        ]
         return selection
+
+    @staticmethod
+    def target_options(options: dict) -> dict:
+        """Return the target options of this run, as a report keeps them for --only-failed."""
+        return {
+            "database": options.get("database"),
+            "all_databases": bool(options.get("all_databases")),
+            "schemas": list(options.get("schemas") or ()),
+            "schemas_query": options.get("schemas_query"),
+            "targets_file": str(Path(options["targets_file"]).resolve())
+            if options.get("targets_file")
+            else None,
+        }
 
     def for_each_target(
         self,
@@ -426,6 +450,7 @@ class NixmigCommand(BaseCommand):
                 result,
                 command=type(self).__module__.rsplit(".", 1)[-1],
                 directory=str(options.get("directory") or "") or None,
+                sources=self.target_options(options),
             )
         self.render_rollout(result, compact, done_label)
         if finish is not None:
