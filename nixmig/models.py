@@ -53,5 +53,7 @@ class MigrationRecord(models.Model):
 @receiver(setting_changed)
 def follow_the_table_setting(setting: str, **kwargs) -> None:
     """Keep the model on NIXMIG['TABLE'] when tests change it (override_settings)."""
-    if setting == "NIXMIG":
+    if setting == "NIXMIG" and MigrationRecord._meta.db_table != tracking_db_table():
         MigrationRecord._meta.db_table = tracking_db_table()
+        for f in MigrationRecord._meta.concrete_fields:
+            f.__dict__.pop("cached_col", None)  # Field.cached_col keeps the table it was first used with
