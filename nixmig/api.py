@@ -7,8 +7,10 @@ Twins of the Nixopus Go migrator's API: ``load_tree`` (LoadMigrations), ``migrat
 
 from __future__ import annotations
 
+import bisect
 import functools
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -24,8 +26,10 @@ from .executor import Executor, RunOptions
 from .lock import MigrationLock
 from .plan import (
     APPLIED,
+    CHANGED,
     PARTIAL,
     PARTLY_APPLIED,
+    PARTLY_ROLLED_BACK,
     PENDING,
     AppliedRecord,
     Entry,
@@ -529,6 +533,11 @@ class Session:
         self._status: Status | None = None
         self._last_row_id = 0  # the highest tracking-table id seen: _fetch reads the rows after it
         self._unfetched: list[int] = []  # positions of entries applied here whose rows are not read yet
+        # Indexes over the kept entries that let a step plan in time proportional to its plan:
+        self._counts: Counter[str] = Counter()  # entries per state
+        self._pending: list[int] = []  # positions of pending and partly applied entries, ascending
+        self._order: list[int] = []  # positions of recorded entries, oldest row first
+        self._errors = False  # a problem that refuses every plan (see Status.raise_for_errors)
         self._last_applied = -1  # position of the last entry (in run order) with a record
 
     # -- opening and closing -----------------------------------------------------------------
@@ -593,24 +602,13 @@ class Session:
         allow_out_of_order: bool = False,
     ) -> RunResult:
         """Apply pending migrations in order (all, or up to and including ``to``); see ``migrate_up``."""
-        return self._step(
-            "up",
-            lambda status: plan_up(
-                status, to=to, allow_changed=allow_changed, allow_out_of_order=allow_out_of_order
-            ),
-            fake,
-            atomic,
-        )
+        return self._step("up", lambda: self._plan_up(to, allow_changed, allow_out_of_order), fake, atomic)
 
     def down(
         self, steps: int | None = 1, *, to: str | None = None, everything: bool = False, fake: bool = False
     ) -> RunResult:
         """Roll back the most recently applied migrations (``steps``, down ``to`` one, or ``everything``)."""
-        return self._step(
-            "down",
-            lambda status: plan_down(status, steps=steps, to=to, everything=everything, fake=fake),
-            fake,
-        )
+        return self._step("down", lambda: self._plan_down(steps, to, everything, fake), fake)
 
     def refresh(self) -> Status:
         """Read the tracking table again (after a change made outside the session) and return the status."""
@@ -634,16 +632,51 @@ class Session:
                 "Open a new session; sqlmigrate_status shows what is applied."
             )
 
+    def _plan_up(self, to: str | None, allow_changed: bool, allow_out_of_order: bool) -> list[Entry]:
+        """``plan_up`` on the kept state, in time proportional to what it returns.
+
+        The usual plan is read off the kept indexes; anything plan_up would refuse is left to
+        plan_up itself, so the refusal and its message are exactly the one-call function's.
+        """
+        counts, target = self._counts, None
+        if to is not None:
+            target = self._position.get(to.strip().strip("/"))
+        usual = not self._errors and not counts[PARTLY_ROLLED_BACK] and (allow_changed or not counts[CHANGED])
+        if usual and (to is None or target is not None):
+            end = len(self._entries) if target is None else target + 1
+            chosen = [self._entries[p] for p in self._pending[: bisect.bisect_left(self._pending, end)]]
+            if allow_out_of_order or not any(e.out_of_order for e in chosen):
+                return chosen
+        return plan_up(
+            self._current(), to=to, allow_changed=allow_changed, allow_out_of_order=allow_out_of_order
+        )
+
+    def _plan_down(self, steps: int | None, to: str | None, everything: bool, fake: bool) -> list[Entry]:
+        """``plan_down`` on the kept state, in time proportional to what it returns (see _plan_up)."""
+        counts = self._counts
+        if (
+            steps is not None
+            and steps >= 1
+            and to is None
+            and not everything
+            and not self._errors
+            and not counts[PARTLY_APPLIED]
+            and not counts[PARTLY_ROLLED_BACK]
+        ):
+            chosen = [self._entries[p] for p in reversed(self._order[-steps:])]
+            if fake or all(e.migration is not None and e.migration.reversible for e in chosen):
+                return chosen
+        return plan_down(self._current(), steps=steps, to=to, everything=everything, fake=fake)
+
     def _step(
-        self, direction: str, make_plan: Callable[[Status], list[Entry]], fake: bool, atomic: bool = False
+        self, direction: str, make_plan: Callable[[], list[Entry]], fake: bool, atomic: bool = False
     ) -> RunResult:
         self._usable()
         started = time.perf_counter()
         try:
             if direction == "down":
                 self._fetch()  # a rollback removes rows by id
-            current = self._current()
-            entries = make_plan(current)
+            entries = make_plan()
             prepared = _prepare(self.tree, entries, direction, fake)
             for check in _plan_checks:  # e.g. the linter: may raise to refuse the plan; nothing has run yet
                 check(
@@ -661,18 +694,18 @@ class Session:
                 database=self.database,
                 fake=fake,
                 schema=self.schema,
-                skipped=sum(1 for e in current.entries if e.record is not None) - len(entries)
+                skipped=len(self._order) - len(entries)
                 if direction == "down"
-                else len(current.with_state("applied", "changed")),
+                else self._counts[APPLIED] + self._counts[CHANGED],
             )
             self.emit("plan", direction=direction, entries=entries, fake=fake)
             table = self._table
             if not entries:
-                if not table.exists or table.needs_upgrade or current.legacy:
-                    self._ensure_schema(current)  # adopt a Go migrator's table even with nothing to run
+                if not table.exists or table.needs_upgrade or self._legacy:
+                    self._ensure_schema()  # adopt a Go migrator's table even with nothing to run
                 result.seconds = time.perf_counter() - started
                 return result
-            self._ensure_schema(current)
+            self._ensure_schema()
         except DatabaseError as exc:  # nothing of the plan ran
             self._after_failure()
             raise _unavailable(exc, self.database) from None
@@ -729,14 +762,21 @@ class Session:
         self._position = {e.id: i for i, e in enumerate(self._entries)}
         self._problems, self._legacy, self._status = current.problems, current.legacy, current
         self._last_row_id = max((r.row_id for r in table.records), default=self._last_row_id)
-        self._last_applied = max((i for i, e in enumerate(self._entries) if e.record is not None), default=-1)
+        entries = self._entries
+        self._last_applied = max((i for i, e in enumerate(entries) if e.record is not None), default=-1)
+        self._counts = Counter(e.state for e in entries)
+        self._pending = [i for i, e in enumerate(entries) if e.state in (PENDING, PARTLY_APPLIED)]
+        self._order = sorted(
+            (i for i, e in enumerate(entries) if e.record), key=lambda i: entries[i].recorded.row_id
+        )
+        self._errors = any(p.level == ERROR for p in self._problems)
 
-    def _ensure_schema(self, current: Status) -> None:
+    def _ensure_schema(self) -> None:
         """Create or upgrade the tracking table once, before the first step that writes to it."""
         table = self._table
-        if table.exists and not table.needs_upgrade and not current.legacy:
+        if table.exists and not table.needs_upgrade and not self._legacy:
             return
-        self.recorder.ensure_schema(table, current)
+        self.recorder.ensure_schema(table, self._current())
         if table.exists:  # upgraded, or a Go migrator's rows adopted: read what they became (once)
             self._read()
         else:
@@ -751,23 +791,43 @@ class Session:
         if any(e.progress is not None or e.state in PARTIAL for e in done):
             self._read()  # a resumed no-transaction file: its progress and warnings change too
             return
-        changed: dict[int, Entry] = {}
+        changed: set[int] = set()
         if direction == "up":
             for e in done:  # their rows' ids are fetched when needed, in one query (see _fetch)
                 position = self._position[e.id]
                 self._unfetched.append(position)
                 record = AppliedRecord(0, e.name, e.module, _NOT_READ, e.files.checksum)
-                changed[position] = replace(e, state=APPLIED, record=record, out_of_order=False)
+                self._set(position, replace(e, state=APPLIED, record=record, out_of_order=False))
+                self._order.append(position)  # the newest row
+                changed.add(position)
         else:
             if any(e.migration is None for e in done):
                 self._read()  # a missing migration's record removed (--fake): its entry goes away
                 return
-            for e in done:
-                changed[self._position[e.id]] = replace(e, state=PENDING, record=None, out_of_order=False)
-        for position, entry in changed.items():
-            self._entries[position] = entry
+            rolled_back = [self._position[e.id] for e in done]
+            for position in rolled_back:
+                self._set(
+                    position, replace(self._entries[position], state=PENDING, record=None, out_of_order=False)
+                )
+                changed.add(position)
+            if self._order[-len(rolled_back) :] == rolled_back[::-1]:
+                del self._order[-len(rolled_back) :]  # the newest rows, as a rollback always takes
+            else:
+                self._order = [p for p in self._order if p not in changed]
         self._status = None
-        self._mark_out_of_order(set(changed))
+        self._mark_out_of_order(changed)
+
+    def _set(self, position: int, entry: Entry) -> None:
+        """Put ``entry`` at ``position``, keeping the state counts and the pending positions right."""
+        old = self._entries[position]
+        self._counts[old.state] -= 1
+        self._counts[entry.state] += 1
+        was, now = old.state in (PENDING, PARTLY_APPLIED), entry.state in (PENDING, PARTLY_APPLIED)
+        if was and not now:
+            del self._pending[bisect.bisect_left(self._pending, position)]
+        elif now and not was:
+            bisect.insort(self._pending, position)
+        self._entries[position] = entry
 
     def _mark_out_of_order(self, changed: set[int]) -> None:
         """Recompute the out-of-order flags that a step can change: those between the old and new last applied."""

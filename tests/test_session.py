@@ -15,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 
 from nixmig import api
 from nixmig.exceptions import MigrationFailed, NixmigError, PlanError
+from nixmig.plan import plan_down, plan_up
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -153,16 +154,26 @@ def test_up_down_and_status_in_one_session(scratch_db, tree):
 
 
 def test_random_sequences_keep_the_session_equal_to_the_database(scratch_db, tree):
+    """Random steps: each plans what plan_up / plan_down plan on a fresh read, and leaves the same state."""
     _write(tree, 10)
     ids = _ids(tree)
     rng = random.Random(20)
     with api.session(scratch_db.alias, directory=str(tree)) as s:
-        for _ in range(25):
-            applied = sum(1 for e in s.status().entries if e.record is not None)
+        for _ in range(30):
+            fresh = api.status(tree=s.tree, database=scratch_db.alias, create_table=False)
+            applied = sum(1 for e in fresh.entries if e.record is not None)
             if applied and rng.random() < 0.45:
-                s.down(steps=rng.randint(1, applied))
+                steps = rng.randint(1, applied)
+                expected, result = plan_down(fresh, steps=steps), s.down(steps=steps)
             else:
-                s.up(to=rng.choice(ids), fake=rng.random() < 0.3)
+                to = rng.choice(ids)
+                if rng.random() < 0.2:
+                    to = to.split("/")[1]  # a bare name: found as the one-call functions find it
+                expected, result = plan_up(fresh, to=to), s.up(to=to, fake=rng.random() < 0.3)
+            assert [e.id for e in result.planned] == [e.id for e in expected]
+            assert result.skipped == (
+                applied - len(expected) if result.direction == "down" else len(fresh.with_state("applied"))
+            )
             _agrees(s, scratch_db)
 
 
