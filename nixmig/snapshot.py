@@ -444,6 +444,7 @@ def _definitions_sql(partial: bool) -> str:
     )
 
 
+_FLUSH = "SELECT pg_stat_force_next_flush()"
 _FULL_SQL = _definitions_sql(False)
 _PARTIAL_SQL = _definitions_sql(True)
 
@@ -563,10 +564,11 @@ def take(
     try:
         raw.prepare_threshold = 0 if reuse else None
         with psycopg.Cursor(raw) as cursor:
-            if (row_counts or reuse) and version >= 150000:
+            if row_counts and not reuse and version >= 150000:
                 # This backend's statistics (rows written and deleted, catalogs included) reach the
                 # shared statistics at its next idle point, at most once a second: make it the next one.
-                cursor.execute("SELECT pg_stat_force_next_flush()", prepare=False)
+                # (An incremental snapshot sends this in the same round trip as its first query.)
+                cursor.execute(_FLUSH, prepare=False)
             if reuse and raw not in _GENERIC:
                 # and read statistics straight from shared memory, not by first copying every
                 # table's entry of the whole cluster (stats_fetch_consistency = cache)
@@ -584,24 +586,31 @@ def _take(
     reuse = previous is not None
     if reuse:
         before = [previous._written.get(cat) if version >= 150000 else None for cat in _SCANNED]
-        known = list(previous._counts.items()) if previous.rows is not None else []
-        cursor.execute(
-            _CHANGES,
-            [
-                list(excluded),
-                previous._since,
-                before,
-                [oid for oid, _ in known],
-                [c[1] for _, c in known],
-                row_counts,
-                previous._since,
-                previous._since,
-            ],
-            prepare=True,
-        )
+        known = previous._counts if previous.rows is not None else {}
+        # One round trip: the statistics flush, then (after the idle point that flushes them) the changes.
+        first = _batch(
+            cursor,
+            [(_FLUSH, None, False)] if version >= 150000 else [],
+            sync=True,
+            last=(
+                _CHANGES,
+                [
+                    list(excluded),
+                    previous._since,
+                    _array(before),
+                    _array(known),
+                    _array(c[1] for c in known.values()),
+                    row_counts,
+                    previous._since,
+                    previous._since,
+                ],
+                True,
+            ),
+        )[-1]
         members = {cat: dict(previous._members.get(cat, {})) for cat in _TRACKED}
     else:
         cursor.execute(_MEMBERS, [list(excluded), None, None, row_counts, None, None], prepare=True)
+        first = cursor.fetchall()
         members = {cat: {} for cat in _TRACKED}
     dirty: set = set()
     new_rows: list = []
@@ -609,7 +618,7 @@ def _take(
     deleted: dict = {}
     written: dict = {}
     since = None
-    for cat, oid, grp, n, name, regclass in cursor.fetchall():
+    for cat, oid, grp, n, name, regclass in first:
         if cat == "writes":
             writes[oid] = (n, name, regclass)
         elif cat == "deleted":
@@ -627,12 +636,18 @@ def _take(
     if reuse:
         dirty.update(_deleted_groups(cursor, members, deleted, previous._deleted, version))
         dirty.discard(None)
-        cursor.execute(_PARTIAL_SQL, [list(excluded), sorted(dirty), True], prepare=True)
+        definitions = (_PARTIAL_SQL, [list(excluded), _array(sorted(dirty)), True], True)
     else:
-        cursor.execute(_FULL_SQL, [list(excluded), [], False], prepare=True)
+        definitions = (_FULL_SQL, [list(excluded), [], False], True)
+    # One round trip: the definitions, and the row counts of the tables written since.
+    stale = [(oid, *known) for oid, known in writes.items()] if row_counts else []
+    chunks = [stale[i : i + 500] for i in range(0, len(stale), 500)]  # one query per 500 tables: small plans
+    *counted, defined = _batch(
+        cursor, [(_count_sql(chunk), None, False) for chunk in chunks], last=definitions
+    )
     fresh: dict = {}
     reread: set = set()
-    for grp, kind, name, definition in cursor.fetchall():
+    for grp, kind, name, definition in defined:
         if kind is None:
             reread.add(grp)
         else:
@@ -647,13 +662,15 @@ def _take(
         grp,
     ) in new_rows:  # every new row, ours or not (a toast table): deletions are then counted exactly
         members[cat][oid] = grp
-    objects: dict[Key, str] = {}
-    for group in groups.values():
-        objects.update(group)
+    objects = _objects(groups, previous)
     rows = counts = None
     if row_counts:
         old = previous._counts if reuse and previous.rows is not None else {}
-        counts = _count_rows(cursor, writes, old, groups)
+        counts = {oid: known for oid, known in old.items() if oid in groups}
+        for chunk, found in zip(chunks, counted, strict=True):
+            for i, count in found:
+                oid, inserted, name, quoted = chunk[i]
+                counts[oid] = (name, inserted, count, quoted)
         rows = {name: count for name, _, count, _ in counts.values()}
     return Snapshot(
         objects,
@@ -707,45 +724,84 @@ def _deleted_groups(cursor, members: dict, deleted: dict, before: dict, version:
     return gone
 
 
+# Which of the given oids no longer exist, per tracked catalog (an empty array for a catalog not probed).
+_PROBE = " UNION ALL ".join(
+    f"SELECT {i}, x FROM unnest(%s::oid[]) AS x WHERE NOT EXISTS (SELECT 1 FROM {cat} WHERE oid = x)"
+    for i, cat in enumerate(_TRACKED)
+)
+
+
 def _probe(cursor, oids: dict[str, list]) -> dict[str, list]:
-    """Return, per catalog, which of these oids no longer exist there (one query)."""
-    cats = [cat for cat, some in oids.items() if some]
-    if not cats:
+    """Return, per catalog, which of these oids no longer exist there (one prepared query)."""
+    if not any(oids.values()):
         return {}
-    cursor.execute(
-        " UNION ALL ".join(
-            f"SELECT {i}, x FROM unnest(%s::oid[]) AS x WHERE NOT EXISTS (SELECT 1 FROM {cat} WHERE oid = x)"
-            for i, cat in enumerate(cats)
-        ),
-        [oids[cat] for cat in cats],
-        prepare=False,
-    )
+    cursor.execute(_PROBE, [_array(oids.get(cat, ())) for cat in _TRACKED], prepare=True)
     out: dict[str, list] = {}
     for i, oid in cursor.fetchall():
-        out.setdefault(cats[i], []).append(oid)
+        out.setdefault(_TRACKED[i], []).append(oid)
     return out
 
 
-def _count_rows(cursor, writes: dict, old: dict, groups: dict) -> dict:
-    """Return {table oid: (name, rows written, row count, quoted name)}.
+def _array(values: Iterable[int | None]) -> str:
+    """An array of integers as its text form: psycopg dumps a list element by element, in Python."""
+    return "{" + ",".join("NULL" if v is None else str(int(v)) for v in values) + "}"
 
-    ``writes`` holds the tables written, truncated or renamed since ``old`` (all of them when
-    there is no ``old``): only those are counted again; tables that are gone are dropped.
+
+def _objects(groups: dict, previous: Snapshot | None) -> dict[Key, str]:
+    """Return every object of ``groups``: the previous snapshot's, less the groups read again, plus those.
+
+    Falls back to building it whole when an object belongs to two groups (then which one wins
+    depends on the order), so the result is always the one the whole build gives.
     """
-    counts = {oid: known for oid, known in old.items() if oid in groups}
-    stale = [(oid, written, name, quoted) for oid, (written, name, quoted) in writes.items()]
-    for start in range(0, len(stale), 500):  # one query per 500 tables keeps the plan small
-        chunk = stale[start : start + 500]
-        cursor.execute(
-            " UNION ALL ".join(
-                f"SELECT {i}, count(*) FROM ONLY {quoted}" for i, (_, _, _, quoted) in enumerate(chunk)
-            ),
-            prepare=False,
-        )
-        for i, count in cursor.fetchall():
-            oid, written, name, quoted = chunk[i]
-            counts[oid] = (name, written, count, quoted)
-    return counts
+    kept = previous._groups if previous is not None else {}
+    if kept:
+        objects = dict(previous.objects)
+        for g, group in kept.items():
+            if groups.get(g) is not group:  # read again, or gone
+                for key in group:
+                    objects.pop(key, None)
+        for g, group in groups.items():
+            if kept.get(g) is not group:
+                objects.update(group)
+        if len(objects) == sum(map(len, groups.values())):
+            return objects
+    objects = {}
+    for group in groups.values():
+        objects.update(group)
+    return objects
+
+
+def _count_sql(chunk: list) -> str:
+    """The query that counts the rows of the tables of ``chunk`` (oid, written, name, quoted name)."""
+    return " UNION ALL ".join(
+        f"SELECT {i}, count(*) FROM ONLY {quoted}" for i, (_, _, _, quoted) in enumerate(chunk)
+    )
+
+
+def _batch(cursor, queries: list[tuple], *, last: tuple, sync: bool = False) -> list[list]:
+    """Run ``queries`` and then ``last`` (each: sql, params, prepare) in one round trip; return their rows.
+
+    They go through one pipeline, each on a cursor of its own; ``sync`` ends the implicit transaction
+    after each, so the server reaches an idle point in between (where it flushes its statistics).
+    Without pipeline support in the driver's libpq they run one after the other.
+    """
+    raw = cursor.connection
+    todo = [*queries, last]
+    cursors = [psycopg.Cursor(raw) for _ in queries] + [cursor]
+    try:
+        if not psycopg.Pipeline.is_supported():
+            for cur, (sql, params, prepare) in zip(cursors, todo, strict=True):
+                cur.execute(sql, params, prepare=prepare)
+        else:
+            with raw.pipeline() as pipeline:
+                for cur, (sql, params, prepare) in zip(cursors, todo, strict=True):
+                    cur.execute(sql, params, prepare=prepare)
+                    if sync:
+                        pipeline.sync()
+        return [cur.fetchall() for cur in cursors]
+    finally:
+        for cur in cursors[:-1]:
+            cur.close()
 
 
 def diff(a: Snapshot, b: Snapshot) -> list[Difference]:
@@ -754,7 +810,7 @@ def diff(a: Snapshot, b: Snapshot) -> list[Difference]:
     Row counts are compared when both snapshots have them, for tables present in both.
     """
     out = []
-    for key in a.objects.keys() | b.objects.keys():
+    for key in _candidates(a, b):
         before, after = a.objects.get(key), b.objects.get(key)
         if before == after:
             continue
@@ -788,6 +844,26 @@ def unfrozen(definition: str) -> str:
     in a view, ``DEFAULT 'now'``): running the same SQL again gives another value, not another schema.
     """
     return _FROZEN.sub("'<frozen>'", definition)
+
+
+def _candidates(a: Snapshot, b: Snapshot) -> Iterable[Key]:
+    """The objects that can differ: all, or for snapshots taken one from the other (take(previous=...)),
+    only those of groups that were read again in between (the others are the same objects)."""
+    if (
+        not a._groups
+        or not b._groups
+        or any(len(s.objects) != sum(map(len, s._groups.values())) for s in (a, b))
+    ):
+        return a.objects.keys() | b.objects.keys()  # an object in two groups: compare them all
+    keys: set[Key] = set()
+    for g in a._groups.keys() | b._groups.keys():
+        in_a, in_b = a._groups.get(g), b._groups.get(g)
+        if in_a is not in_b:
+            keys.update(in_a or ())
+            keys.update(in_b or ())
+    if len(keys) > len(a.objects) // 2:
+        return a.objects.keys() | b.objects.keys()
+    return keys
 
 
 def digest(snapshot: Snapshot) -> str:
