@@ -8,10 +8,12 @@ Twins of the Nixopus Go migrator's API: ``load_tree`` (LoadMigrations), ``migrat
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
+import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +43,7 @@ from .plan import (
 )
 from .recorder import NIXMIG_COLUMNS, REQUIRED_COLUMNS, Recorder, TableState
 from .sqlnames import check_schema, ident
-from .tree import ERROR, WARNING, Migration, Problem, Tree
+from .tree import ERROR, INFO, WARNING, Migration, Problem, Tree
 from .tree import load_tree as _load_tree
 
 if TYPE_CHECKING:
@@ -437,16 +439,55 @@ def _prepare(tree: Tree, entries: list[Entry], direction: str, fake: bool) -> di
     return prepared
 
 
+# Status and the admin parse the files of pending migrations (for what a run would refuse, and to
+# count lint findings) only up to this much SQL in all, about a second's work: beyond it they say so,
+# as sqlmigrate_up checks every file before it sends anything and sqlmigrate_lint lints them.
+STATUS_PARSE_BYTES = 2 * 1024 * 1024
+
+
+def pending_bytes(entries: Sequence[Entry]) -> int:
+    """Return the size on disk of the up and down files of unrecorded migrations (stat only, no read)."""
+    total = 0
+    for e in entries:
+        if e.migration is None or e.record is not None:
+            continue
+        for sql_file in (e.migration.up, e.migration.down):
+            if sql_file is not None:
+                with contextlib.suppress(OSError):  # reading it will say what is wrong
+                    total += os.stat(sql_file.path).st_size
+    return total
+
+
+def over_parse_budget(entries: Sequence[Entry]) -> Problem | None:
+    """Return the note status gives instead of parsing pending files above STATUS_PARSE_BYTES, or None."""
+    size = pending_bytes(entries)
+    if size <= STATUS_PARSE_BYTES:
+        return None
+    return Problem(
+        f"The files of the pending migrations hold {size / 1e6:.1f} MB of SQL, more than status parses "
+        f"({STATUS_PARSE_BYTES // (1024 * 1024)} MiB), so they were not checked here for what a run would "
+        "refuse, nor linted: sqlmigrate_up checks every file before it runs anything, and "
+        "sqlmigrate_lint shows the lint findings.",
+        None,
+        INFO,
+        "not_checked",
+    )
+
+
 def refused_files(entries: list[Entry]) -> list[Problem]:
     """Return what a run would refuse in the files of pending migrations, as status problems.
 
     Up files of pending (and partly applied) migrations are checked as ``sqlmigrate_up`` would
     (errors); their down files as ``sqlmigrate_down`` would once they are applied (warnings).
-    Only pending files are parsed, so status of a fully applied tree never loads the parser.
+    Only pending files are parsed, so status of a fully applied tree never loads the parser; above
+    STATUS_PARSE_BYTES of them, none is, and one note says so.
     """
     todo = [e for e in entries if e.migration is not None and e.record is None]
     if not todo:
         return []
+    too_big = over_parse_budget(todo)
+    if too_big is not None:
+        return [too_big]
     from .sqltext import examine
 
     out = []

@@ -90,3 +90,59 @@ def test_a_staff_user_without_view_permission_gets_403_before_anything_is_read(
     sql = " ".join(q["sql"] for q in queries.captured_queries)
     assert "migrations" not in sql and "pg_attribute" not in sql, sql
     assert len(queries.captured_queries) == 8, sql  # per request: the session, the user, its permissions
+
+
+def test_status_lines_of_applied_migrations_read_as_before(scratch_db, tree):
+    long_name = "002_" + "a_rather_long_migration_name_" * 2
+    tree.table_pair("auth/001_users", "users")
+    tree.table_pair(f"auth/{long_name}", "teams")
+    tree.pair("auth/003_irreversible", "CREATE TABLE x (id int);\n", None)
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree), verbosity=0)
+    assert rc == 0, err
+    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(tree))
+    stamps = [r.applied_at for r in Recorder(scratch_db.connection).read().records]
+    expected = [
+        f"{' [X] ' + name:<52} " + ", ".join([*extra, f"applied {at:%Y-%m-%d %H:%M:%S}"])
+        for name, extra, at in zip(
+            ["001_users", long_name, "003_irreversible"], [[], [], ["irreversible"]], stamps, strict=True
+        )
+    ]
+    assert out.splitlines()[1:4] == expected
+
+
+def test_status_parses_and_lints_no_more_pending_sql_than_its_budget(scratch_db, tree, monkeypatch):
+    from nixmig import api, lint, sqltext
+
+    tree.table_pair("auth/001_users", "users")
+    tree.pair(
+        "auth/002_index", "CREATE INDEX CONCURRENTLY users_id ON users (id);\n", ""
+    )  # refused in a transaction
+    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(tree))
+    assert "CREATE INDEX CONCURRENTLY can't run inside a transaction" in out + err  # within the budget
+    parsed = []
+    monkeypatch.setattr(sqltext, "analyze", lambda text: parsed.append(text) or None)
+    monkeypatch.setattr(lint, "lint_entries", lambda *a, **k: parsed.append("lint"))
+    monkeypatch.setattr(api, "STATUS_PARSE_BYTES", 100)  # the two pending migrations' files are bigger
+    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(tree))
+    assert rc == 0 and parsed == []
+    assert "info: The files of the pending migrations hold 0.0 MB of SQL, more than status parses" in out
+    assert "sqlmigrate_up checks every file before it runs anything" in out
+    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(tree), json=True)
+    assert parsed == [] and '"skipped": true' in out and '"not_checked"' in out
+
+
+def test_the_admin_parses_and_lints_no_more_pending_sql_than_status_does(
+    admin_client, settings, tree, monkeypatch
+):
+    from nixmig import api, lint, sqltext
+
+    settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path)}
+    tree.pair("auth/001_index", "CREATE TABLE t (id int);\nCREATE INDEX CONCURRENTLY t_id ON t (id);\n", "")
+    parsed = []
+    monkeypatch.setattr(sqltext, "analyze", lambda text: parsed.append(text) or None)
+    monkeypatch.setattr(lint, "lint_entries", lambda *a, **k: parsed.append("lint"))
+    monkeypatch.setattr(api, "STATUS_PARSE_BYTES", 10)
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert parsed == []
+    assert '<li class="info" id="nixmig-lint">The files of the pending migrations hold' in html
+    assert "<code>auth/001_index</code>" in html

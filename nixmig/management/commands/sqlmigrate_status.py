@@ -121,6 +121,18 @@ class Command(NixmigCommand):
             append(style.MIGRATE_LABEL(module))
             for e in entries:  # one line per migration: kept lean, as status prints 10,000 of them
                 state, record, migration = e.state, e.record, e.migration
+                if (
+                    state == "applied"
+                    and v == 1
+                    and not e.out_of_order
+                    and migration is not None
+                    and migration.down is not None
+                    and record is not None
+                    and record.applied_at is not None
+                    and not (verified and e.id in verified)
+                ):  # the usual line, as the general case below writes it
+                    append(f" [X] {e.name:<47} applied {record.applied_at.isoformat(' ', 'seconds')[:19]}")
+                    continue
                 line = f" {MARKS[state]} {e.name}"
                 details = []
                 if state != "applied" and state != "pending":
