@@ -228,11 +228,6 @@ class Finding:
     effect: str | None = None  # "rewrites", "scans", "builds an index", "breaks running code", ...
     migration: str | None = None
     path: str | None = field(default=None, compare=False)  # the file on disk, for CI annotations
-    lookup: str | None = field(
-        default=None, compare=False, repr=False
-    )  # quoted name to size it in the database
-    column_name: str | None = field(default=None, compare=False, repr=False)  # for facts about one column
-    new_type: tuple | None = field(default=None, compare=False, repr=False)
     statement_index: int = field(default=0, compare=False, repr=False)
     certain: bool = field(default=False, compare=False)  # its object is one the live catalog shows
     rows: float | None = field(default=None, compare=False, repr=False)  # the catalog's row estimate
@@ -991,9 +986,6 @@ class _FileLinter:
         table: str | None = None,
         lock: str | None = None,
         effect: str | None = None,
-        lookup: str | None = None,
-        column: str | None = None,
-        new_type: tuple | None = None,
         obj: Table | Index | None = None,
     ) -> None:
         """Report a finding; ``obj`` is the table or index it is about, as the model knows it."""
@@ -1014,9 +1006,6 @@ class _FileLinter:
                 effect=effect,
                 migration=self.migration,
                 path=str(self.file.path),
-                lookup=lookup or (rel.quoted if rel else None),
-                column_name=column,
-                new_type=new_type,
                 statement_index=index,
                 certain=certain,
                 rows=t.rows if certain and t is not None else None,
@@ -1285,7 +1274,6 @@ class _FileLinter:
                         "file in one: the run is refused.",
                         f"Move the statement into {NO_TX_FILE}.",
                         table=rel.display if rel else None,
-                        lookup=idx.quoted,
                         obj=ix,
                     )
                 if concurrent or self.schema.is_new(ix) or self.schema.is_new(t):
@@ -1304,7 +1292,6 @@ class _FileLinter:
                     fix,
                     table=rel.display if rel else f"the table of {idx.display}",
                     lock=ACCESS_EXCLUSIVE,
-                    lookup=idx.quoted,
                     obj=ix,
                 )
                 self.takes_access_exclusive(stmt, index, rel, "DROP INDEX", t)
@@ -1342,10 +1329,8 @@ class _FileLinter:
                 return  # made by the plan where the model can't see: new
             obj = found[1]
             t = self.schema.table_of(obj)
-            lookup = rel.quoted
             rel = Rel(t.schema if t.schema != "public" else None, t.name) if t is not None else None
         else:
-            lookup = rel.quoted if rel else None
             obj = t = self.schema.table(rel) if rel is not None else None
             if rel is not None and t is None:
                 return
@@ -1358,7 +1343,6 @@ class _FileLinter:
                 "the run is refused.",
                 f"Move the statement into {NO_TX_FILE}.",
                 rel=rel,
-                lookup=lookup,
                 obj=obj,
             )
         if concurrent or self.schema.is_new(obj) or self.schema.is_new(t):
@@ -1380,7 +1364,6 @@ class _FileLinter:
             table=None if rel else "the table",
             lock="SHARE",
             effect="rebuilds its indexes",
-            lookup=lookup,
             obj=obj,
         )
 
@@ -1796,7 +1779,6 @@ class _FileLinter:
             obj=t,
             lock=ACCESS_EXCLUSIVE,
             effect="scans it",
-            column=column,
         )
 
     def at_AT_DropNotNull(self, stmt, index, rel, t, cmd) -> None:
@@ -1880,8 +1862,6 @@ class _FileLinter:
             obj=t,
             lock=ACCESS_EXCLUSIVE,
             effect="rewrites it",
-            column=None if using else column,
-            new_type=new_type,
         )
 
 
