@@ -641,6 +641,7 @@ class _Run:
         self.scratch = ScratchDatabase(report.database, baseline)
         self.exclude = own_tables(schema)
         self.current: snapshot.Snapshot | None = None
+        self.session: api.Session | None = None
 
     def take(self, *, incremental: bool = True) -> snapshot.Snapshot:
         snap = snapshot.take(
@@ -656,30 +657,34 @@ class _Run:
 
     def up(self, to: str, *, fake: bool = False) -> None:
         with _lint_skipped():  # the linter judges production locking, not reversibility: not here
-            api.migrate_up(
-                database=self.scratch.alias,
-                to=to,
-                tree=self.tree,
-                fake=fake,
-                lock_wait=0,
-                schema=self.schema,
-                create_schema=bool(self.schema),
-            )
+            self.session.up(to=to, fake=fake)
 
     def down(self) -> None:
-        api.migrate_down(
-            database=self.scratch.alias, steps=1, tree=self.tree, lock_wait=0, schema=self.schema
-        )
+        self.session.down(steps=1)
 
     def start(self) -> None:
-        """Make the scratch database from the baseline, laid out as the target (its schema made)."""
+        """Make the scratch database from the baseline, laid out as the target (its schema made), and
+        open the one session (lock, tracking table read once) that every step runs in."""
         self.scratch.create()
         self.report.scratch = self.scratch.name
-        if self.schema:
-            api.require_schema(self.scratch.connection, self.schema, create=True)
+        self.session = api.session(
+            self.scratch.alias,
+            tree=self.tree,
+            schema=self.schema,
+            create_schema=bool(self.schema),
+            lock_wait=0,
+            command="sqlmigrate_verify",
+        ).__enter__()
+
+    def stop(self) -> None:
+        """Close the session (release its lock) before the scratch database is dropped."""
+        session, self.session = self.session, None
+        if session is not None:
+            session.__exit__(None, None, None)
 
     def rebuild(self, to: str | None) -> None:
         """Start again from the baseline, with a clean forward replay up to and including ``to``."""
+        self.stop()
         self.scratch.renew()
         self.start()
         self.emit("rebuild", scratch=self.scratch.name, to=to)
@@ -777,6 +782,8 @@ def _stopped(exc: Exception, run: _Run) -> NixmigError:
 def _close(run: _Run, keep: bool) -> None:
     """Drop (or keep) the scratch database; a failure to drop it is a warning naming it, not a traceback."""
     name = run.scratch.name
+    with contextlib.suppress(NixmigError, DatabaseError):  # a lost connection took the lock with it
+        run.stop()
     try:
         run.scratch.close(keep)
     except DatabaseError as exc:
