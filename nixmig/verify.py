@@ -337,7 +337,8 @@ class ScratchDatabase:
         self.alias = self.name
         self.admin_alias = database
         self.server_alias: str | None = None
-        self.template: str | None = None
+        self.template: str | None = None  # the baseline
+        self.clean: str | None = None  # the clean forward replay, made on the first rebuild
         self.created = False
         self.copies = 0
 
@@ -352,9 +353,25 @@ class ScratchDatabase:
                 self.baseline.build(connections[template])
             finally:
                 databases.forget(template)
-        self._create(self.name, self.template)
+        self._create(self.name, self.clean or self.template)
         self.created = True
         databases.register(self.alias, self._settings(self.name))
+
+    def advance_clean(self, move: Callable[[str], None]) -> None:
+        """Bring the clean copy forward with ``move(alias)`` (made from the baseline on first use);
+        the next ``create()`` copies it.
+
+        The clean copy only ever moves forward (ups, no downs), so the migrations replayed to
+        rebuild the scratch database add up to the tree once, however many rebuilds there are.
+        """
+        if self.clean is None:
+            self.clean = f"{self.prefix}_clean"
+            self._create(self.clean, self.template)
+        databases.register(self.clean, self._settings(self.clean))
+        try:
+            move(self.clean)
+        finally:
+            databases.forget(self.clean)  # nobody may be connected to a template
 
     def _server(self) -> None:
         url = conf.get("VERIFY_DATABASE_URL")
@@ -419,10 +436,11 @@ class ScratchDatabase:
         self.name = self.alias = f"{self.prefix}_{self.copies}"
 
     def _drop_template(self) -> None:
-        if self.template is not None:
-            with connections[self.admin_alias].cursor() as cursor:
-                cursor.execute(f"DROP DATABASE IF EXISTS {sqlnames.ident(self.template)} WITH (FORCE)")
-            self.template = None
+        for name in (self.clean, self.template):
+            if name is not None:
+                with connections[self.admin_alias].cursor() as cursor:
+                    cursor.execute(f"DROP DATABASE IF EXISTS {sqlnames.ident(name)} WITH (FORCE)")
+        self.template = self.clean = None
 
     def drop(self) -> None:
         try:
@@ -682,16 +700,29 @@ class _Run:
         if session is not None:
             session.__exit__(None, None, None)
 
-    def rebuild(self, to: str | None) -> None:
-        """Start again from the baseline, with a clean forward replay up to and including ``to``."""
+    def rebuild(self, to: str) -> None:
+        """Start again from the state a clean forward replay up to and including ``to`` gives."""
         self.stop()
         self.scratch.renew()
+        self.scratch.advance_clean(lambda alias: self._replay(alias, to))
         self.start()
         self.emit("rebuild", scratch=self.scratch.name, to=to)
-        if to is not None:
-            self.up(to)
         self.current = None
         self.take(incremental=False)
+
+    def _replay(self, alias: str, to: str) -> None:
+        with (
+            api.session(
+                alias,
+                tree=self.tree,
+                schema=self.schema,
+                create_schema=bool(self.schema),
+                lock_wait=0,
+                command="sqlmigrate_verify",
+            ) as clean,
+            _lint_skipped(),
+        ):
+            clean.up(to=to)
 
 
 def own_tables(schema: str | None = None) -> tuple[str, ...]:
