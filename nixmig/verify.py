@@ -40,8 +40,8 @@ EXACT = "exact"  # the down restores the schema before the up, and the up runs a
 WARNING = "warning"  # exact schema, but rows differ (a down that deletes seed rows)
 NOT_EXACT = "not exact"  # the round trip leaves a difference, or the up can't run again
 IRREVERSIBLE = "irreversible"  # no down file: applied once
-FAILED = "failed"  # the up failed on a clean replay: nothing after it can be verified
-NOT_RUN = "not run"  # after a failed up
+FAILED = "failed"  # the up failed on a clean replay; it is recorded without running and the run goes on
+NOT_RUN = "not run"  # after a failed up, this up failed too: it may need what the failed one makes
 RESULTS = (EXACT, WARNING, NOT_EXACT, IRREVERSIBLE, FAILED, NOT_RUN)
 
 
@@ -660,6 +660,10 @@ class _Run:
         self.exclude = own_tables(schema)
         self.current: snapshot.Snapshot | None = None
         self.session: api.Session | None = None
+        self.skipped: list[
+            str
+        ] = []  # migrations whose up failed: recorded without running, so the run goes on
+        self.position = {m.id: i for i, m in enumerate(tree.migrations)}
 
     def take(self, *, incremental: bool = True) -> snapshot.Snapshot:
         snap = snapshot.take(
@@ -722,7 +726,23 @@ class _Run:
             ) as clean,
             _lint_skipped(),
         ):
+            for failed in self.skipped:  # never run them: record them, as the scratch database did
+                at = self.position[failed]
+                if at > self.position[to]:
+                    break
+                if at > 0:
+                    clean.up(to=self.tree.migrations[at - 1].id)
+                clean.up(to=failed, fake=True)
             clean.up(to=to)
+
+    def skip(self, migration: Migration) -> None:
+        """Record a migration whose up failed as applied without running it, so the migrations after
+        it are still checked (on a state without it)."""
+        self.skipped.append(migration.id)
+        if migration.up.directives.no_transaction:
+            self.rebuild(migration.id)  # part of it may have run: start again from a clean replay
+        else:
+            self.up(migration.id, fake=True)  # it was rolled back: only the tracking table changes
 
 
 def own_tables(schema: str | None = None) -> tuple[str, ...]:
@@ -780,16 +800,11 @@ def verify(
             run.up(migrations[first - 1].id)
         run.take(incremental=False)
         checked = migrations[first : last + 1]
-        stopped = False
         for index, migration in enumerate(checked, 1):
-            if stopped:
-                report.results.append(MigrationResult(migration, NOT_RUN))
-                continue
             emit("verify_start", index=index, total=len(checked), migration=migration)
             result = _round_trip(run, migration)
             report.results.append(result)
             emit("verify_result", index=index, total=len(checked), result=result)
-            stopped = result.result == FAILED
         report.kept = keep
     except (DatabaseError, psycopg.Error) as exc:
         raise _stopped(exc, run) from None
@@ -845,10 +860,17 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
     try:
         run.up(migration.id)
     except MigrationFailed as exc:
-        result.result = FAILED
-        result.findings.append(
-            Finding("error", f"the up fails on a clean replay: {_failure(exc)}", "up", file=up_file)
-        )
+        earlier = run.skipped[0] if run.skipped else None
+        if earlier is None:
+            result.result = FAILED
+            message = f"the up fails on a clean replay: {_failure(exc)}"
+        else:  # it may only need what the earlier one makes: not blamed, not checked
+            result.result = NOT_RUN
+            message = (
+                f"not checked: its up fails without {earlier}, whose up failed before it: {_failure(exc)}"
+            )
+        result.findings.append(Finding("error", message, "up", file=up_file))
+        run.skip(migration)
         result.seconds = time.perf_counter() - started
         return result
     after_up = run.take()

@@ -179,14 +179,21 @@ def test_from_applies_earlier_migrations_without_checking_them(scratch_db, broke
     assert [(m["id"], m["result"]) for m in report["migrations"]] == [("auth/004_create_mood", "exact")]
 
 
-def test_a_failing_up_stops_the_run_and_later_migrations_are_not_run(scratch_db, tree):
+def test_a_failing_up_is_recorded_and_later_migrations_are_still_checked(scratch_db, tree):
     tree.table_pair("a/001_t1", "t1")
     tree.pair("a/002_bad", "CREATE TABLE t2 (id int REFERENCES nope(id));\n", "DROP TABLE t2;\n")
     tree.table_pair("a/003_t3", "t3")
+    tree.pair("a/004_t2_index", "CREATE INDEX t2_id_idx ON t2 (id);\n", "DROP INDEX t2_id_idx;\n")
+    tree.table_pair("a/005_t5", "t5")
     report, err, rc = verify_json(scratch_db, tree)
     assert rc == 1
-    assert [m["result"] for m in report["migrations"]] == ["exact", "failed", "not run"]
+    assert [m["result"] for m in report["migrations"]] == ["exact", "failed", "exact", "not run", "exact"]
     assert messages(report["migrations"][1])[0].startswith("the up fails on a clean replay: ")
+    assert messages(report["migrations"][3])[0].startswith(
+        "not checked: its up fails without a/002_bad, whose up failed before it: Applying a/004_t2_index failed"
+    )
+    out, err, rc = scratch_db.run("sqlmigrate_verify", dir=str(tree))
+    assert "Not checked (their up fails after an earlier up failed):\n [ ] a/004_t2_index: not run\n" in out
 
 
 def test_keep_keeps_the_scratch_database_and_names_it(scratch_db, tree):

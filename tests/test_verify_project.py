@@ -132,11 +132,12 @@ def tool_table(tree, tmp_path):
     return tree, setup
 
 
-def test_without_its_setup_a_tree_stops_at_the_first_migration(scratch_db, tool_table):
+def test_without_its_setup_the_first_migration_fails(scratch_db, tool_table):
     tree, _ = tool_table
     report, err, rc = verify_json(scratch_db, tree)
     assert rc == 1
-    assert results(report) == {"app/001_version_column": "failed", "app/002_create_things": "not run"}
+    assert results(report) == {"app/001_version_column": "failed", "app/002_create_things": "exact"}
+    assert 'relation "schema_migrations" does not exist' in messages(report, "app/001_version_column")[0]
 
 
 def test_setup_sql_makes_what_the_deploy_makes_and_the_tree_verifies_fully(scratch_db, tool_table):
@@ -271,3 +272,25 @@ def test_drift_runs_per_schema_target(scratch_db, tenant_tree):
         {"kind": "column", "name": "tenant_b.notes.flag", "tree": None, "live": "boolean"}
     ]
     assert report[key_b]["drift"]["only_tree"] == [] and report[key_b]["drift"]["different"] == []
+
+
+def test_after_a_failed_no_transaction_up_the_run_goes_on_from_a_clean_replay(scratch_db, tree):
+    tree.table_pair("x/001_create_t1", "t1")
+    tree.pair(
+        "x/002_half",  # its first statement commits before the second fails
+        "-- nixmig:no-transaction\nCREATE TABLE half (id int);\nCREATE TABLE t2 (id int REFERENCES nope (id));\n",
+        "DROP TABLE t2;\nDROP TABLE half;\n",
+    )
+    tree.pair("x/003_leaves_t3", "CREATE TABLE t3 (id int);\n", "SELECT 1;\n")  # rebuilt after it
+    tree.pair("x/004_create_half", "CREATE TABLE half (id int);\n", "DROP TABLE half;\n")
+    report, err, rc = verify_json(scratch_db, tree)
+    assert rc == 1
+    assert (
+        results(report)
+        == {
+            "x/001_create_t1": "exact",
+            "x/002_half": "failed",
+            "x/003_leaves_t3": "not exact",
+            "x/004_create_half": "exact",  # nothing of 002 is left, in the first scratch database or the rebuilt one
+        }
+    )

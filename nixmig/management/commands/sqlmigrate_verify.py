@@ -190,6 +190,7 @@ class Command(NixmigCommand):
                 ("Round trips that are not exact:", (verify.NOT_EXACT, verify.FAILED)),
                 ("Round trips with warnings:", (verify.WARNING,)),
                 ("Irreversible (no down file):", (verify.IRREVERSIBLE,)),
+                ("Not checked (their up fails after an earlier up failed):", (verify.NOT_RUN,)),
             )
             for heading, kinds in groups:
                 shown = [r for r in report.results if r.findings and r.result in kinds]
