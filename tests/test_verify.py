@@ -7,6 +7,7 @@ database on the same server as the test's database.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,13 @@ def messages(migration: dict) -> list[str]:
 
 
 def scratch_databases(db) -> list[str]:
-    return [r[0] for r in db.sql("SELECT datname FROM pg_database WHERE datname LIKE 'nixmig\\_verify\\_%%'")]
+    """The scratch databases of this process (others may verify on the same server meanwhile)."""
+    return [
+        r[0]
+        for r in db.sql(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", [f"nixmig\\_verify\\_{os.getpid()}\\_%"]
+        )
+    ]
 
 
 # -- round trips -------------------------------------------------------------------------------
