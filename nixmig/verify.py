@@ -20,6 +20,7 @@ import fnmatch
 import io
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -341,6 +342,8 @@ class ScratchDatabase:
         self.clean: str | None = None  # the clean forward replay, made on the first rebuild
         self.created = False
         self.copies = 0
+        self._dropping: list[threading.Thread] = []  # scratch databases being dropped aside
+        self.left_over: list[tuple[str, str]] = []  # (name, why) of those that could not be dropped
 
     def create(self) -> None:
         if self.template is None:
@@ -430,10 +433,36 @@ class ScratchDatabase:
             self.created = False
 
     def renew(self) -> None:
-        """Drop the scratch database; the next ``create()`` makes another one (a new name) from the baseline."""
-        self.drop_scratch()
+        """Set the scratch database aside; the next ``create()`` makes another one (a new name).
+
+        The old one is dropped by a thread of its own while the run goes on: DROP DATABASE
+        waits for a checkpoint (most of a second on a busy server).
+        """
+        databases.forget(self.alias)
+        if self.created:
+            self.created = False
+            thread = threading.Thread(
+                target=self._drop_aside, args=(self.name,), name="nixmig-verify-drop", daemon=True
+            )
+            thread.start()
+            self._dropping.append(thread)
         self.copies += 1
         self.name = self.alias = f"{self.prefix}_{self.copies}"
+
+    def _drop_aside(self, name: str) -> None:
+        admin = connections[self.admin_alias]
+        wrapper = type(admin)(dict(admin.settings_dict), alias=f"{self.prefix}_drop")
+        try:
+            with wrapper.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except Exception as exc:  # reported by close(): the run itself is not harmed
+            self.left_over.append((name, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)))
+        finally:
+            wrapper.close()
+
+    def wait_for_drops(self) -> None:
+        while self._dropping:
+            self._dropping.pop().join()
 
     def _drop_template(self) -> None:
         for name in (self.clean, self.template):
@@ -446,7 +475,10 @@ class ScratchDatabase:
         try:
             self.drop_scratch()
         finally:
-            self._drop_template()
+            try:
+                self._drop_template()
+            finally:
+                self.wait_for_drops()
 
     def close(self, keep: bool) -> None:
         """Drop the scratch database (unless ``keep``: then only unregister it) and the baseline."""
@@ -832,6 +864,12 @@ def _close(run: _Run, keep: bool) -> None:
         run.stop()
     try:
         run.scratch.close(keep)
+        for left, why in run.scratch.left_over:
+            run.emit(
+                "warning",
+                message=f"could not drop the scratch database {left} ({why}); drop it by hand: "
+                f'DROP DATABASE "{left}"',
+            )
     except DatabaseError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         run.emit(
