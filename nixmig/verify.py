@@ -454,7 +454,7 @@ class ScratchDatabase:
         wrapper = type(admin)(dict(admin.settings_dict), alias=f"{self.prefix}_drop")
         try:
             with wrapper.cursor() as cursor:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                cursor.execute(f"DROP DATABASE IF EXISTS {sqlnames.ident(name)} WITH (FORCE)")
         except Exception as exc:  # reported by close(): the run itself is not harmed
             self.left_over.append((name, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)))
         finally:
@@ -868,7 +868,7 @@ def _close(run: _Run, keep: bool) -> None:
             run.emit(
                 "warning",
                 message=f"could not drop the scratch database {left} ({why}); drop it by hand: "
-                f'DROP DATABASE "{left}"',
+                f"DROP DATABASE {sqlnames.ident(left)}",
             )
     except DatabaseError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
