@@ -160,6 +160,19 @@ def test_changelist_shows_status_problems_and_changed_files(admin_client, sql_tr
     )  # info notes, as sqlmigrate_status shows them
 
 
+def test_changelist_shows_a_reindex_leftover_on_a_table_of_the_tree_with_its_fix(admin_client, sql_tree):
+    record("auth/001_create_users", tree_dir=sql_tree.path)
+    with connection.cursor() as cursor:  # what an interrupted REINDEX CONCURRENTLY leaves, by name
+        cursor.execute("CREATE TABLE users (id int); CREATE INDEX users_id_idx_ccnew ON users (id)")
+    html = admin_client.get(CHANGELIST).content.decode()
+    problems = re.search(r'<ul class="messagelist" id="nixmig-problems">(.*?)</ul>', html, re.S).group(1)
+    assert (
+        "warning: index public.users_id_idx_ccnew on users (left by an interrupted REINDEX CONCURRENTLY)"
+        in problems
+    )
+    assert "DROP INDEX CONCURRENTLY IF EXISTS &quot;public&quot;.&quot;users_id_idx_ccnew&quot;;" in problems
+
+
 def test_changelist_of_a_database_without_the_tracking_table_lists_everything_as_pending(
     admin_client, sql_tree
 ):
