@@ -123,6 +123,7 @@ def load_tree(directory: str | Path | None = None) -> Tree:
     return _load_tree(
         directory,
         allow_empty=bool(conf.get("ALLOW_EMPTY")),
+        unique_numbers=bool(conf.get("UNIQUE_NUMBERS")),
         checksum_cache=conf.checksum_cache(directory),
     )
 
@@ -607,6 +608,9 @@ class Session:
             except BaseException:
                 self.__exit__(None, None, None)
                 raise
+            for problem in self._problems:
+                if problem.code == "missing_file":
+                    self.emit("warning", message=problem.message)
         except DatabaseError as exc:
             raise _unavailable(exc, self.database) from None
         return self

@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "TEST_SPARES": 1,  # copies of the template made in the background for the next test databases
     "TEST_REBUILD_CHANGED": False,  # --keepdb: re-create a kept test database whose applied files were edited
     "ALLOW_EMPTY": False,  # accept empty / comment-only up files as no-op migrations (imported trees)
+    "UNIQUE_NUMBERS": False,  # True: migrations that share a number are an error, not a warning
     "TARGETS": None,  # a callable (or its dotted path) returning rollout targets (nixmig.targets)
     "VERIFY_DATABASE_URL": None,  # the server of sqlmigrate_verify's scratch databases (default: the target's)
     "VERIFY_SETUP": None,  # SQL files (or a callable) making what a deploy makes outside the tree

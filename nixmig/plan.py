@@ -314,6 +314,7 @@ def resolve(
         matched[key] = rec
         if key not in by_key:
             number = _NUMBER_RE.match(rec.name)
+            problems.append(_missing_files("/".join(k for k in key if k), key[0], rec, table))
             missing.append(
                 Entry(
                     "/".join(k for k in key if k),
@@ -438,6 +439,20 @@ def describe_partial(entry: Entry) -> str:
         f"{head} To settle it, {finish}; or, if you finished the rollback by hand, remove its record with "
         f"sqlmigrate_down --fake; or, if you restored by hand what {ran} undid, keep it applied with "
         f"sqlmigrate_repair --forget-progress {entry.id}. sqlmigrate_up refuses until then."
+    )
+
+
+def _missing_files(label: str, module: str, rec: AppliedRecord, table: str) -> Problem:
+    """Explain an applied migration whose files are gone, and both ways to settle it."""
+    up = f"{module}/{rec.name}_up.sql" if module else None
+    where = f"({up})" if up else f"(no module has {rec.name}_up.sql)"
+    return Problem(
+        f"{label} is recorded as applied, but its files are gone {where}. Restore them from version control; "
+        "if the migration was removed on purpose, its schema changes are still in the database: roll it back "
+        f"first, or delete its record (DELETE FROM {table} WHERE id = {rec.row_id};).",
+        up,
+        WARNING,
+        "missing_file",
     )
 
 

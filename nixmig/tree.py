@@ -606,12 +606,14 @@ def load_tree(
     directory: str | os.PathLike,
     *,
     allow_empty: bool = False,
+    unique_numbers: bool = False,
     checksum_cache: str | os.PathLike | None = None,
 ) -> Tree:
     """Read every migration under ``directory`` and return them in run order.
 
     ``allow_empty`` accepts empty (and comment-only) up files as no-op migrations, as if each
-    said ``-- nixmig:empty`` (for trees imported from tools that allow them).
+    said ``-- nixmig:empty`` (for trees imported from tools that allow them). Migrations that share
+    a number are a warning, or an error with ``unique_numbers``.
 
     ``checksum_cache`` names a folder for the checksum cache (see ChecksumCache): an up file whose
     size, modification and change times and inode are those it had when the cache last read it
@@ -623,7 +625,12 @@ def load_tree(
     # Reading makes tens of thousands of objects and no garbage cycles; the collector's passes
     # over Django's heap meanwhile were a quarter of the time at 10,000 migrations.
     with paused_gc():
-        return _load_tree(directory, allow_empty, checksum_cache)
+        tree = _load_tree(directory, allow_empty, checksum_cache)
+    shared = shared_numbers(tree.migrations, ERROR if unique_numbers else WARNING)
+    if shared:
+        problems = sorted(tree.problems + tuple(shared), key=_problem_order)
+        return replace(tree, problems=tuple(problems))
+    return tree
 
 
 @contextlib.contextmanager
@@ -636,6 +643,41 @@ def paused_gc() -> Iterator[None]:
     finally:
         if collecting:
             gc.enable()
+
+
+def _problem_order(problem: Problem) -> tuple[int, str]:
+    return {ERROR: 0, WARNING: 1, INFO: 2}[problem.level], problem.file or ""
+
+
+def shared_numbers(migrations: tuple[Migration, ...], level: str = WARNING) -> list[Problem]:
+    """Return one problem per number that several migrations (in run order) share, naming their files."""
+    problems = []
+    highest = max((m.number for m in migrations), default=0)
+    i = 0
+    while i < len(migrations):
+        j = i + 1
+        while j < len(migrations) and migrations[j].number == migrations[i].number:
+            j += 1
+        if j - i > 1:
+            group = migrations[i:j]
+            files = [m.up.relpath for m in group]
+            named = f"{', '.join(files[:-1])} and {files[-1]}"
+            digits = group[0].name.split("_", 1)[0]
+            following = f"{highest + 1:0{max(3, len(digits))}d}"
+            problems.append(
+                Problem(
+                    f"{named} share the number {digits}, so they run in the order of module and name "
+                    f"({group[0].id} first), whatever order they were written in. If they come from two "
+                    f"branches, renumber the later one after the highest number ({following}) with "
+                    "'python manage.py sqlmigrate_new' and move its SQL there; NIXMIG['UNIQUE_NUMBERS'] = True "
+                    "refuses shared numbers.",
+                    files[0],
+                    level,
+                    "duplicate_number",
+                )
+            )
+        i = j
+    return problems
 
 
 def _load_tree(

@@ -4,7 +4,7 @@ import io
 import json
 
 import pytest
-from django.core.management import call_command, load_command_class
+from django.core.management import call_command, get_commands, load_command_class
 
 from nixmig import api
 
@@ -286,6 +286,88 @@ def test_status_shows_missing_files(scratch_db, three):
     assert [m["state"] for m in json.loads(out)["migrations"]] == ["applied", "applied", "missing"]
 
 
+def test_missing_files_of_applied_migrations_are_a_problem_in_status(scratch_db, three):
+    scratch_db.run("sqlmigrate_up", dir=str(three))
+    for path in three.path.glob("auth/*.sql"):  # the module's folder moved away: two applied migrations
+        path.unlink()
+    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(three))
+    assert rc == 0, err
+    problems = out[out.index("Problems:\n") :].splitlines()[1:-1]
+    assert problems == [
+        "  warning: auth/001_create_users is recorded as applied, but its files are gone "
+        "(auth/001_create_users_up.sql). Restore them from version control; if the migration was removed "
+        "on purpose, its schema changes are still in the database: roll it back first, or delete its "
+        "record (DELETE FROM migrations WHERE id = 1;).",
+        "  warning: auth/003_create_tokens is recorded as applied, but its files are gone "
+        "(auth/003_create_tokens_up.sql). Restore them from version control; if the migration was removed "
+        "on purpose, its schema changes are still in the database: roll it back first, or delete its "
+        "record (DELETE FROM migrations WHERE id = 3;).",
+    ]
+    data = json.loads(scratch_db.run("sqlmigrate_status", dir=str(three), json=True)[0])
+    assert [(p["code"], p["level"], p.get("file")) for p in data["problems"]] == [
+        ("missing_file", "warning", "auth/001_create_users_up.sql"),
+        ("missing_file", "warning", "auth/003_create_tokens_up.sql"),
+    ]
+    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(three), check=True)
+    assert rc == 1 and "2 missing, 0 partly applied, 0 partly rolled back, 2 problem(s)" in err
+
+
+def test_up_warns_about_missing_files_and_applies_the_rest(scratch_db, three):
+    scratch_db.run("sqlmigrate_up", dir=str(three), to="orgs/002_create_orgs")
+    (three.path / "auth/001_create_users_up.sql").unlink()
+    (three.path / "auth/001_create_users_down.sql").unlink()
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three))
+    assert rc == 0, err
+    assert "auth/001_create_users is recorded as applied, but its files are gone" in err
+    assert "Applying auth/003_create_tokens... OK" in out
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(three))
+    assert out == "No migrations to apply.\n"
+    assert err.startswith("Warning: auth/001_create_users is recorded as applied, but its files are gone")
+
+
+@pytest.fixture
+def merged(tree):
+    """Two branches merged: both added catalog/008."""
+    tree.table_pair("catalog/007_create_products", "products")
+    tree.table_pair("catalog/008_add_weight", "weights")
+    tree.table_pair("catalog/008_add_color", "colors")
+    return tree
+
+
+SHARED = "catalog/008_add_color_up.sql and catalog/008_add_weight_up.sql share the number 008"
+
+
+def test_status_warns_about_shared_numbers(scratch_db, merged):
+    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(merged))
+    assert f"  warning: {SHARED}, so they run in the order of module and name" in out
+    assert scratch_db.run("sqlmigrate_status", dir=str(merged), check=True)[2] == 1
+
+
+def test_up_warns_about_shared_numbers_and_runs_them_in_name_order(scratch_db, merged):
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(merged))
+    assert rc == 0, err
+    assert err.startswith(f"Warning: {SHARED}")
+    assert scratch_db.records() == [
+        ("catalog", "007_create_products"),
+        ("catalog", "008_add_color"),
+        ("catalog", "008_add_weight"),
+    ]
+
+
+def test_lint_warns_about_shared_numbers(scratch_db, merged):
+    out, err, rc = scratch_db.run("sqlmigrate_lint", dir=str(merged), everything=True)
+    assert rc == 0, err
+    assert err.startswith(f"Warning: {SHARED}")
+
+
+def test_unique_numbers_refuses_shared_numbers_before_anything_runs(scratch_db, merged, settings):
+    settings.NIXMIG = {**settings.NIXMIG, "UNIQUE_NUMBERS": True}
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(merged))
+    assert rc == 1
+    assert f"has 1 error(s); nothing was run:\n  - {SHARED}" in err
+    assert "migrations" not in scratch_db.tables() or scratch_db.records() == []
+
+
 def test_status_check_exit_codes(scratch_db, three):
     assert scratch_db.run("sqlmigrate_status", dir=str(three), check=True)[2] == 1
     scratch_db.run("sqlmigrate_up", dir=str(three))
@@ -410,3 +492,36 @@ def test_python_api_twins_of_the_go_api(scratch_db, three):
     api.migrate_up(directory=three.path, database=db)
     assert len(api.reset_migrations(directory=three.path, database=db).ids) == 3
     assert api.applied_migrations(db) == [] and "tokens" in scratch_db.tables()
+
+
+# -- --help ----------------------------------------------------------------------------------
+
+NIXMIG_COMMANDS = sorted(name for name, app in get_commands().items() if app == "nixmig")
+ROLLOUT_OPTIONS = ["--parallel", "--canary", "--on-error", "--report", "--only-failed"]
+
+
+@pytest.mark.parametrize("name", NIXMIG_COMMANDS)
+def test_every_option_of_every_command_has_help_text(name):
+    parser = load_command_class("nixmig", name).create_parser("manage.py", name)
+    undocumented = [a.option_strings or [a.dest] for a in parser._actions if not (a.help or "").strip()]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("name", ["sqlmigrate_up", "sqlmigrate_down"])
+def test_help_keeps_the_rollout_options_in_their_own_section_after_the_targets(name):
+    parser = load_command_class("nixmig", name).create_parser("manage.py", name)
+    groups = {g.title: [a.option_strings[0] for a in g._group_actions] for g in parser._action_groups}
+    assert groups["rollout over several targets"] == ROLLOUT_OPTIONS
+    assert groups["targets (databases, database URLs, schemas)"][:2] == ["--database", "--all-databases"]
+    text = parser.format_help()
+    assert text.index("targets (databases") < text.index("rollout over several targets:")
+    assert (
+        "--parallel"
+        not in text[: text.index("rollout over several targets:")].split("usage:")[1].split("\n\n", 1)[1]
+    )
+
+
+def test_status_help_has_parallel_but_no_rollout_reports():
+    parser = load_command_class("nixmig", "sqlmigrate_status").create_parser("manage.py", "sqlmigrate_status")
+    groups = {g.title: [a.option_strings[0] for a in g._group_actions] for g in parser._action_groups}
+    assert groups["rollout over several targets"] == ["--parallel"]

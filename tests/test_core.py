@@ -247,3 +247,51 @@ def test_prepare_refuses_concurrently_without_the_directive(tree):
         r".*'-- nixmig:no-transaction'",
     ):
         prepare(load_tree(tree.path).migrations[0].up)
+
+
+def test_shared_numbers_are_a_warning_naming_both_files(tree):
+    tree.table_pair("catalog/007_create_products", "products")
+    tree.table_pair("catalog/008_add_weight", "weights")
+    tree.table_pair("catalog/008_add_color", "colors")
+    t = load_tree(tree.path)
+    assert [m.id for m in t.migrations] == [
+        "catalog/007_create_products",
+        "catalog/008_add_color",
+        "catalog/008_add_weight",
+    ]
+    [problem] = t.problems
+    assert (problem.code, problem.level, problem.file) == (
+        "duplicate_number",
+        "warning",
+        "catalog/008_add_color_up.sql",
+    )
+    assert problem.message == (
+        "catalog/008_add_color_up.sql and catalog/008_add_weight_up.sql share the number 008, so they run in "
+        "the order of module and name (catalog/008_add_color first), whatever order they were written in. If "
+        "they come from two branches, renumber the later one after the highest number (009) with "
+        "'python manage.py sqlmigrate_new' and move its SQL there; NIXMIG['UNIQUE_NUMBERS'] = True refuses "
+        "shared numbers."
+    )
+    t.raise_for_errors()  # a warning: the tree still runs
+
+
+def test_unique_numbers_refuses_shared_numbers(tree):
+    tree.table_pair("catalog/008_add_weight", "weights")
+    tree.table_pair("shipping/008_add_zones", "zones")
+    tree.table_pair("shipping/010_add_rates", "rates")
+    t = load_tree(tree.path, unique_numbers=True)
+    assert [(p.code, p.level) for p in t.problems] == [("duplicate_number", "error")]
+    with pytest.raises(
+        TreeError, match=r"catalog/008_add_weight_up\.sql and shipping/008_add_zones_up\.sql share"
+    ):
+        t.raise_for_errors()
+    assert "011" in t.problems[0].message  # the next free number
+
+
+def test_three_files_sharing_a_number_are_one_warning(tree):
+    for module in ("a", "b", "c"):
+        tree.table_pair(f"{module}/043_x", f"t_{module}")
+    [problem] = load_tree(tree.path).problems
+    assert problem.message.startswith(
+        "a/043_x_up.sql, b/043_x_up.sql and c/043_x_up.sql share the number 043"
+    )

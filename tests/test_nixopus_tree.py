@@ -314,13 +314,21 @@ def test_status_lists_the_tree_problems_readably(nixopus_db, nixopus_dir):
     assert rc == 0, err
     lines = out.splitlines()
     problems = lines[lines.index("Problems:") + 1 : -1]
-    assert len(problems) == 22
+    assert len(problems) == 33
     assert problems[0] == (
         "  warning: applications/008_create_application_down.sql: matches no up file (expected "
         "008_create_application_up.sql beside it); it is probably the down file of "
         "applications/008_create_appplication_up.sql: rename it to 008_create_appplication_down.sql, or delete it."
     )
-    assert Counter(p.split(":")[0] for p in problems) == {"  warning": 9, "  info": 13}
+    assert Counter(p.split(":")[0] for p in problems) == {"  warning": 20, "  info": 13}
+    assert (
+        "  warning: applications/043_drop_domain_from_applications_up.sql, extensions/043_add_featured_column_up.sql "
+        "and healthcheck/043_create_health_checks_up.sql share the number 043, so they run in the order of module "
+        "and name (applications/043_drop_domain_from_applications first), whatever order they were written in. If "
+        "they come from two branches, renumber the later one after the highest number (045) with 'python manage.py "
+        "sqlmigrate_new' and move its SQL there; NIXMIG['UNIQUE_NUMBERS'] = True refuses shared numbers."
+        in problems
+    )
     assert (
         "  info: applications/040_add_draft_status_up.sql: has no down file, so applications/040_add_draft_status "
         "is irreversible (add 040_add_draft_status_down.sql; an empty one is an explicit no-op rollback)."
@@ -344,7 +352,7 @@ def test_status_check_fails_on_the_tree_warnings_even_when_everything_is_applied
     assert rc == 1
     assert (
         err
-        == "Not up to date: 0 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back, 9 problem(s)."
+        == "Not up to date: 0 pending, 0 changed, 0 missing, 0 partly applied, 0 partly rolled back, 20 problem(s)."
     )
     assert (
         out.splitlines()[-1]
@@ -359,6 +367,7 @@ def test_status_json_lists_the_tree_problems_machine_readably(nixopus_db, nixopu
     data = json.loads(out)
     assert Counter((p["level"], p["code"]) for p in data["problems"]) == {
         ("warning", "orphan_down"): 9,
+        ("warning", "duplicate_number"): 11,  # legitimate: the modules grew side by side
         ("info", "irreversible"): 13,
     }
     assert {p["file"] for p in data["problems"] if p["code"] == "orphan_down"} == set(ORPHAN_DOWNS)

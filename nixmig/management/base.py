@@ -20,7 +20,8 @@ from ..targets import Target
 
 
 def add_target_arguments(parser, *, rollout: bool = True) -> None:
-    """Add the options that choose targets (databases, URLs, schemas) and how a rollout runs."""
+    """Add the options that choose targets (databases, URLs, schemas), then, in a section of their own, how a
+    rollout over several targets runs (so they don't crowd the options of a single run in --help)."""
     group = parser.add_argument_group("targets (databases, database URLs, schemas)")
     group.add_argument(
         "--database",
@@ -53,6 +54,7 @@ def add_target_arguments(parser, *, rollout: bool = True) -> None:
         help="One target per line: alias, alias:schema, URL or 'URL schema', optionally followed "
         "by [canary].",
     )
+    group = parser.add_argument_group("rollout over several targets")
     group.add_argument(
         "--parallel",
         type=int,

@@ -70,6 +70,7 @@ class Command(NixmigCommand):
         if everything or ids or since:
             tree = api.load_tree(directory)
             tree.raise_for_errors()
+            self.warn_shared_numbers(tree, format)
             connection = api.connection_for(database) if database else None
             if since:
                 report = lint.lint_since(
@@ -85,6 +86,7 @@ class Command(NixmigCommand):
         else:
             tree = api.load_tree(directory)
             tree.raise_for_errors()
+            self.warn_shared_numbers(tree, format)
 
             def pending(target, writer, progress):
                 alias = target.alias
@@ -117,6 +119,19 @@ class Command(NixmigCommand):
             return
         self.write_report(report, format, scope)
         self.fail_on_errors(report)
+
+    def warn_shared_numbers(self, tree, fmt: str) -> None:
+        """Say which migrations share a number (their order is module and name, not the order written)."""
+        for problem in tree.problems:
+            if problem.code != "duplicate_number":
+                continue
+            if fmt == "github":
+                self.stdout.write(
+                    f"::warning file={_prop(problem.file)},line=1,title={_prop('nixmig: shared number')}::"
+                    f"{_data(problem.message)}"
+                )
+            else:
+                self.stderr.write(self.style.WARNING(f"Warning: {problem.message}"))
 
     def fail_on_errors(self, report: lint.Report) -> None:
         errors = report.errors

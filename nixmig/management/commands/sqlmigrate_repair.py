@@ -22,7 +22,12 @@ class Command(NixmigCommand):
             "pending, a partly rolled-back one stays applied. Runs none of their SQL; use it "
             "only after undoing (or restoring) by hand what their statements did.",
         )
-        parser.add_argument("--lock-wait", type=float, metavar="SECONDS")
+        parser.add_argument(
+            "--lock-wait",
+            type=float,
+            metavar="SECONDS",
+            help="How long to wait for another runner's lock (default: NIXMIG['LOCK_WAIT'], 300).",
+        )
 
     def run(self, *, directory, database, ids, forget_progress, lock_wait, **options):
         if forget_progress:
