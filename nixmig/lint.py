@@ -823,10 +823,7 @@ class Schema:
             return None
         key = self._find(rel, self.tables)
         if key is not None:
-            t = self.tables[key]
-            if t.unread is not None:
-                self._read(t)
-            return t
+            return self.tables[key]
         if self.from_catalog or if_exists:
             return None
         t = Table(*self._home(rel), complete=False)
@@ -880,8 +877,10 @@ class Schema:
                 return
         self.indexes[(t.schema, name[:63])] = Index(t.key, self.epoch)
 
-    def _read(self, t: Table) -> None:
+    def read(self, t: Table) -> None:
         """Parse a CREATE TABLE the fast path skipped, now that a later statement needs its columns."""
+        if t.unread is None:
+            return
         kind, node, _ = parse(t.unread)
         t.unread = None
         if kind == "CreateStmt":
@@ -910,6 +909,7 @@ class Schema:
 
     def column(self, t: Table, name: str | None, *, if_exists: bool = False) -> Column | None:
         """Return a column of ``t`` before this statement, or None when it does not exist."""
+        self.read(t)
         col = t.columns.get(name)
         if col is not None or t.complete or if_exists or name is None:
             return col
@@ -921,6 +921,10 @@ class Schema:
     def index(self, rel: Rel, *, if_exists: bool = False) -> tuple[tuple[str, str], Index] | None:
         """Return (key, index) of the index ``rel`` names, or None when it does not exist."""
         key = self._find(rel, self.indexes)
+        if key is None and any(t.unread is not None for t in self.tables.values()):
+            for t in list(self.tables.values()):  # the indexes of PRIMARY KEY / UNIQUE constraints
+                self.read(t)
+            key = self._find(rel, self.indexes)
         if key is not None:
             return key, self.indexes[key]
         if self.from_catalog or if_exists:
@@ -1566,6 +1570,7 @@ class _FileLinter:
         t = self.schema.table(rel, if_exists=bool(node.get("missing_ok")))
         if t is None:
             return  # ALTER TABLE IF EXISTS of a table that is not there, or one the plan made out of sight
+        self.schema.read(t)
         for item in node.get("cmds", []):
             cmd = item.get("AlterTableCmd", {})
             sub = cmd.get("subtype")
