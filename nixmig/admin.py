@@ -20,10 +20,13 @@ from . import (
 from .exceptions import NixmigError
 from .highlight import highlight_sql
 from .models import MigrationRecord
+from .plan import Status
 from .recorder import NIXMIG_COLUMNS, Recorder
-from .tree import Migration, Tree, load_migration, paused_gc
+from .tree import Migration, Tree, load_migration, paused_gc, unchanged_tree_key
 
 PENDING_SHOWN = 100
+# Summaries of the status above the changelist, by (database, tree, tracking table): see _summary.
+_SUMMARIES: dict[tuple, tuple[Status, dict | None]] = {}
 
 
 def _cached(request: HttpRequest, key: str, compute):
@@ -154,17 +157,49 @@ class MigrationRecordAdmin(admin.ModelAdmin):
         context = {"nixmig": self.status_context(request), **(extra_context or {})}
         return super().changelist_view(request, extra_context=context)
 
+    def _summary(self, request, alias: str) -> tuple[Status, dict | None]:
+        """Return the status (without the catalog's leftovers) and the lint counts of its pending files.
+
+        Kept per process under a key naming the tree (the checksum cache's, from stat() alone) and
+        the tracking table's rows (a digest the server computes): a request whose tree and rows are
+        those of an earlier one reuses its summary instead of rebuilding an entry per migration.
+        """
+        directory = conf.migrations_dir()
+        tree_key = unchanged_tree_key(
+            directory, allow_empty=bool(conf.get("ALLOW_EMPTY")), checksum_cache=conf.checksum_cache(directory)
+        )
+        key = None
+        if tree_key is not None:
+            table_key = Recorder(connections[alias]).fingerprint()
+            key = (alias, tree_key, table_key) if table_key is not None else None
+        known = _SUMMARIES.get(key) if key is not None else None
+        if known is not None:
+            request.__dict__.setdefault("_nixmig", {})["tree"] = (known[0].tree, None)
+            return known
+        tree, error = _load(request)
+        if tree is None:
+            raise NixmigError(error or "The migrations directory can't be read.")
+        with paused_gc():  # tens of thousands of objects, no cycles: no collector passes over the heap
+            status = api.status(tree=tree, database=alias, create_table=False, leftovers=False)
+        found = None
+        if status.pending:
+            try:
+                found = lint.pending_summary(status, alias)
+            except (NixmigError, DatabaseError) as exc:
+                found = {"migrations": {}, "failed": str(exc).strip()}
+        if key is not None:
+            if len(_SUMMARIES) >= 4:
+                _SUMMARIES.clear()
+            _SUMMARIES[key] = (status, found)
+        return status, found
+
     def status_context(self, request) -> dict:
         """What the changelist shows above the records: pending ids in run order and the problems."""
         alias = self.database()
         context = {"database": alias, "table_usable": self._table_usable(request)}
-        tree, error = _load(request)
-        if tree is None:
-            context["error"] = error
-            return context
         try:
-            with paused_gc():  # tens of thousands of objects, no cycles: no collector passes over the heap
-                status = api.status(tree=tree, database=alias, create_table=False)
+            status, found = self._summary(request, alias)
+            status = api.with_leftovers(status, connections[alias])  # the catalog's: one query each time
         except (NixmigError, DatabaseError) as exc:
             context["error"] = str(exc).strip()
             return context
@@ -182,11 +217,7 @@ class MigrationRecordAdmin(admin.ModelAdmin):
             applied=counts["applied"] + counts["changed"],
             hint=f"python manage.py sqlmigrate_up{'' if alias == 'default' else ' --database ' + alias}",
         )
-        if pending:
-            try:
-                found = lint.pending_summary(status, alias)
-            except (NixmigError, DatabaseError) as exc:
-                found = {"migrations": {}, "failed": str(exc).strip()}
+        if pending and found is not None:
             context.update(
                 lint=found,
                 lint_text=lint.counts_text(found),

@@ -188,12 +188,14 @@ def status(
     tree: Tree | None = None,
     create_table: bool = True,
     schema: str | None = None,
+    leftovers: bool = True,
 ) -> Status:
     """Return every migration with its state, and the problems found.
 
     Creates the tracking table when it is missing (so a fresh database reads as 'all pending'),
     but only if the migration lock is free and the database is writable; it never waits.
     ``schema`` reads the tracking table of that schema (a schema-per-tenant target).
+    ``leftovers=False`` leaves out the catalog's leftovers (see ``with_leftovers``).
     """
     tree = tree or load_tree(directory)
     connection = connection_for(database)
@@ -204,20 +206,26 @@ def status(
     refused = refused_files(result.entries)
     if refused:
         result = replace(result, problems=result.problems + tuple(refused))
-    found = _leftovers(connection, tree, schema)
-    if found:
-        problems = tuple(
-            Problem(
-                f"{x.what}: left by a statement that runs outside a transaction and was interrupted or failed; "
-                f"fix it with: {x.fix}",
-                None,
-                WARNING,
-                "leftover",
-            )
-            for x in found
+    return with_leftovers(result, connection, schema) if leftovers else result
+
+
+def with_leftovers(result: Status, connection, schema: str | None = None) -> Status:
+    """Add to a status the catalog's leftovers of interrupted statements (one query)."""
+    assert result.tree is not None
+    found = _leftovers(connection, result.tree, schema)
+    if not found:
+        return result
+    problems = tuple(
+        Problem(
+            f"{x.what}: left by a statement that runs outside a transaction and was interrupted or failed; "
+            f"fix it with: {x.fix}",
+            None,
+            WARNING,
+            "leftover",
         )
-        result = replace(result, problems=result.problems + problems, leftovers=tuple(found))
-    return result
+        for x in found
+    )
+    return replace(result, problems=result.problems + problems, leftovers=tuple(found))
 
 
 def _leftovers(connection, tree: Tree, schema: str | None) -> list:

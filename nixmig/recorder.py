@@ -97,6 +97,33 @@ class Recorder:
 
     # -- reading -------------------------------------------------------------------------
 
+    def fingerprint(self) -> str | None:
+        """Return a digest of every row of the table and of its progress table, or None without the table.
+
+        Two queries whatever the number of rows (the server hashes them): equal digests mean that
+        ``read()`` would return the same rows, so a summary built from them can be reused.
+        """
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL, "
+                "ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                "AND attnum > 0 AND NOT attisdropped)",
+                [self.qtable, self.qprogress, self.qtable],
+            )
+            exists, progress_exists, columns = cursor.fetchone()
+            if not exists or not {*REQUIRED_COLUMNS, *NIXMIG_COLUMNS} <= set(columns):
+                return None
+            progress = (
+                f"(SELECT md5(coalesce(string_agg(p::text, ',' ORDER BY p::text), '')) FROM {self.qprogress} p)"
+                if progress_exists
+                else "''"
+            )
+            cursor.execute(
+                "SELECT count(*), coalesce(max(id), 0), md5(coalesce(string_agg(concat_ws('/', id, module, name, "
+                f"checksum, applied_at, execution_ms), ',' ORDER BY id), '')), {progress} FROM {self.qtable}"
+            )
+            return ":".join(str(v) for v in cursor.fetchone())
+
     def read(self) -> TableState:
         """Return the table's columns, its rows in application order, and any progress rows."""
         with self.connection.cursor() as cursor:

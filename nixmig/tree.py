@@ -374,6 +374,7 @@ def read_sql_file(path: str | os.PathLike, relpath: str) -> tuple[SqlFile | None
 
 
 RACY_NS = 2_000_000_000  # see ChecksumCache
+_PARSED: dict[str, tuple[str, dict, dict | None]] = {}  # cache file -> (its version, files, snapshot)
 _stat = os.stat  # what the cache keys on (a test stands in a file system with coarse timestamps)
 CACHE_FORMAT = 1
 
@@ -403,6 +404,7 @@ class ChecksumCache:
 
     def __init__(self, folder: str | os.PathLike, directory: Path):
         self.started = time.time_ns()  # before any stat(): the racy margin counts from here
+        self.version: str | None = None  # names the cache file as read (its path, size, times, inode)
         self.folder = os.fspath(folder)
         self.directory = str(directory)
         digest = hashlib.sha256(self.directory.encode("utf-8", "surrogateescape")).hexdigest()[:16]
@@ -413,6 +415,14 @@ class ChecksumCache:
         self.dirty = False
 
     def _read(self) -> tuple[dict[str, list], dict | None]:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return {}, None
+        self.version = f"{self.path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+        parsed = _PARSED.get(self.path)
+        if parsed is not None and parsed[0] == self.version:  # a long-lived process (the admin) reads it once
+            return parsed[1], parsed[2]
         try:
             with open(self.path, "rb") as f:
                 data = json.loads(f.read())
@@ -426,7 +436,40 @@ class ChecksumCache:
         ):
             return {}, None
         snapshot = data.get("tree")
-        return data["files"], snapshot if isinstance(snapshot, dict) else None
+        files, snapshot = data["files"], snapshot if isinstance(snapshot, dict) else None
+        if len(_PARSED) >= 8:
+            _PARSED.clear()
+        _PARSED[self.path] = (self.version, files, snapshot)
+        return files, snapshot
+
+    def unchanged(self, root: Path, allow_empty: bool) -> bool:
+        """True when no folder and no up file changed since the last full read (stat() only)."""
+        snap = self.snapshot
+        if snap is None or snap.get("allow_empty") is not allow_empty:
+            return False
+        base = str(root)
+        stat_ = _stat
+        try:
+            for folder, mtime, ctime, ino in snap["folders"]:
+                st = stat_(f"{base}/{folder}" if folder else base)
+                if st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_ino != ino:
+                    return False
+            files = self.entries
+            for module, _number, name, _has_down in snap["migrations"]:
+                up_rel = f"{module}/{name}_up.sql" if module else f"{name}_up.sql"
+                size, mtime, ctime, ino = files[up_rel][:4]
+                st = stat_(f"{base}/{up_rel}")
+                if (
+                    st.st_size != size
+                    or st.st_mtime_ns != mtime
+                    or st.st_ctime_ns != ctime
+                    or st.st_ino != ino
+                    or not stat.S_ISREG(st.st_mode)
+                ):
+                    return False
+        except (OSError, KeyError, TypeError, ValueError):
+            return False
+        return True
 
     def folder_key(self, path: str) -> list[int] | None:
         """Return a folder's (mtime, ctime, inode) taken before it is listed, or None when too recent to trust."""
@@ -900,6 +943,27 @@ def _load_tree(
             }
         cache.save()
     return Tree(root, tuple(migrations), tuple(problems), files_read=files_read)
+
+
+def unchanged_tree_key(
+    directory: str | os.PathLike, *, allow_empty: bool = False, checksum_cache: str | os.PathLike | None
+) -> str | None:
+    """Return a key naming the tree as the checksum cache's last full read saw it, or None.
+
+    Not None only when that read left a snapshot and no folder or up file changed since (stat()
+    only: no file is read and no object is built per migration); equal keys mean equal trees. The
+    admin keeps its summary of the tree under this key.
+    """
+    if checksum_cache is None:
+        return None
+    root = Path(directory)
+    try:
+        cache = ChecksumCache(checksum_cache, root.resolve())
+    except OSError:
+        return None
+    if cache.version is None or not cache.unchanged(root, allow_empty):
+        return None
+    return f"{cache.version}:{allow_empty}"
 
 
 def load_migration(

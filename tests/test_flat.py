@@ -146,3 +146,45 @@ def test_the_admin_parses_and_lints_no_more_pending_sql_than_status_does(
     assert parsed == []
     assert '<li class="info" id="nixmig-lint">The files of the pending migrations hold' in html
     assert "<code>auth/001_index</code>" in html
+
+
+def test_the_admin_reuses_its_summary_only_while_the_tree_and_the_table_are_unchanged(
+    admin_client, settings, tree, monkeypatch
+):
+    import time
+
+    from nixmig import api
+    from nixmig import tree as tree_module
+
+    monkeypatch.setattr(tree_module, "RACY_NS", 50_000_000)  # files older than 50 ms are settled
+    settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path)}
+    tree.table_pair("auth/001_users", "users")
+    tree.table_pair("auth/002_teams", "teams")
+    for _ in range(2):  # the first read makes the cache's folder, which changes the tree's folder
+        time.sleep(0.06)
+        api.load_tree()  # then the second read leaves a snapshot
+    computed = []
+    real_status = api.status
+    monkeypatch.setattr(api, "status", lambda **k: computed.append(1) or real_status(**k))
+
+    def summary() -> str:
+        html = admin_client.get(CHANGELIST).content.decode()
+        return " ".join(m for m in ("2 SQL", "1 SQL", "Up to date", "were changed after") if m in html)
+
+    _run_default("sqlmigrate_up", dir=str(tree.path), to="auth/001_users")
+    assert summary() == "1 SQL" and len(computed) == 1
+    assert summary() == "1 SQL" and len(computed) == 1  # reused: nothing changed
+    _run_default("sqlmigrate_up", dir=str(tree.path))
+    assert summary() == "Up to date" and len(computed) == 2  # a new row
+    assert summary() == "Up to date" and len(computed) == 2
+    time.sleep(0.06)
+    (tree.path / "auth/001_users_up.sql").write_text("CREATE TABLE userz (id serial PRIMARY KEY);\n")
+    assert summary() == "Up to date were changed after" and len(computed) == 3  # an edited file
+
+
+def _run_default(command: str, **options) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    call_command(command, stdout=StringIO(), stderr=StringIO(), verbosity=0, **options)
