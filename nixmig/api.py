@@ -125,6 +125,7 @@ def load_tree(directory: str | Path | None = None) -> Tree:
         allow_empty=bool(conf.get("ALLOW_EMPTY")),
         unique_numbers=bool(conf.get("UNIQUE_NUMBERS")),
         checksum_cache=conf.checksum_cache(directory),
+        max_file_bytes=conf.max_file_bytes(),
     )
 
 

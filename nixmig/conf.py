@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "TEST_REBUILD_CHANGED": False,  # --keepdb: re-create a kept test database whose applied files were edited
     "ALLOW_EMPTY": False,  # accept empty / comment-only up files as no-op migrations (imported trees)
     "UNIQUE_NUMBERS": False,  # True: migrations that share a number are an error, not a warning
+    "MAX_FILE_BYTES": 64 * 1024 * 1024,  # larger migration files are refused (None: no limit)
     "TARGETS": None,  # a callable (or its dotted path) returning rollout targets (nixmig.targets)
     "VERIFY_DATABASE_URL": None,  # the server of sqlmigrate_verify's scratch databases (default: the target's)
     "VERIFY_SETUP": None,  # SQL files (or a callable) making what a deploy makes outside the tree
@@ -73,3 +74,18 @@ def checksum_cache(directory: str | Path) -> Path | None:
     if not value:
         return None
     return Path(value)
+
+
+def max_file_bytes() -> int | None:
+    """Return NIXMIG['MAX_FILE_BYTES'] (None: no limit), or raise a clear error."""
+    from .exceptions import NixmigError
+
+    value = get("MAX_FILE_BYTES")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise NixmigError(
+            f"NIXMIG['MAX_FILE_BYTES'] = {value!r} is not a size; give a number of bytes (e.g. "
+            "64 * 1024 * 1024) or None for no limit."
+        )
+    return value

@@ -23,11 +23,13 @@ from pathlib import Path
 
 from .exceptions import TreeError
 
-FILE_RE = re.compile(r"^(?P<number>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_-]*?)_(?P<direction>up|down)\.sql$")
-MODULE_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# Names are matched whole (fullmatch, and \Z where '$' would also match before a final line break).
+FILE_RE = re.compile(r"(?P<number>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_-]*?)_(?P<direction>up|down)\.sql\Z")
+MODULE_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 DIRECTIVE_RE = re.compile(r"^--\s*nixmig:\s*([A-Za-z_-]+)\s*(?:=\s*(\S+))?\s*$")
 KNOWN_DIRECTIVES = {"no-transaction", "lock-timeout", "statement-timeout", "empty"}
 FLAG_DIRECTIVES = {"no-transaction", "empty"}  # take no value
+MAX_FILE_BYTES = 64 * 1024 * 1024  # NIXMIG['MAX_FILE_BYTES']: larger migration files are refused
 TIMEOUT_RE = re.compile(r"^[0-9]+\s*(us|ms|s|min|h|d)?$")
 BOM = "\ufeff"
 
@@ -75,7 +77,7 @@ class SqlFile:
     would have reported it.
     """
 
-    __slots__ = ("_path", "relpath", "_text", "_checksum", "_directives", "analysis_cache")
+    __slots__ = ("_path", "relpath", "_text", "_checksum", "_directives", "analysis_cache", "max_bytes")
 
     def __init__(
         self,
@@ -84,7 +86,9 @@ class SqlFile:
         text: str | None = None,
         checksum: str | None = None,
         directives: Directives | None = None,
+        max_bytes: int | None = MAX_FILE_BYTES,
     ):
+        self.max_bytes = max_bytes  # the size limit of a read on first use
         self._path = (
             path  # a str from load_tree: a Path is built only when asked for (a third of a read's cost)
         )
@@ -103,7 +107,7 @@ class SqlFile:
     def _load(self) -> None:
         if self._text is not None:
             return
-        loaded, problems = read_sql_file(os.fspath(self._path), self.relpath)
+        loaded, problems = read_sql_file(os.fspath(self._path), self.relpath, self.max_bytes)
         errors = [p for p in problems if p.level == ERROR]
         if loaded is None or errors:
             raise TreeError(errors[0].message)
@@ -308,15 +312,50 @@ def parse_directives(text: str, relpath: str) -> tuple[Directives, list[Problem]
     ), problems
 
 
-def _read(path: str | os.PathLike[str]) -> bytes:
+class FileRefused(Exception):
+    """A path that is not a regular file, or a file over the size limit (its reason)."""
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def _read(path: str | os.PathLike[str], max_bytes: int | None = MAX_FILE_BYTES) -> bytes:
     """Return a file's bytes with the least per-file overhead: no buffered reader, no Path.
+
+    Only a regular file is read: the open doesn't block (a FIFO would wait for a writer
+    forever) and ``fstat`` of the open file refuses FIFOs, sockets and devices, as well as
+    files over ``max_bytes``, with FileRefused.
 
     The first read asks for 16 KiB, not more: CPython allocates the whole requested size before
     the read, and asking for 1 MiB (an mmap and page faults each time) made reading 10,000 small
     files four times slower. Reading goes on until the kernel says end of file.
     """
-    fd = os.open(path, os.O_RDONLY)
     try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            raise exc from None
+        if not stat.S_ISREG(mode):  # a socket can't be opened at all (ENXIO)
+            raise FileRefused(f"is {_kind(mode)}, not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused(f"is {_kind(st.st_mode)}, not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise FileRefused(_too_large(st.st_size, max_bytes))
         data = os.read(fd, 16384)
         if not data:
             return data
@@ -324,17 +363,41 @@ def _read(path: str | os.PathLike[str]) -> bytes:
         if not more:
             return data
         chunks = [data, more]
+        size = len(data) + len(more)
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:  # it grew while being read
+                raise FileRefused(_too_large(size, max_bytes))
         return b"".join(chunks)
     finally:
         os.close(fd)
 
 
-def read_sql_file(path: str | os.PathLike, relpath: str) -> tuple[SqlFile | None, list[Problem]]:
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"is {size:,} bytes, over NIXMIG['MAX_FILE_BYTES'] ({limit:,} bytes); split it into several "
+        "migrations, or raise the setting if a file this large is intended"
+    )
+
+
+def printable(text: str) -> str:
+    """Return ``text`` with control characters escaped ('003_b_up.sql\\n'), for messages."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def read_sql_file(
+    path: str | os.PathLike, relpath: str, max_bytes: int | None = MAX_FILE_BYTES
+) -> tuple[SqlFile | None, list[Problem]]:
     """Read one file; return it, or the problems that make it unusable."""
     try:
-        data = _read(path)
+        data = _read(path, max_bytes)
+    except FileRefused as exc:
+        return None, [
+            Problem(f"{relpath}: {exc}; nixmig reads only regular files.", relpath, ERROR, "not_regular")
+            if "regular file" in str(exc)
+            else Problem(f"{relpath}: {exc}.", relpath, ERROR, "too_large")
+        ]
     except OSError as exc:
         return None, [
             Problem(
@@ -651,6 +714,7 @@ def load_tree(
     allow_empty: bool = False,
     unique_numbers: bool = False,
     checksum_cache: str | os.PathLike | None = None,
+    max_file_bytes: int | None = MAX_FILE_BYTES,
 ) -> Tree:
     """Read every migration under ``directory`` and return them in run order.
 
@@ -662,13 +726,21 @@ def load_tree(
     size, modification and change times and inode are those it had when the cache last read it
     (and that had not changed for RACY_NS before that read) is not read again.
 
+    Only regular files are read (a FIFO, socket or device is a problem naming it), and none over
+    ``max_file_bytes`` (None: no limit).
+
     Raises TreeError only when the directory itself is unusable; problems with single
     files are collected in ``Tree.problems`` (call ``raise_for_errors()`` before running).
     """
     # Reading makes tens of thousands of objects and no garbage cycles; the collector's passes
     # over Django's heap meanwhile were a quarter of the time at 10,000 migrations.
     with paused_gc():
-        tree = _load_tree(directory, allow_empty, checksum_cache)
+        tree = _load_tree(directory, allow_empty, checksum_cache, max_file_bytes)
+    if max_file_bytes != MAX_FILE_BYTES:  # files read later (down files, cached up files) keep the limit
+        for m in tree.migrations:
+            for f in (m.up, m.down):
+                if f is not None:
+                    f.max_bytes = max_file_bytes
     shared = shared_numbers(tree.migrations, ERROR if unique_numbers else WARNING)
     if shared:
         problems = sorted(tree.problems + tuple(shared), key=_problem_order)
@@ -724,7 +796,10 @@ def shared_numbers(migrations: tuple[Migration, ...], level: str = WARNING) -> l
 
 
 def _load_tree(
-    directory: str | os.PathLike, allow_empty: bool, checksum_cache: str | os.PathLike | None
+    directory: str | os.PathLike,
+    allow_empty: bool,
+    checksum_cache: str | os.PathLike | None,
+    max_file_bytes: int | None = MAX_FILE_BYTES,
 ) -> Tree:
     root = Path(directory)
     if not root.is_dir():
@@ -792,11 +867,11 @@ def _load_tree(
                     )
                 )
                 continue
-            if not MODULE_SEGMENT_RE.match(d) or set(d) == {"."}:
+            if not MODULE_SEGMENT_RE.fullmatch(d) or set(d) == {"."}:
                 problems.append(
                     Problem(
-                        f"{rel}/: is not a valid module folder name (use letters, digits, '_', '-' and '.', "
-                        "no spaces); rename the folder.",
+                        f"{printable(rel)}/: is not a valid module folder name (use letters, digits, '_', '-' "
+                        "and '.', no spaces or control characters); rename the folder.",
                         rel + "/",
                         ERROR,
                         "bad_module",
@@ -809,8 +884,10 @@ def _load_tree(
         prefix = f"{module}/" if module else ""
         for entry in file_entries:
             filename = entry.name
-            match = FILE_RE.match(filename)
-            if match is None and _is_ignored(filename):  # a name FILE_RE takes is never an ignored one
+            match = FILE_RE.fullmatch(filename)
+            if (
+                match is None and _is_ignored(filename) and filename.isprintable()
+            ):  # a name FILE_RE takes is never an ignored one
                 continue
             full = entry.path
             relpath = prefix + filename
@@ -841,7 +918,7 @@ def _load_tree(
             if match is None:
                 problems.append(
                     Problem(
-                        f"{relpath}: the name does not follow <NNN>_<name>_up.sql or <NNN>_<name>_down.sql "
+                        f"{printable(relpath)}: the name does not follow <NNN>_<name>_up.sql or <NNN>_<name>_down.sql "
                         "(digits, an underscore, a name of letters, digits, '_' or '-', then _up.sql or _down.sql); "
                         "rename it.",
                         relpath,
@@ -857,7 +934,7 @@ def _load_tree(
                     sql_file = found
                 else:
                     files_read += 1
-                    sql_file, file_problems = read_sql_file(full, relpath)
+                    sql_file, file_problems = read_sql_file(full, relpath, max_file_bytes)
                     if file_problems:
                         problems.extend(file_problems)
                     if sql_file is None:
@@ -967,7 +1044,12 @@ def unchanged_tree_key(
 
 
 def load_migration(
-    directory: str | os.PathLike, module: str, name: str, *, allow_empty: bool = False
+    directory: str | os.PathLike,
+    module: str,
+    name: str,
+    *,
+    allow_empty: bool = False,
+    max_file_bytes: int | None = MAX_FILE_BYTES,
 ) -> Migration | None:
     """Read one migration (``<module>/<name>_up.sql`` and its down file) without reading the whole tree.
 
@@ -977,14 +1059,14 @@ def load_migration(
     its time does not grow with the tree.
     """
     root = Path(directory)
-    match = FILE_RE.match(f"{name}_up.sql")
+    match = FILE_RE.fullmatch(f"{name}_up.sql")
     segments = module.split("/") if module else []
     if match is None or not root.is_dir():
         return None
     folder = str(root)
     for segment in segments:
         if (
-            not MODULE_SEGMENT_RE.match(segment)
+            not MODULE_SEGMENT_RE.fullmatch(segment)
             or set(segment) == {"."}
             or segment.startswith(".")
             or segment == "__pycache__"
@@ -1005,7 +1087,7 @@ def load_migration(
     up_path = os.path.join(folder, f"{name}_up.sql")
     if not usable(up_path):
         return None
-    up, problems = read_sql_file(up_path, f"{prefix}{name}_up.sql")
+    up, problems = read_sql_file(up_path, f"{prefix}{name}_up.sql", max_file_bytes)
     if up is None or any(p.level == ERROR for p in problems):
         return None
     if up.is_empty:
@@ -1015,5 +1097,9 @@ def load_migration(
     elif allow_empty and not up.directives.empty:
         up = SqlFile(up.path, up.relpath, up.text, up.checksum, replace(up.directives, allow_empty=True))
     down_path = os.path.join(folder, f"{name}_down.sql")
-    down = SqlFile(down_path, f"{prefix}{name}_down.sql") if usable(down_path) else None
+    down = (
+        SqlFile(down_path, f"{prefix}{name}_down.sql", max_bytes=max_file_bytes)
+        if usable(down_path)
+        else None
+    )
     return Migration(module, int(match["number"]), name, up, down)

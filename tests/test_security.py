@@ -500,3 +500,106 @@ def test_urls_are_shown_without_any_password(url, shown):
     from nixmig.databases import without_password
 
     assert without_password(url) == shown
+
+
+# -- odd files: only regular files, names matched whole, a size limit ------------------------------
+
+
+def test_a_fifo_in_the_tree_is_refused_and_status_does_not_hang(scratch_db, small_tree):
+    import os
+
+    os.mkfifo(small_tree.path / "core" / "002_x_up.sql")
+    proc = scratch_db.manage("sqlmigrate_status", "--dir", str(small_tree), timeout=60)  # a hang fails here
+    assert (
+        "core/002_x_up.sql: is a named pipe (FIFO), not a regular file; nixmig reads only regular files."
+        in (proc.stdout + proc.stderr)
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_fifo_as_a_down_file_is_refused_when_it_would_run(scratch_db, small_tree):
+    import os
+
+    (small_tree.path / "core" / "001_things_down.sql").unlink()
+    os.mkfifo(small_tree.path / "core" / "001_things_down.sql")
+    assert scratch_db.manage("sqlmigrate_up", "--dir", str(small_tree), timeout=60).returncode == 0
+    proc = scratch_db.manage("sqlmigrate_down", "--dir", str(small_tree), timeout=60)
+    assert proc.returncode == 1
+    assert "core/001_things_down.sql: is a named pipe (FIFO), not a regular file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert scratch_db.value("SELECT count(*) FROM migrations") == 1  # nothing rolled back
+
+
+def test_a_socket_and_a_device_are_refused_by_the_reader(small_tree, monkeypatch):
+    import os
+    import socket
+
+    from nixmig.tree import FileRefused, _read, load_tree
+
+    folder = small_tree.path / "core"
+    monkeypatch.chdir(folder)  # a socket path may hold at most 107 bytes: bind a relative one
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind("003_s_up.sql")
+        tree = load_tree(small_tree.path)
+    finally:
+        server.close()
+    assert [p.message for p in tree.problems] == [
+        "core/003_s_up.sql: is a socket, not a regular file; nixmig reads only regular files."
+    ]
+    assert os.path.exists("/dev/null")
+    with pytest.raises(FileRefused, match="is a character device, not a regular file"):
+        _read("/dev/null")
+
+
+def test_a_file_name_with_a_trailing_line_break_is_refused(small_tree):
+    from nixmig.tree import load_tree
+
+    small_tree.write("core/003_b_up.sql\n", "CREATE TABLE b (id int);\n")
+    tree = load_tree(small_tree.path)
+    assert [m.id for m in tree.migrations] == ["core/001_things"]
+    assert [p.message.split(":")[0] for p in tree.problems] == ["core/003_b_up.sql\\n"]
+    assert "the name does not follow <NNN>_<name>_up.sql" in tree.problems[0].message
+
+
+def test_a_folder_name_with_a_trailing_line_break_is_refused(small_tree):
+    from nixmig.tree import load_tree
+
+    small_tree.write("mod2\n/002_c_up.sql", "CREATE TABLE c (id int);\n")
+    tree = load_tree(small_tree.path)
+    assert [m.id for m in tree.migrations] == ["core/001_things"]
+    assert [p.message for p in tree.problems] == [
+        "mod2\\n/: is not a valid module folder name (use letters, digits, '_', '-' and '.', no spaces or "
+        "control characters); rename the folder."
+    ]
+
+
+def test_files_over_the_size_limit_are_refused_with_the_setting_named(scratch_db, small_tree, settings):
+    small_tree.pair(
+        "core/002_big", "SELECT 1;\n" + "-- padding\n" * 200, "SELECT 2;\n" + "-- padding\n" * 200
+    )
+    settings.NIXMIG = {**settings.NIXMIG, "MAX_FILE_BYTES": 1000}
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(small_tree))
+    assert rc == 1
+    assert (
+        "core/002_big_up.sql: is 2,210 bytes, over NIXMIG['MAX_FILE_BYTES'] (1,000 bytes); split it into several "
+        "migrations, or raise the setting if a file this large is intended." in err
+    )
+    assert scratch_db.value("SELECT to_regclass('migrations')") is None  # nothing ran
+
+
+def test_a_down_file_over_the_size_limit_is_refused_when_it_would_run(scratch_db, small_tree, settings):
+    assert scratch_db.run("sqlmigrate_up", dir=str(small_tree))[2] == 0
+    small_tree.write("core/001_things_down.sql", "DROP TABLE things;\n" + "-- padding\n" * 200)
+    settings.NIXMIG = {**settings.NIXMIG, "MAX_FILE_BYTES": 1000}
+    out, err, rc = scratch_db.run("sqlmigrate_down", dir=str(small_tree))  # a down file is read only now
+    assert rc == 1
+    assert "core/001_things_down.sql: is 2,219 bytes, over NIXMIG['MAX_FILE_BYTES'] (1,000 bytes)" in err
+    assert scratch_db.value("SELECT count(*) FROM migrations") == 1
+
+
+def test_a_size_limit_that_is_not_a_number_is_refused(scratch_db, small_tree, settings):
+    settings.NIXMIG = {**settings.NIXMIG, "MAX_FILE_BYTES": "64MB"}
+    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(small_tree))
+    assert rc == 1
+    assert err.startswith("NIXMIG['MAX_FILE_BYTES'] = '64MB' is not a size;")

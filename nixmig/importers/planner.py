@@ -112,7 +112,7 @@ def _is_empty(text: str) -> bool:
 
 def check_module(module: str) -> str:
     module = module.strip().strip("/")
-    if not module or not all(MODULE_SEGMENT_RE.match(s) and set(s) != {"."} for s in module.split("/")):
+    if not module or not all(MODULE_SEGMENT_RE.fullmatch(s) and set(s) != {"."} for s in module.split("/")):
         raise SourceTreeError(
             f"{module!r} is not a valid module: use folder names of letters, digits, '_', '-' and "
             "'.', separated by '/' (pass --module)."
@@ -180,7 +180,7 @@ def plan_import(source: Source, directory: str | Path, module: str) -> ImportPla
             continue
         number += 1
         name = nixmig_name(number, migration)
-        if not FILE_RE.match(
+        if not FILE_RE.fullmatch(
             f"{name}_up.sql"
         ):  # cannot happen with _UNSAFE, but never write a name nixmig refuses
             problems.append(

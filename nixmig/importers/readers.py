@@ -176,7 +176,7 @@ def _golang_migrate(root: Path):
 # '-- +goose Up', '-- +goose Down', '-- +goose StatementBegin/End', '-- +goose NO TRANSACTION'
 # (whole file), '-- +goose ENVSUB ON/OFF', matched case-insensitively.
 
-_GOOSE_FILE_RE = re.compile(r"^([0-9]+)_(.*)\.(sql|go)$", re.S)
+_GOOSE_FILE_RE = re.compile(r"^([0-9]+)_(.*)\.(sql|go)\Z", re.S)
 _GOOSE_ANNOTATION_RE = re.compile(r"^--\s*\+goose\s+(.*?)\s*$", re.I)
 
 
@@ -258,7 +258,7 @@ def _goose(root: Path):
 # amacneil/dbmate: ^(\d+).*\.sql$, version = the leading digits; '-- migrate:up [opts]' and
 # '-- migrate:down [opts]' sections, option 'transaction:false' per section.
 
-_DBMATE_FILE_RE = re.compile(r"^([0-9]+)(.*)\.sql$", re.S)
+_DBMATE_FILE_RE = re.compile(r"^([0-9]+)(.*)\.sql\Z", re.S)
 _DBMATE_UP_RE = re.compile(r"^--\s*migrate:up(?:[ \t]*\r?$|[ \t]+\S.*$)", re.M)
 _DBMATE_DOWN_RE = re.compile(r"^--\s*migrate:down(?:[ \t]*\r?$|[ \t]+\S.*$)", re.M)
 
@@ -383,7 +383,7 @@ def _diesel(root: Path):
 # files, R__... repeatable; a '<file>.conf' beside a script may say executeInTransaction=false.
 # Flyway's checksum is CRC32 over the script's lines without line endings (BOM dropped), signed.
 
-_FLYWAY_RE = re.compile(r"^([VUR])([0-9]+(?:[._][0-9]+)*)?__(.+)\.sql$", re.S)
+_FLYWAY_RE = re.compile(r"^([VUR])([0-9]+(?:[._][0-9]+)*)?__(.+)\.sql\Z", re.S)
 _FLYWAY_NO_TX_RE = re.compile(r"^\s*executeInTransaction\s*=\s*false\s*$", re.M)
 _FLYWAY_PLACEHOLDER_RE = re.compile(r"\$\{[^}\s]+\}")
 
@@ -490,7 +490,7 @@ def _flyway(root: Path):
 # one for all dialects; '.autocommit.' files run outside a transaction; files are rendered as Go
 # templates; a file of only comments and blank lines is skipped (recorded, nothing run).
 
-_POPX_RE = re.compile(r"^(\d+)_([^.]+)(\.[a-z0-9]+)?(\.autocommit)?\.(up|down)\.(sql|fizz)$", re.S)
+_POPX_RE = re.compile(r"^(\d+)_([^.]+)(\.[a-z0-9]+)?(\.autocommit)?\.(up|down)\.(sql|fizz)\Z", re.S)
 _POSTGRES = {"postgres", "postgresql", "pg"}
 _OTHER_DIALECTS = {"cockroach", "cockroachdb", "crdb", "mysql", "mariadb", "sqlite", "sqlite3"}
 
