@@ -141,9 +141,10 @@ class Executor:
         direction = options.direction
         self.callback("start", direction=direction, entry=entry, index=index, total=total, fake=options.fake)
         started = time.perf_counter()
+        ms: float | None = None  # a no-transaction file: the sum of its statements' times, as recorded
         try:
             if prep is not None and prep.no_transaction and not options.fake:
-                self._no_transaction(entry, prep, options, done)
+                ms = self._no_transaction(entry, prep, options, done)
             else:
                 if prep is not None and not options.fake and prep.body.strip():
                     self.callback(
@@ -172,7 +173,7 @@ class Executor:
             index=index,
             total=total,
             fake=options.fake,
-            ms=(time.perf_counter() - started) * 1000,
+            ms=(time.perf_counter() - started) * 1000 if ms is None else ms,
         )
 
     def settings(self, directives: Directives, local: bool) -> str:
@@ -271,8 +272,11 @@ class Executor:
             self.recorder, self.settings(prep.file.directives, False), finish, direction, entry, prep, start
         )
 
-    def _no_transaction(self, entry: Entry, prep: Prepared, options: RunOptions, done: list[Entry]) -> None:
-        NoTransactionRun(self, entry, prep, options, done).run()
+    def _no_transaction(self, entry: Entry, prep: Prepared, options: RunOptions, done: list[Entry]) -> float:
+        """Run a no-transaction file; return the sum of its statements' times (in ms)."""
+        run = NoTransactionRun(self, entry, prep, options, done)
+        run.run()
+        return run.ms
 
     def send(self, query: str) -> None:
         with self.connection.cursor() as cursor:

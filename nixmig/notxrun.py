@@ -10,6 +10,7 @@ executor's callback.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING
@@ -40,6 +41,7 @@ class NoTransactionRun:
         self.direction = options.direction
         self.statements = prep.analysis.statements
         self.total = len(self.statements)
+        self.ms = 0.0  # the time of the statements this run sent (with their progress rows): the file's time
 
     def run(self) -> None:
         ex, entry, progress = self.ex, self.entry, self.entry.progress
@@ -63,6 +65,8 @@ class NoTransactionRun:
                     continue
                 self._statement(query, k)
                 ran = k + 1
+            if self.direction == "up":  # the record's own time covered only the last statement's query
+                ex.recorder.set_execution_ms(entry.files, self.ms)
         except DatabaseError as exc:  # a progress or record write failed (connection lost)
             text, sqlstate = describe(exc)
             raise failure(
@@ -139,7 +143,9 @@ class NoTransactionRun:
         if stmt.effect is not None and stmt.effect.kind == "index" and stmt.effect.name:
             self._clean(stmt, k, None, cleaned)  # an INVALID index a failed earlier run left
         try:
+            sent = time.perf_counter()
             self._send(query, text, stmt, lambda: self._clean(stmt, k, since, cleaned))
+            self.ms += (time.perf_counter() - sent) * 1000
             problem = self._broken(stmt, since)
         except DatabaseError as exc:
             self.ex.rollback()

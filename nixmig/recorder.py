@@ -264,6 +264,14 @@ class Recorder:
         with self.connection.cursor() as cursor:
             cursor.execute(self.unrecord_sql(record))
 
+    def set_execution_ms(self, migration: Migration, ms: float) -> None:
+        """Record ``ms`` as the execution time of applied ``migration`` (a no-transaction file: its statements' sum)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {self.qtable} SET execution_ms = %s WHERE module IS NOT DISTINCT FROM %s AND name = %s",
+                [round(ms, 3), migration.module, migration.name],
+            )
+
     def set_checksum(self, record: AppliedRecord, checksum: str) -> None:
         """Accept an intended edit of an applied file."""
         with self.connection.cursor() as cursor:

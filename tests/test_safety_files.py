@@ -466,3 +466,55 @@ def test_waiting_runner_is_told_who_holds_the_lock_and_runs_once_it_is_released(
     assert waits[0]["holder"]["application_name"] == "deploy-on-replica-2"
     assert [event for event, _ in events][:3] == ["lock_wait", "lock_acquired", "plan"]
     assert result.ids == ["a/001_one"]
+
+
+def test_a_resumed_file_says_ok_on_the_line_of_its_migration(scratch_db, tree):
+    tree.pair("idx/001_parts", FAILING_NO_TX, None)
+    assert scratch_db.run("sqlmigrate_up", dir=str(tree))[2] == 1
+    tree.write("idx/001_parts_up.sql", FAILING_NO_TX.replace("SELECT nope", "SELECT id"))
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert [line for line in lines if "OK" in line] == [
+        next(
+            line
+            for line in lines
+            if line.startswith("  Applying idx/001_parts... resuming at statement 3 of 4... OK (")
+        )
+    ]
+    assert not any(line.lstrip().startswith("OK") for line in lines)
+
+
+def test_statement_lines_at_verbosity_2_end_with_the_migration_and_ok(scratch_db, tree):
+    tree.pair(
+        "idx/001_parts", "-- nixmig:no-transaction\nCREATE TABLE p (id int);\nCREATE TABLE q (id int);\n"
+    )
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree), verbosity=2)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[lines.index("    statement 2/2 (line 3)") + 1].startswith("  Applying idx/001_parts... OK (")
+
+
+SLOW_NO_TX = """\
+-- nixmig:no-transaction
+SELECT pg_sleep(0.2);
+CREATE TABLE slow (id int);
+SELECT pg_sleep(0.2);
+"""
+
+
+def test_a_no_transaction_file_takes_the_sum_of_its_statements_on_screen_in_json_and_in_the_admin(
+    scratch_db, tree
+):
+    tree.pair("slow/001_sleepy", SLOW_NO_TX, "DROP TABLE slow;\n")
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
+    assert rc == 0, err
+    screen = int(out.split("Applying slow/001_sleepy... OK (")[1].split(" ms)")[0])
+    recorded = _status_json(scratch_db, tree)["slow/001_sleepy"]["execution_ms"]
+    assert recorded >= 400  # both sleeps, not only the last statement's transaction
+    assert abs(screen - recorded) <= 1  # the same figure, rounded on screen
+    from nixmig.admin import MigrationRecordAdmin
+    from nixmig.models import MigrationRecord
+
+    record = MigrationRecord.objects.using(scratch_db.alias).get(name="001_sleepy")
+    assert MigrationRecordAdmin.execution_time(None, record) == f"{recorded:.0f} ms"

@@ -100,6 +100,7 @@ class EventRenderer:
         self.style = style
         self.verbosity = verbosity
         self.open_line = False
+        self.label = ""  # "  [2/3] Applying auth/002_x...": repeated before OK when other lines came between
 
     def __call__(self, event: str, **data) -> None:
         """Render one engine event."""
@@ -127,13 +128,14 @@ class EventRenderer:
         elif event == "start" and v >= 1:
             verb = "Applying" if data["direction"] == "up" else "Unapplying"
             counter = f"[{data['index']}/{data['total']}] " if data["total"] > 1 else ""
-            out.write(f"  {counter}{verb} {data['entry'].id}...", ending="")
+            self.label = f"  {counter}{verb} {data['entry'].id}..."
+            out.write(self.label, ending="")
             out.flush()
             self.open_line = True
         elif event == "success" and v >= 1:
             fake = " FAKED" if data["fake"] else " OK"
             timing = f" ({data['ms']:.0f} ms)"
-            out.write(self.style.SUCCESS(fake) + timing)
+            out.write(("" if self.open_line else self.label) + self.style.SUCCESS(fake) + timing)
             self.open_line = False
         elif event == "sql" and v >= 3:
             self.close_line()
@@ -142,8 +144,15 @@ class EventRenderer:
             self.close_line()
             out.write(f"    statement {data['index']}/{data['total']} (line {data['line']})")
         elif event == "resume" and v >= 1:
-            self.close_line()
-            out.write(f"    resuming at statement {data['statement']} of {data['total']}")
+            resuming = f"resuming at statement {data['statement']} of {data['total']}"
+            if (
+                self.open_line
+            ):  # on the migration's line: '  Applying x... resuming at statement 3 of 4... OK'
+                out.write(f" {resuming}...", ending="")
+                out.flush()
+                self.label += f" {resuming}..."
+            else:
+                out.write(f"    {resuming}")
         elif event == "already_done":
             self.close_line()
             self.stderr.write(
