@@ -45,12 +45,14 @@ def main() -> None:
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        with psycopg.connect(url.rsplit("/", 1)[0] + f"/{name}", autocommit=True) as conn:
+        with psycopg.connect(url, dbname=name, autocommit=True) as conn:
+            for first in range(0, args.tables, 500):  # 500 tables per transaction: max_locks_per_transaction
+                with conn.transaction():
+                    for i in range(first, min(first + 500, args.tables)):
+                        conn.execute(
+                            f"CREATE TABLE t{i} (id int PRIMARY KEY, v text); CREATE INDEX t{i}_v_idx ON t{i} (v)"
+                        )
             with conn.transaction():
-                for i in range(args.tables):
-                    conn.execute(
-                        f"CREATE TABLE t{i} (id int PRIMARY KEY, v text); CREATE INDEX t{i}_v_idx ON t{i} (v)"
-                    )
                 conn.execute("CREATE TABLE ev (at int NOT NULL) PARTITION BY RANGE (at)")
                 conn.execute("CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM (0) TO (10)")
                 conn.execute(
