@@ -128,7 +128,7 @@ def _reindex_leftovers(cursor: CursorWrapper, effect: Effect) -> tuple[Leftover,
     cursor.execute(
         _INDEX + "JOIN pg_class t ON t.oid = i.indrelid "
         f"WHERE NOT i.indisvalid AND c.relname ~ %(cc)s AND {where} ORDER BY c.oid",
-        {"name": name, "schema": ident(effect.relation[0]), "cc": _CC},
+        {"name": name, "schema": ident(*effect.relation) if effect.target == "SCHEMA" else "", "cc": _CC},
     )
     return tuple(_drop(r[0], r[1]) for r in cursor.fetchall())
 

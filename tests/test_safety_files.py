@@ -220,6 +220,48 @@ def test_status_and_check_report_an_invalid_index_on_a_table_the_tree_names_with
     ]
 
 
+def test_statements_that_leave_catalog_state_are_known_by_what_they_leave(tree):
+    effects = [
+        s.effect
+        for s in analyze(
+            "CREATE UNIQUE INDEX CONCURRENTLY ON s.big (a, lower(b));\n"
+            "CREATE INDEX CONCURRENTLY big_a_idx ON big (a);\n"
+            "REINDEX INDEX CONCURRENTLY big_a_idx;\nREINDEX (VERBOSE) TABLE CONCURRENTLY s.big;\n"
+            "REINDEX SCHEMA CONCURRENTLY app;\nALTER TABLE ev DETACH PARTITION s.ev_2020 CONCURRENTLY;\n"
+            "VACUUM big;\nCREATE INDEX big_b_idx ON big (b);\n"
+        ).statements
+    ]
+    assert [(e.kind, e.relation, e.name, e.columns, e.unique, e.target) if e else None for e in effects] == [
+        ("index", ("s", "big"), (), ("a", ""), True, ""),
+        ("index", ("big",), ("big_a_idx",), ("a",), False, ""),
+        ("reindex", ("big_a_idx",), (), (), False, "INDEX"),
+        ("reindex", ("s", "big"), (), (), False, "TABLE"),
+        ("reindex", ("app",), (), (), False, "SCHEMA"),
+        ("detach", ("ev",), ("s", "ev_2020"), (), False, ""),
+        None,
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "REINDEX SCHEMA CONCURRENTLY public",
+        "REINDEX DATABASE CONCURRENTLY whatever",
+        "REINDEX DATABASE CONCURRENTLY",
+        "REINDEX TABLE CONCURRENTLY t",
+    ],
+)
+def test_reindex_leftovers_are_read_for_every_target(scratch_db, statement):
+    from nixmig import leftovers
+
+    scratch_db.sql("CREATE TABLE t (v int); CREATE INDEX t_v_idx ON t (v)")
+    (stmt,) = analyze(statement + ";").statements
+    with scratch_db.connection.cursor() as cursor:
+        found = leftovers.inspect(cursor, stmt)
+    assert found == leftovers.Found(False, (), None)
+
+
 @pytest.mark.parametrize(
     "statement, what",
     [
