@@ -113,14 +113,14 @@ class Recorder:
             exists, progress_exists, columns = cursor.fetchone()
             if not exists or not {*REQUIRED_COLUMNS, *NIXMIG_COLUMNS} <= set(columns):
                 return None
-            progress = (
+            progress_sql = (
                 f"(SELECT md5(coalesce(string_agg(p::text, ',' ORDER BY p::text), '')) FROM {self.qprogress} p)"
                 if progress_exists
                 else "''"
             )
             cursor.execute(
                 "SELECT count(*), coalesce(max(id), 0), md5(coalesce(string_agg(concat_ws('/', id, module, name, "
-                f"checksum, applied_at, execution_ms), ',' ORDER BY id), '')), {progress} FROM {self.qtable}"
+                f"checksum, applied_at, execution_ms), ',' ORDER BY id), '')), {progress_sql} FROM {self.qtable}"
             )
             return ":".join(str(v) for v in cursor.fetchone())
 

@@ -222,8 +222,8 @@ def _expression_is_safe(node: ast.expr) -> bool:
         func = node.func
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
         return name in SAFE_CALLS
-    if isinstance(node, ast.Name):
-        return node.id in SAFE_NAMES or node.id.isupper()  # a module constant (e.g. _LOCAL_TIME)
+    if isinstance(node, ast.Name):  # a name known to hold SQL, one ending in _sql, or a module constant
+        return node.id in SAFE_NAMES or node.id.endswith("_sql") or node.id.isupper()
     if isinstance(node, ast.Attribute):
         return node.attr in SAFE_NAMES
     if isinstance(node, ast.IfExp):
