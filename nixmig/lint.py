@@ -2144,7 +2144,13 @@ def lint_entries(
     settings: Settings | None = None,
     schema: str | None = None,
 ) -> Report:
-    """Lint the up files of planned entries as one plan, over the live catalog of ``connection`` when given."""
+    """Lint the up files of planned entries as one plan, over the live catalog of ``connection`` when given.
+
+    Over a catalog, an error is only one on an object the catalog shows existed before the plan:
+    anything the model could not resolve (an object it assumed, a statement naming none) is a
+    warning, so this report (status, the admin, sqlmigrate_lint of pending migrations) counts
+    exactly what sqlmigrate_up refuses.
+    """
     items = [(e.id, e.migration.up) for e in entries if e.migration is not None]
     if connection is not None and pg_version is None:
         pg_version = server_version(connection)
@@ -2154,6 +2160,10 @@ def lint_entries(
         settings=settings or Settings.from_django(),
         catalog=read_catalog(connection, schema) if connection is not None else None,
     )
+    if connection is not None:
+        report.findings = [
+            replace(f, level=WARNING) if f.level == ERROR and not f.certain else f for f in report.findings
+        ]
     report.mode = (
         "one plan over the database's catalog" if connection is not None else "one plan, starting from empty"
     )
@@ -2344,12 +2354,7 @@ def plan_check(
     """The runner's plan check: refuse an up plan with lint errors (not --fake, not down, not --no-lint)."""
     if direction != "up" or fake or not entries or _skip.get():
         return
-    report = lint_entries(entries, connection=connection, schema=schema)
-    # Only what is certain blocks: an error on an object the live catalog shows. Anything the model
-    # could not resolve (an object it assumed, a statement with no object) is a warning here.
-    report.findings = [
-        replace(f, level=WARNING) if f.level == ERROR and not f.certain else f for f in report.findings
-    ]
+    report = lint_entries(entries, connection=connection, schema=schema)  # errors: only what is certain
     report.raise_for_errors()
     if emit is not None and report.counts()[WARNING]:
         emit("lint", report=report)

@@ -304,3 +304,13 @@ def test_raising_a_timestamp_precision_is_not_a_rewrite():
     assert rules(deployed, "ALTER TABLE t ALTER at TYPE timestamp(0);", separate=True) == [
         "alter-column-type"
     ]
+
+
+def test_status_and_pending_lint_count_what_up_would_refuse(scratch_db, tree):
+    tree.pair("app/001_t", "CREATE TABLE t (id int);\n", None)
+    assert up(scratch_db, tree)[2] == 0
+    tree.pair("app/002_vacuum", "-- nixmig:no-transaction\nVACUUM FULL;\n", None)  # names no table
+    out, err, rc = scratch_db.run("sqlmigrate_status", dir=str(tree))
+    assert "Lint: 1 warning in the pending migrations" in out, out
+    out, err, rc = scratch_db.run("sqlmigrate_lint", dir=str(tree))
+    assert rc == 0 and "warning [vacuum-full]" in out, out + err
