@@ -14,6 +14,9 @@ from conftest import ROOT
 from django.core.management import call_command
 from django.db import connection
 
+from nixmig import verify
+from nixmig.tree import load_tree
+
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -134,3 +137,62 @@ def test_an_operator_logs_in_and_reads_the_applied_and_pending_migrations(
     assert not browser.find_elements(By.NAME, "_save")  # read-only
     browser.save_screenshot(str(ARTIFACTS / "admin_detail.png"))
     assert (ARTIFACTS / "admin_changelist.png").stat().st_size > 10_000
+
+
+@pytest.fixture
+def long_ids(transactional_db, tree, settings):
+    """Migrations with long ids in nested modules, applied and verified (the verify column has results)."""
+    settings.NIXMIG = {**settings.NIXMIG, "MIGRATIONS_DIR": str(tree.path)}
+    names = [
+        "integrations/github/001_create_github_connectors_and_installations",
+        "notifications/002_create_notification_preferences_per_channel",
+        "integrations/gitlab/003_create_gitlab_connectors_and_webhooks",
+    ]
+    for i, migration in enumerate(names):
+        tree.table_pair(migration, f"t{i}")
+    try:
+        call_command("sqlmigrate_up", verbosity=0)
+        migrations = load_tree(tree.path).migrations  # results as sqlmigrate_verify stores them
+        verdicts = [verify.EXACT, verify.NOT_EXACT, verify.EXACT]
+        verify.VerifyStore(connection).save(
+            [verify.MigrationResult(m, result) for m, result in zip(migrations, verdicts, strict=True)]
+        )
+        yield names
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "DROP TABLE IF EXISTS t0, t1, t2, migrations, migrations_progress, migrations_verify"
+            )
+
+
+def test_the_changelist_fits_1280_pixels_with_the_navigation_open(browser, live_server, admin_user, long_ids):
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(1280, 1000)
+    browser.get(f"{live_server.url}/admin/login/?next={CHANGELIST}")
+    browser.find_element(By.NAME, "username").send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys("password")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    _wait(browser, "#result_list")
+    assert browser.find_element(By.ID, "nav-sidebar").is_displayed()
+    widths = browser.execute_script(
+        """
+        const results = document.querySelector('#changelist .results');
+        const verify = document.querySelector('#result_list thead th.column-verify_result');
+        return {viewport: document.documentElement.clientWidth, page: document.documentElement.scrollWidth,
+                box: results.clientWidth, table: results.scrollWidth,
+                verify_right: verify.getBoundingClientRect().right};
+        """
+    )
+    assert widths["table"] <= widths["box"], widths  # no column hidden behind a scroll bar
+    assert widths["page"] <= widths["viewport"], widths
+    assert widths["verify_right"] <= widths["viewport"], widths
+    verified = [
+        td.text for td in browser.find_elements(By.CSS_SELECTOR, "#result_list td.field-verify_result")
+    ]
+    assert verified == ["exact", "not exact", "exact"]
+    ids = [
+        a.text.replace("\n", "")
+        for a in browser.find_elements(By.CSS_SELECTOR, "#result_list th.field-migration_id a")
+    ]
+    assert ids == long_ids[::-1]
