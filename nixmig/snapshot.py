@@ -210,7 +210,9 @@ SELECT 'pg_namespace', ns.oid, ns.oid, NULL, NULL, NULL FROM ns"""
 # Query 1 of an incremental snapshot: the catalog rows written since the previous snapshot
 # (xmin not older than its oldest running transaction), with their group, found by cheap
 # scans that deparse nothing; rows deleted since are found from the catalogs' deleted-row
-# counters (see take()). Plus what _MEMBERS adds at its end.
+# counters (see take()). Plus what _MEMBERS adds at its end. Rows that no definition shows but
+# that go with an object (array and multirange types, the internal triggers of a foreign key)
+# are listed too, under their object's group, so that their deletion is counted exactly.
 _CHANGES = (
     _EXCLUDED
     + r"""
@@ -239,7 +241,7 @@ UNION ALL
 SELECT 'pg_index', NULL, x.indrelid, NULL, NULL, NULL FROM pg_index x WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_index') AND age(x.xmin) <= (SELECT age FROM since)
 UNION ALL
 SELECT 'pg_trigger', g.oid, g.tgrelid, NULL, NULL, NULL FROM pg_trigger g
-WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_trigger') AND age(g.xmin) <= (SELECT age FROM since) AND NOT g.tgisinternal
+WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_trigger') AND age(g.xmin) <= (SELECT age FROM since)
 UNION ALL
 SELECT 'pg_policy', po.oid, po.polrelid, NULL, NULL, NULL FROM pg_policy po WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_policy') AND age(po.xmin) <= (SELECT age FROM since)
 UNION ALL
@@ -250,8 +252,13 @@ SELECT 'pg_sequence', NULL, s.seqrelid, NULL, NULL, NULL FROM pg_sequence s WHER
 UNION ALL
 SELECT 'pg_proc', p.oid, p.oid, NULL, NULL, NULL FROM pg_proc p WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_proc') AND age(p.xmin) <= (SELECT age FROM since)
 UNION ALL
-SELECT 'pg_type', t.oid, CASE t.typtype WHEN 'c' THEN t.typrelid ELSE t.oid END, NULL, NULL, NULL
-FROM pg_type t WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_type') AND age(t.xmin) <= (SELECT age FROM since) AND t.typtype IN ('e', 'r', 'd', 'c')
+SELECT 'pg_type', t.oid, CASE WHEN t.typtype = 'c' THEN t.typrelid
+                               WHEN t.typtype = 'm' THEN (SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid)
+                               WHEN t.typelem <> 0 THEN (SELECT CASE e.typtype WHEN 'c' THEN e.typrelid ELSE e.oid END
+                                                         FROM pg_type e WHERE e.oid = t.typelem)
+                               ELSE t.oid END, NULL, NULL, NULL
+FROM pg_type t WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_type') AND age(t.xmin) <= (SELECT age FROM since)
+  AND (t.typtype IN ('e', 'r', 'd', 'c', 'm') OR t.typelem <> 0)
 UNION ALL
 SELECT 'pg_enum', NULL, e.enumtypid, NULL, NULL, NULL FROM pg_enum e WHERE (SELECT w.n IS DISTINCT FROM w.before FROM w WHERE w.cat = 'pg_enum') AND age(e.xmin) <= (SELECT age FROM since)
 UNION ALL
@@ -467,6 +474,9 @@ class Snapshot:
     _counts: dict = field(default_factory=dict, compare=False, repr=False)
     _excluded: tuple = field(default=(), compare=False, repr=False)
     _since: int | None = field(default=None, compare=False, repr=False)
+    _recent: dict = field(
+        default_factory=dict, compare=False, repr=False
+    )  # rows new in this one, per catalog
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -587,26 +597,27 @@ def _take(
     if reuse:
         before = [previous._written.get(cat) if version >= 150000 else None for cat in _SCANNED]
         known = previous._counts if previous.rows is not None else {}
-        # One round trip: the statistics flush, then (after the idle point that flushes them) the changes.
-        first = _batch(
-            cursor,
-            [(_FLUSH, None, False)] if version >= 150000 else [],
-            sync=True,
-            last=(
-                _CHANGES,
-                [
-                    list(excluded),
-                    previous._since,
-                    _array(before),
-                    _array(known),
-                    _array(c[1] for c in known.values()),
-                    row_counts,
-                    previous._since,
-                    previous._since,
-                ],
-                True,
-            ),
-        )[-1]
+        # One round trip: the statistics flush, then (after the idle point that flushes them) the changes,
+        # and whether the rows the previous snapshot found new are still there: a down usually drops
+        # what its up just made, so these are the rows most likely deleted (see _deleted_groups).
+        recent = previous._recent if version >= 150000 and any(previous._recent.values()) else {}
+        probe = [(_PROBE, [_array(recent.get(cat, ())) for cat in _TRACKED], True)] if recent else []
+        changes = [
+            list(excluded),
+            previous._since,
+            _array(before),
+            _array(known),
+            _array(c[1] for c in known.values()),
+            row_counts,
+            previous._since,
+            previous._since,
+        ]
+        flush = [(_FLUSH, None, False)] if version >= 150000 else []
+        rows = _batch(cursor, [*flush, (_CHANGES, changes, True), *probe], sync=True)
+        speculative: dict[str, list] = {cat: [] for cat in _TRACKED}
+        for i, oid in rows[-1] if recent else ():
+            speculative[_TRACKED[i]].append(oid)
+        first = rows[-2] if recent else rows[-1]
         members = {cat: dict(previous._members.get(cat, {})) for cat in _TRACKED}
     else:
         cursor.execute(_MEMBERS, [list(excluded), None, None, row_counts, None, None], prepare=True)
@@ -634,7 +645,7 @@ def _take(
         else:
             members[cat][oid] = grp
     if reuse:
-        dirty.update(_deleted_groups(cursor, members, deleted, previous._deleted, version))
+        dirty.update(_deleted_groups(cursor, members, deleted, previous._deleted, version, speculative))
         dirty.discard(None)
         definitions = (_PARTIAL_SQL, [list(excluded), _array(sorted(dirty)), True], True)
     else:
@@ -642,9 +653,7 @@ def _take(
     # One round trip: the definitions, and the row counts of the tables written since.
     stale = [(oid, *known) for oid, known in writes.items()] if row_counts else []
     chunks = [stale[i : i + 500] for i in range(0, len(stale), 500)]  # one query per 500 tables: small plans
-    *counted, defined = _batch(
-        cursor, [(_count_sql(chunk), None, False) for chunk in chunks], last=definitions
-    )
+    *counted, defined = _batch(cursor, [*((_count_sql(chunk), None, False) for chunk in chunks), definitions])
     fresh: dict = {}
     reread: set = set()
     for grp, kind, name, definition in defined:
@@ -656,12 +665,14 @@ def _take(
     if reuse:
         groups = {g: objects for g, objects in previous._groups.items() if g is not None and g not in reread}
     groups.update(fresh)  # a group read again and found empty is gone
+    recent: dict[str, list] = {}
     for (
         cat,
         oid,
         grp,
     ) in new_rows:  # every new row, ours or not (a toast table): deletions are then counted exactly
         members[cat][oid] = grp
+        recent.setdefault(cat, []).append(oid)
     objects = _objects(groups, previous)
     rows = counts = None
     if row_counts:
@@ -684,16 +695,21 @@ def _take(
         counts or {},
         excluded,
         since,
+        recent,
     )
 
 
-def _deleted_groups(cursor, members: dict, deleted: dict, before: dict, version: int) -> set:
+def _deleted_groups(
+    cursor, members: dict, deleted: dict, before: dict, version: int, speculative: dict | None = None
+) -> set:
     """Return the groups that lost a row of a tracked catalog since the deleted-row counters ``before``.
 
     The counters say how many rows each catalog lost; a down usually drops what its up just
     created, so the newest known oids are probed first, and the others only when not all
     deletions were found among them (or when the counters can't be trusted: before
-    PostgreSQL 15, or rows that were never known, such as an extension's).
+    PostgreSQL 15, or rows that were never known, such as an extension's). ``speculative`` holds,
+    per catalog, the rows found gone among those the previous snapshot found new (probed in the
+    same round trip as the changes): when they are all the deletions counted, nothing more is probed.
     """
     wanted: dict[str, int | None] = {}
     for cat in _TRACKED:
@@ -706,11 +722,17 @@ def _deleted_groups(cursor, members: dict, deleted: dict, before: dict, version:
     gone: set = set()
     if not wanted:
         return gone
+    found: dict[str, list] = {}
+    for cat, n in list(wanted.items()):
+        known_gone = [oid for oid in (speculative or {}).get(cat, ()) if oid in members[cat]]
+        if n is not None and len(known_gone) >= n:
+            found[cat] = known_gone
+            del wanted[cat]
     newest = {
         cat: (sorted(members[cat], reverse=True)[: max(4 * n, 64)] if n else list(members[cat]))
         for cat, n in wanted.items()
     }
-    found = _probe(cursor, newest)
+    found.update(_probe(cursor, newest))
     rest = {}
     for cat, n in wanted.items():
         if n is not None and len(found.get(cat, ())) < n and len(newest[cat]) < len(members[cat]):
@@ -778,23 +800,23 @@ def _count_sql(chunk: list) -> str:
     )
 
 
-def _batch(cursor, queries: list[tuple], *, last: tuple, sync: bool = False) -> list[list]:
-    """Run ``queries`` and then ``last`` (each: sql, params, prepare) in one round trip; return their rows.
+def _batch(cursor, queries: list[tuple], *, sync: bool = False) -> list[list]:
+    """Run ``queries`` (each: sql, params, prepare) in one round trip; return the rows of each.
 
-    They go through one pipeline, each on a cursor of its own; ``sync`` ends the implicit transaction
-    after each, so the server reaches an idle point in between (where it flushes its statistics).
-    Without pipeline support in the driver's libpq they run one after the other.
+    They go through one pipeline, each on a cursor of its own (the last on ``cursor``); ``sync``
+    ends the implicit transaction after each, so the server reaches an idle point in between
+    (where it flushes its statistics). Without pipeline support in the driver's libpq they run
+    one after the other.
     """
     raw = cursor.connection
-    todo = [*queries, last]
-    cursors = [psycopg.Cursor(raw) for _ in queries] + [cursor]
+    cursors = [psycopg.Cursor(raw) for _ in queries[1:]] + [cursor]
     try:
         if not psycopg.Pipeline.is_supported():
-            for cur, (sql, params, prepare) in zip(cursors, todo, strict=True):
+            for cur, (sql, params, prepare) in zip(cursors, queries, strict=True):
                 cur.execute(sql, params, prepare=prepare)
         else:
             with raw.pipeline() as pipeline:
-                for cur, (sql, params, prepare) in zip(cursors, todo, strict=True):
+                for cur, (sql, params, prepare) in zip(cursors, queries, strict=True):
                     cur.execute(sql, params, prepare=prepare)
                     if sync:
                         pipeline.sync()
