@@ -256,6 +256,7 @@ def commands(kind: str, tool: str, server: Server, db: str, tree: Path) -> list[
         }[tool]
     return {
         "nixmig": [py, manage, "sqlmigrate_status", "--dir", str(tree / "nixmig")],
+        "cold": [py, manage, "sqlmigrate_status", "--dir", str(tree / "nixmig")],  # NIXMIG_BENCH_NO_CACHE
         "version": [py, manage, "version"],
         "bare": [py, manage, "version"],  # with NIXMIG_BENCH_BARE: the project without nixmig installed
         "dbmate": [
@@ -332,6 +333,8 @@ class Bench:
         env = child_env(self.server, db, tree)
         if tool == "bare":
             env["NIXMIG_BENCH_BARE"] = "1"
+        if tool == "cold":
+            env["NIXMIG_BENCH_NO_CACHE"] = "1"
         log = self.logs / f"{kind}-{tool}-{n}.log"
         # kind "noop": sqlmigrate_up on a database where everything is applied
         seconds, rss, rc, cpu = timed(
@@ -639,13 +642,16 @@ class Quick:
         b, args = self.bench, self.args
         tree = generate(n, RESULTS / "trees" / str(n))
         small = n <= 520
-        up_tools = [
-            t for t in (UP_TOOLS if small else ["nixmig", "psql", "dbmate", "django"]) if t in args.tools
-        ]
+        # At 10,000 one apply each of nixmig and psql (the engine ratio); dbmate and Django's migrate
+        # there take 50 s each and only with --quick-peers-large.
+        large = ["nixmig", "psql"] + (["dbmate", "django"] if args.quick_peers_large else [])
+        up_tools = [t for t in (UP_TOOLS if small else large) if t in args.tools]
         rounds = args.quick_up_runs if small else 1
-        # Round 0 applies each tool's tree onto a database of its own (kept for the status runs).
+        # Round 0 applies each tool's tree onto a database of its own, kept for the status runs (the
+        # 10,000-migration one is applied once and reused by every status round and the admin).
         for r in range(rounds):
-            order = up_tools[r % len(up_tools) :] + up_tools[: r % len(up_tools)]
+            tools = [t for t in up_tools if r == 0 or t != "yoyo"]  # yoyo: 8 s a run, applied once
+            order = tools[r % len(tools) :] + tools[: r % len(tools)]
             line = []
             for tool in order:
                 db = f"nmb_st_{tool}" if r == 0 else UP_DB
@@ -653,15 +659,22 @@ class Quick:
                 line.append(f"{tool} {b.run_one('up', tool, n, tree, db, rnd=r):.2f}")
             self.say(f"  N={n} up round {r + 1}/{rounds}: " + ", ".join(line))
         b.dbs.drop(UP_DB)
-        # Status and the no-op up (everything applied), alternating with manage.py version.
-        kinds = [("status", "version"), ("status", "bare"), ("status", "nixmig"), ("noop", "nixmig")]
+        # Status and the no-op up (everything applied), alternating with manage.py version; "cold" is
+        # status with the checksum cache off (every up file read, as on a host the cache is not on).
+        kinds = [
+            ("status", "version"),
+            ("status", "bare"),
+            ("status", "nixmig"),
+            ("noop", "nixmig"),
+            ("status", "cold"),
+        ]
         kinds += [("status", t) for t in ("dbmate", "django", "yoyo") if t in up_tools]
-        runs = args.quick_status_runs if small else max(3, args.quick_status_runs - 2)
+        runs = args.quick_status_runs
         for r in range(runs):
             order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
             line = []
             for kind, tool in order:
-                db = f"nmb_st_{'nixmig' if tool in ('version', 'bare') else tool}"
+                db = f"nmb_st_{'nixmig' if tool in ('version', 'bare', 'cold') else tool}"
                 line.append(f"{kind}:{tool} {b.run_one(kind, tool, n, tree, db, rnd=r):.3f}")
             self.say(f"  N={n} status round {r + 1}/{runs}: " + ", ".join(line))
         self.out["n"][n] = {"admin": self.admin(n, tree) if n >= 10000 or len(args.n) == 1 else None}
@@ -792,17 +805,20 @@ class Quick:
             f"Python {m['python']}, Django {m['django']}; load average at the end {m['load']}.",
             "",
             "| N | manage.py version | sqlmigrate_status | no-op sqlmigrate_up | status / version | "
-            "no-op up / version | (same, CPU time) | version without nixmig installed |",
-            "|---|---|---|---|---|---|---|---|",
+            "no-op up / version | (same, CPU time) | status, checksum cache off / version | "
+            "version without nixmig installed |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for n in self.args.n:
             v, st, no = s[("status", "version", n)], s[("status", "nixmig", n)], s[("noop", "nixmig", n)]
-            bare = s.get(("status", "bare", n))
+            bare, cold = s.get(("status", "bare", n)), s.get(("status", "cold", n))
             lines.append(
                 f"| {n:,} | {_median(v) * 1000:.0f} ms | {_median(st) * 1000:.0f} ms | "
                 f"{_median(no) * 1000:.0f} ms | **{_median(st) / _median(v):.2f}x** | "
                 f"**{_median(no) / _median(v):.2f}x** | {_median(st, 'cpu') / _median(v, 'cpu'):.2f}x / "
                 f"{_median(no, 'cpu') / _median(v, 'cpu'):.2f}x | "
+                + (f"{_median(cold) * 1000:.0f} ms ({_median(cold) / _median(v):.2f}x)" if cold else "")
+                + " | "
                 + (
                     f"{_median(bare) * 1000:.0f} ms (status / it: {_median(st) / _median(bare):.2f}x)"
                     if bare
@@ -1003,11 +1019,16 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--quick-status-runs",
         type=int,
-        default=7,
-        help="--quick: status / no-op / version runs at N=520 (two fewer, at least 3, above).",
+        default=5,
+        help="--quick: status / no-op / version runs at N=520 (and at 10,000).",
     )
     parser.add_argument(
-        "--parallel-runs", type=int, default=2, help="--quick: runs of each --parallel setting."
+        "--parallel-runs", type=int, default=1, help="--quick: runs of each --parallel setting."
+    )
+    parser.add_argument(
+        "--quick-peers-large",
+        action="store_true",
+        help="--quick: also apply dbmate and Django's migrate at 10,000 (about 100 s more).",
     )
     parser.add_argument("--admin-runs", type=int, default=10, help="--quick: requests per admin page.")
     parser.add_argument("--no-parallel", action="store_true", help="--quick: skip the --parallel runs.")

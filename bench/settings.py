@@ -16,6 +16,11 @@ INSTALLED_APPS = [*INSTALLED_APPS, "bench.benchapp"]
 if os.environ.get("NIXMIG_BENCH_BARE"):  # the project without nixmig: Django's own start-up, for --quick
     INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "nixmig"]
 
+if os.environ.get("NIXMIG_BENCH_NO_CACHE"):  # --quick's cold status: every up file read, as on a new host
+    from project.settings import NIXMIG
+
+    NIXMIG = {**NIXMIG, "CHECKSUM_CACHE": False}
+
 _path = os.environ.get("NIXMIG_BENCH_DJANGO_PATH")
 if _path:
     sys.path.insert(0, _path)

@@ -166,7 +166,10 @@ class MigrationRecordAdmin(admin.ModelAdmin):
         """
         directory = conf.migrations_dir()
         tree_key = unchanged_tree_key(
-            directory, allow_empty=bool(conf.get("ALLOW_EMPTY")), checksum_cache=conf.checksum_cache(directory)
+            directory,
+            allow_empty=bool(conf.get("ALLOW_EMPTY")),
+            checksum_cache=conf.checksum_cache(directory),
+            max_file_bytes=conf.max_file_bytes(),
         )
         key = None
         if tree_key is not None:

@@ -39,7 +39,7 @@ APPLIED_AT_MICROSECONDS = "(extract(epoch FROM applied_at::timestamptz) * 100000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _timestamps(connection) -> Callable[[int | None], datetime | None]:
+def _timestamps(connection: DatabaseWrapper) -> Callable[[int], datetime]:
     """Return a function turning APPLIED_AT_MICROSECONDS into the datetime Django's cursor would give.
 
     Aware in the connection's time zone with USE_TZ (UTC unless the database sets another), naive
@@ -49,9 +49,7 @@ def _timestamps(connection) -> Callable[[int | None], datetime | None]:
     zone = aware if aware is not None else ZoneInfo(connection.timezone_name)
     utc = str(zone) in ("UTC", "Etc/UTC")
 
-    def when(microseconds: int | None) -> datetime | None:
-        if microseconds is None:
-            return None
+    def when(microseconds: int) -> datetime:
         moment = _EPOCH + timedelta(microseconds=microseconds)
         if utc:
             return moment if aware is not None else moment.replace(tzinfo=None)
@@ -156,7 +154,9 @@ class Recorder:
                         f"The tracking table {self.table} can't be read ({str(exc).strip()}); was it altered by "
                         "hand? Its columns must be id BIGINT, name VARCHAR, applied_at TIMESTAMPTZ."
                     ) from exc
-                when = _timestamps(self.connection)
+                when = _timestamps(
+                    self.connection
+                )  # applied_at is NOT NULL in nixmig's and the Go migrator's table
                 records = [AppliedRecord(r[0], r[1], r[3], when(r[2]), r[4], r[5]) for r in rows]
             progress: list[Progress] = []
             if progress_exists:

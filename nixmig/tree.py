@@ -465,10 +465,11 @@ class ChecksumCache:
     write permission bit, root included) is never written to.
     """
 
-    def __init__(self, folder: str | os.PathLike, directory: Path):
+    def __init__(self, folder: str | os.PathLike, directory: Path, max_file_bytes: int | None = None):
         self.started = time.time_ns()  # before any stat(): the racy margin counts from here
         self.version: str | None = None  # names the cache file as read (its path, size, times, inode)
         self.folder = os.fspath(folder)
+        self.max_file_bytes = max_file_bytes  # a bigger file is never vouched for: reading it refuses it
         self.directory = str(directory)
         digest = hashlib.sha256(self.directory.encode("utf-8", "surrogateescape")).hexdigest()[:16]
         self.path = os.path.join(self.folder, f"nixmig-checksums-{digest}.json")
@@ -508,7 +509,11 @@ class ChecksumCache:
     def unchanged(self, root: Path, allow_empty: bool) -> bool:
         """True when no folder and no up file changed since the last full read (stat() only)."""
         snap = self.snapshot
-        if snap is None or snap.get("allow_empty") is not allow_empty:
+        if (
+            snap is None
+            or snap.get("allow_empty") is not allow_empty
+            or snap.get("max") != self.max_file_bytes
+        ):
             return False
         base = str(root)
         stat_ = _stat
@@ -552,7 +557,11 @@ class ChecksumCache:
         that doesn't fit) returns None, and the tree is read again (through the file entries).
         """
         snap = self.snapshot
-        if snap is None or snap.get("allow_empty") is not allow_empty:
+        if (
+            snap is None
+            or snap.get("allow_empty") is not allow_empty
+            or snap.get("max") != self.max_file_bytes
+        ):
             return None
         base = str(root)
         stat_ = _stat
@@ -623,6 +632,7 @@ class ChecksumCache:
             or len(entry) != 8
             or entry[:4] != self._key(st)
             or not stat.S_ISREG(st.st_mode)
+            or (self.max_file_bytes is not None and st.st_size > self.max_file_bytes)
         ):
             return None, st
         checksum, no_transaction, lock_timeout, statement_timeout = entry[4:]
@@ -815,7 +825,7 @@ def _load_tree(
     real_root = root.resolve()
     problems: list[Problem] = []
     files: dict[tuple[str, str, str], tuple[int, SqlFile]] = {}
-    cache = ChecksumCache(checksum_cache, real_root) if checksum_cache is not None else None
+    cache = ChecksumCache(checksum_cache, real_root, max_file_bytes) if checksum_cache is not None else None
     if cache is not None:
         unchanged = cache.tree(root, allow_empty)
         if unchanged is not None:
@@ -934,11 +944,12 @@ def _load_tree(
                     sql_file = found
                 else:
                     files_read += 1
-                    sql_file, file_problems = read_sql_file(full, relpath, max_file_bytes)
+                    read, file_problems = read_sql_file(full, relpath, max_file_bytes)
                     if file_problems:
                         problems.extend(file_problems)
-                    if sql_file is None:
+                    if read is None:
                         continue
+                    sql_file = read
                     if cache is not None and before is not None and not file_problems:
                         cache.store(relpath, sql_file, before)
             else:
@@ -1014,6 +1025,7 @@ def _load_tree(
         ):
             cache.new_snapshot = {
                 "allow_empty": allow_empty,
+                "max": max_file_bytes,  # the limit every file of the snapshot was read under
                 "folders": folders,
                 "migrations": [[m.module, m.number, m.name, m.down is not None] for m in migrations],
                 "problems": [[p.message, p.file, p.level, p.code] for p in problems],
@@ -1023,7 +1035,11 @@ def _load_tree(
 
 
 def unchanged_tree_key(
-    directory: str | os.PathLike, *, allow_empty: bool = False, checksum_cache: str | os.PathLike | None
+    directory: str | os.PathLike,
+    *,
+    allow_empty: bool = False,
+    checksum_cache: str | os.PathLike | None,
+    max_file_bytes: int | None = MAX_FILE_BYTES,
 ) -> str | None:
     """Return a key naming the tree as the checksum cache's last full read saw it, or None.
 
@@ -1035,12 +1051,12 @@ def unchanged_tree_key(
         return None
     root = Path(directory)
     try:
-        cache = ChecksumCache(checksum_cache, root.resolve())
+        cache = ChecksumCache(checksum_cache, root.resolve(), max_file_bytes)
     except OSError:
         return None
     if cache.version is None or not cache.unchanged(root, allow_empty):
         return None
-    return f"{cache.version}:{allow_empty}"
+    return f"{cache.version}:{allow_empty}:{max_file_bytes}"
 
 
 def load_migration(
