@@ -213,3 +213,15 @@ def test_a_file_added_within_the_racy_window_shows_even_where_the_folder_keeps_i
     tree.pair("auth/002_teams", "CREATE TABLE teams (id int);\n")
     loaded = load_tree(tree.path, checksum_cache=_cache(tree))
     assert [m.id for m in loaded.migrations] == ["auth/001_users", "auth/002_teams"]
+
+
+def test_a_cached_file_over_a_lowered_size_limit_is_read_and_refused(tree, short_margin):
+    _sample(tree)
+    short_margin()
+    for _ in range(2):  # the second read leaves the snapshot
+        load_tree(tree.path, checksum_cache=_cache(tree))
+        short_margin()
+    assert load_tree(tree.path, checksum_cache=_cache(tree)).files_read == 0
+    limited = load_tree(tree.path, checksum_cache=_cache(tree), max_file_bytes=10)
+    assert limited.errors and limited.files_read == 3
+    assert _shape(limited) == _shape(load_tree(tree.path, max_file_bytes=10))
