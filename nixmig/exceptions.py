@@ -23,8 +23,10 @@ class MigrationFailed(NixmigError):
         applied: tuple[str, ...] = (),
         file: str | None = None,
         line: int | None = None,
+        failed: str = "",
     ):
         super().__init__(message)
+        self.failed = failed  # the first sentence alone: what failed, where, and PostgreSQL's message
         self.migration_id = migration_id
         self.sqlstate = sqlstate
         self.applied = applied

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import operator
 import re
 from collections.abc import Sequence
@@ -589,12 +590,20 @@ def _find(status: Status, migration_id: str) -> Entry:
     matches = [e for e in status.entries if e.name == wanted]
     if len(matches) == 1:
         return matches[0]
-    hint = (
-        f" It matches {', '.join(e.id for e in matches)}: give the module too."
-        if matches
-        else " Use an id as sqlmigrate_status shows it, e.g. auth/001_create_users."
-    )
-    raise PlanError(f"There is no migration {migration_id!r}.{hint}")
+    raise PlanError(f"There is no migration {migration_id!r}.{_id_hint(status, wanted, matches)}")
+
+
+def _id_hint(status: Status, wanted: str, matches: list[Entry]) -> str:
+    """Say which id was meant: the module to add, the closest id of the tree, or an example from it."""
+    if matches:
+        return f" It matches {', '.join(e.id for e in matches)}: give the module too."
+    ids = [e.id for e in status.entries]
+    close = difflib.get_close_matches(wanted, ids, n=1, cutoff=0.8)
+    if close:
+        return f" Did you mean {close[0]}? Use an id as sqlmigrate_status shows it."
+    if ids:
+        return f" Use an id as sqlmigrate_status shows it, e.g. {ids[0]}."
+    return " The migrations directory has no migration yet."
 
 
 __all__ = [

@@ -164,11 +164,8 @@ def failure(
     advice = f"Fix the SQL and run sqlmigrate_{options.direction} again." if fix else ""
     if cause:
         advice = cause_advice(cause, options.direction)
-    message = " ".join(
-        part
-        for part in (f"{options.verb} {entry.id} failed at {where}: {text.rstrip('.')}.", truth, kept, advice)
-        if part
-    )
+    failed = f"{options.verb} {entry.id} failed at {where}: {text.rstrip('.')}."
+    message = " ".join(part for part in (failed, truth, kept, advice) if part)
     return MigrationFailed(
         message,
         migration_id=entry.id,
@@ -176,4 +173,5 @@ def failure(
         applied=tuple(e.id for e in done),
         file=str(prep.file.path) if prep else None,
         line=line,
+        failed=failed,
     )

@@ -46,7 +46,7 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connections
 
 from . import api, conf, databases
-from .exceptions import NixmigError
+from .exceptions import MigrationFailed, NixmigError
 from .lint import skipped
 from .sqlnames import ident
 
@@ -462,6 +462,11 @@ def _update_kept(alias, connection, tree, django_migrate, emit) -> Outcome | Non
                 exc.test_hint = (
                     "With a kept test database you can also set NIXMIG['TEST_REBUILD_CHANGED'] = True "
                     "to re-create it, or run the tests without --keepdb."
+                )
+            elif isinstance(exc, MigrationFailed):
+                exc.test_hint = (
+                    "The kept test database keeps what ran before it; fix the SQL and run the tests again "
+                    "to go on from there."
                 )
             raise
     return Outcome("updated", applied=len(result.done))

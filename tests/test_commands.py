@@ -525,3 +525,37 @@ def test_status_help_has_parallel_but_no_rollout_reports():
     parser = load_command_class("nixmig", "sqlmigrate_status").create_parser("manage.py", "sqlmigrate_status")
     groups = {g.title: [a.option_strings[0] for a in g._group_actions] for g in parser._action_groups}
     assert groups["rollout over several targets"] == ["--parallel"]
+
+
+# -- examples in messages come from the user's tree ------------------------------------------
+
+
+@pytest.fixture
+def shop(tree):
+    tree.table_pair("catalog/001_create_products", "products")
+    tree.table_pair("catalog/002_add_sku", "skus")
+    return tree
+
+
+def test_an_unknown_id_is_answered_with_the_closest_id_of_the_tree(scratch_db, shop):
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(shop), to="catalog/002_add_skus")
+    assert rc == 1
+    assert err == (
+        "There is no migration 'catalog/002_add_skus'. Did you mean catalog/002_add_sku? Use an id as "
+        "sqlmigrate_status shows it."
+    )
+
+
+def test_an_unknown_id_with_nothing_close_gets_an_example_from_the_tree(scratch_db, shop):
+    out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(shop), to="zzz")
+    assert rc == 1
+    assert err == (
+        "There is no migration 'zzz'. Use an id as sqlmigrate_status shows it, e.g. catalog/001_create_products."
+    )
+    assert "auth/" not in err
+
+
+def test_help_texts_name_no_demo_ids():
+    for name in ("sqlmigrate_up", "sqlmigrate_lint", "sqlmigrate_down"):
+        text = load_command_class("nixmig", name).create_parser("manage.py", name).format_help()
+        assert "auth/0" not in text, name

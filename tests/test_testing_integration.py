@@ -416,6 +416,8 @@ def test_a_failing_sql_migration_stops_the_run_with_nixmigs_message(project, tmp
         "(SQLSTATE 42P01)."
     ) in proc.stderr
     assert "The test database was dropped; run the tests again once the SQL is fixed." in proc.stderr
+    assert "sqlmigrate_up" not in proc.stderr  # advice for a deploy, not for a test database that is gone
+    assert "It was rolled back and is not recorded" not in proc.stderr
     assert f"{PREFIX}i" not in {r[0] for r in server("SELECT datname FROM pg_database")}
     assert templates("i") == []  # no template from a failed build
 

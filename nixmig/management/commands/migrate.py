@@ -11,7 +11,7 @@ from django.core.management.base import CommandError
 from django.core.management.commands.migrate import Command as DjangoMigrate
 
 from nixmig import api, conf, databases, testing
-from nixmig.exceptions import NixmigError
+from nixmig.exceptions import MigrationFailed, NixmigError
 from nixmig.management.base import EventRenderer
 
 
@@ -109,9 +109,13 @@ class Command(DjangoMigrate):
         except NixmigError as exc:
             renderer.fail_line()
             name = self.connection_name(database)
+            hint = getattr(exc, "test_hint", None)
+            # A failed migration's own advice is for a deploy ("run sqlmigrate_up again"); with a hint for
+            # this test run, say only what failed, then the hint.
+            detail = exc.failed if hint and isinstance(exc, MigrationFailed) and exc.failed else str(exc)
             raise testing.TestDatabaseError(
                 f"The SQL migrations could not be applied to the test database {name!r} (alias {database!r}); "
-                f"no test ran. {exc}" + (f" {exc.test_hint}" if getattr(exc, "test_hint", None) else "")
+                f"no test ran. {detail}" + (f" {hint}" if hint else "")
             ) from None
 
     @staticmethod

@@ -17,7 +17,7 @@ class Command(NixmigCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "ids", nargs="*", metavar="ID", help="Lint these migrations (e.g. auth/003_add_index)."
+            "ids", nargs="*", metavar="ID", help="Lint these migrations (ids as sqlmigrate_status shows them: module/NNN_name)."
         )
         parser.add_argument(
             "--dir",
