@@ -2064,6 +2064,11 @@ SELECT n.nspname, c.relname, c.relkind,
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'm', 'f') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
 """
+# The search_path rides along in the same round trip: every row carries it, and an empty catalog
+# still gives one row, NULL but for it.
+_CATALOG_WITH_PATH_SQL = (
+    "SELECT current_schemas(false), t.* FROM (SELECT 1) AS one LEFT JOIN (" + _CATALOG_SQL + ") AS t ON true"
+)
 _CHECK_NOT_NULL = re.compile(r'^CHECK \(\(?("?)(.+?)\1 IS NOT NULL\)?\)$')
 
 
@@ -2077,12 +2082,7 @@ def read_catalog(connection, schema: str | None = None) -> Catalog:
 
     try:
         with connection.cursor() as cursor:
-            if schema:
-                path = (schema, "public")
-            else:
-                cursor.execute("SELECT current_schemas(false)")
-                path = tuple(cursor.fetchone()[0])
-            cursor.execute(_CATALOG_SQL)
+            cursor.execute(_CATALOG_WITH_PATH_SQL)
             rows = cursor.fetchall()
     except DatabaseError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -2090,8 +2090,11 @@ def read_catalog(connection, schema: str | None = None) -> Catalog:
             f"Lint could not read the database's catalog ({first}); nothing was run. "
             "Check the connection and run again, or pass --no-lint."
         ) from None
+    path = (schema, "public") if schema else tuple(rows[0][0])
     tables = []
-    for nsp, name, _kind, reltuples, empty, columns, indexes, checks in rows:
+    for _path, nsp, name, _kind, reltuples, empty, columns, indexes, checks in rows:
+        if nsp is None:  # the one row of an empty catalog
+            continue
         checked = set()
         for c in checks:
             m = _CHECK_NOT_NULL.match(c)
