@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import psycopg
 import pytest
 from django.core.management import call_command
 
@@ -252,9 +253,19 @@ def tenant_tree(tree):
 
 
 def test_verify_runs_per_schema_target(scratch_db, tenant_tree):
-    report, err, rc = verify_json(scratch_db, tenant_tree, schemas=["tenant_a"])
-    assert rc == 0, err
-    assert results(report) == {"app/001_create_notes": "exact", "app/002_add_title": "exact"}
+    report, err, rc = verify_json(scratch_db, tenant_tree, schemas=["tenant_a"], keep=True)
+    kept = report["scratch_database"]
+    try:
+        assert rc == 0, err
+        assert results(report) == {"app/001_create_notes": "exact", "app/002_add_title": "exact"}
+        with psycopg.connect(scratch_db.url.rsplit("/", 1)[0] + "/" + kept) as laid_out:
+            rows = laid_out.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables "
+                "WHERE table_name IN ('notes', 'migrations') ORDER BY 1, 2"
+            ).fetchall()
+        assert rows == [("tenant_a", "migrations"), ("tenant_a", "notes")]  # laid out as the target
+    finally:
+        scratch_db.sql(f'DROP DATABASE IF EXISTS "{kept}" WITH (FORCE)')
 
 
 def test_drift_runs_per_schema_target(scratch_db, tenant_tree):
