@@ -714,7 +714,14 @@ class _Run:
             self.session.up(to=to, fake=fake)
 
     def down(self) -> None:
+        self.new_command()
         self.session.down(steps=1)
+
+    def new_command(self) -> None:
+        """Drop the session state a command leaves (temporary tables): in production the down, and
+        the up run again after it, are other commands on other connections."""
+        with self.scratch.connection.cursor() as cursor:
+            cursor.execute("DISCARD TEMP")
 
     def start(self) -> None:
         """Make the scratch database from the baseline, laid out as the target (its schema made), and
@@ -950,6 +957,7 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
     result.findings.extend(explain_down(before_up, after_up, after_down))
     rows = frozenset(f.name for f in result.findings if f.phase == "down" and f.level == "warning")
     try:
+        run.new_command()
         run.up(migration.id)
     except MigrationFailed as exc:
         result.findings.append(

@@ -305,3 +305,16 @@ def test_after_a_failed_no_transaction_up_the_run_goes_on_from_a_clean_replay(sc
             "x/004_create_half": "exact",  # nothing of 002 is left, in the first scratch database or the rebuilt one
         }
     )
+
+
+def test_temporary_tables_of_an_up_do_not_stop_it_running_again(scratch_db, tree):
+    # Each command runs on a connection of its own: a temporary table the up leaves is gone when
+    # the down and the second up run, as it is in production.
+    tree.pair(
+        "x/001_backfill",
+        "CREATE TABLE t (id int);\nCREATE TEMP TABLE scratchpad AS SELECT 1 AS x;\nINSERT INTO t SELECT x FROM scratchpad;\n",
+        "DROP TABLE t;\n",
+    )
+    report, err, rc = verify_json(scratch_db, tree)
+    assert rc == 0, err
+    assert results(report) == {"x/001_backfill": "exact"}
