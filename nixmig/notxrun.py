@@ -97,6 +97,7 @@ class NoTransactionRun:
         ex, progress = self.ex, self.entry.progress
         start = progress.statements_done if progress is not None else 0
         settle: list[str] = []
+        settled = start if progress is not None else -1  # its leftovers are in ``settle``
         if progress is not None and start < self.total:
             stmt = self.statements[start]
             found = self._inspect(stmt, self._since(stmt) if progress.in_flight else None)
@@ -113,14 +114,8 @@ class NoTransactionRun:
         for n, (query, k) in enumerate(
             ex.no_transaction_queries(self.direction, self.entry, self.prep, start)
         ):
-            stmt = self.statements[k] if k >= 0 else None
-            if (
-                stmt is not None
-                and stmt.effect is not None
-                and stmt.effect.kind == "index"
-                and stmt.effect.name
-            ):
-                found = self._inspect(stmt, None)  # an INVALID index of that name is dropped first
+            if k >= 0 and k != settled and _named_index(self.statements[k]):
+                found = self._inspect(self.statements[k], None)  # an INVALID index of that name goes first
                 out += [notx.terminated(x.fix) for x in found.leftovers] if found else []
             out.append(query)
             if n == 0:  # after the session settings, as a resume cleans up under the file's timeouts
@@ -140,7 +135,7 @@ class NoTransactionRun:
         )
         since = self._since(stmt)
         cleaned: list[str] = []
-        if stmt.effect is not None and stmt.effect.kind == "index" and stmt.effect.name:
+        if _named_index(stmt):
             self._clean(stmt, k, None, cleaned)  # an INVALID index a failed earlier run left
         try:
             sent = time.perf_counter()
@@ -285,3 +280,8 @@ class NoTransactionRun:
         except DatabaseError:
             self.ex.rollback()
             return False
+
+
+def _named_index(stmt: Statement) -> bool:
+    """True for a named CREATE INDEX CONCURRENTLY: an INVALID index of its name is dropped before it runs."""
+    return stmt.effect is not None and stmt.effect.kind == "index" and bool(stmt.effect.name)
