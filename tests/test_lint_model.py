@@ -314,3 +314,19 @@ def test_status_and_pending_lint_count_what_up_would_refuse(scratch_db, tree):
     assert "Lint: 1 warning in the pending migrations" in out, out
     out, err, rc = scratch_db.run("sqlmigrate_lint", dir=str(tree))
     assert rc == 0 and "warning [vacuum-full]" in out, out + err
+
+
+def test_test_databases_are_built_without_the_lint_gate(scratch_db, tree):
+    from nixmig import api, testing
+    from nixmig.exceptions import LintError
+    from nixmig.tree import load_tree
+
+    tree.pair("app/001_t", "CREATE TABLE t (id int);\n", None)
+    assert up(scratch_db, tree)[2] == 0
+    scratch_db.sql("INSERT INTO t SELECT g FROM generate_series(1, 20000) g; ANALYZE t")
+    tree.pair("app/002_index", "CREATE INDEX t_id ON t (id);\n", None)
+    with pytest.raises(LintError):  # a deploy refuses it
+        api.migrate_up(database=scratch_db.alias, tree=load_tree(tree.path))
+    # the one path every test-database build (template, kept database, plain) applies through
+    result = testing._migrate_up(database=scratch_db.alias, tree=load_tree(tree.path))
+    assert [e.id for e in result.done] == ["app/002_index"]
