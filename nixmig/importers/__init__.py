@@ -73,20 +73,17 @@ def import_migrations(
     target = Path(directory) if directory is not None else Path(conf.migrations_dir())
     plan = plan_import(source, target, module or tool)
     result = ImportResult(plan, dry_run=dry_run)
-    connection = None
-    if adopt:
-        connection = api.connection_for(database)
-        result.source_state = read_source_state(connection, source, source_table)
-    if dry_run:
-        return result
     if not adopt:
-        result.written = write_import(plan)
+        if not dry_run:
+            result.written = write_import(plan)
+        return result
+    connection = api.connection_for(database)
+    state = result.source_state = read_source_state(connection, source, source_table)
+    if dry_run:
         return result
 
     def write() -> None:
         result.written = write_import(plan)
 
-    result.adopted = record(
-        connection, plan, result.source_state, lock_wait=lock_wait, progress=progress, write=write
-    )
+    result.adopted = record(connection, plan, state, lock_wait=lock_wait, progress=progress, write=write)
     return result

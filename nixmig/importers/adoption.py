@@ -23,12 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django.db import DatabaseError, transaction
 
 from .. import sqlnames
 from ..exceptions import AdoptionError, UnsafeName
 from .readers import Source, flyway_version_key
+
+if TYPE_CHECKING:
+    from ..tree import Migration
 
 DEFAULT_TABLES = {
     "golang-migrate": "schema_migrations",
@@ -265,7 +269,9 @@ def record(
         table_state = recorder.read()
         current = resolve(tree, table_state.records, table_state.progress, table=recorder.table)
         entries = {e.id: e for e in current.entries}
-        rows, already, not_applied = [], [], []
+        rows: list[tuple[Migration, datetime | None]] = []
+        already: list[str] = []
+        not_applied: list[str] = []
         for planned in plan.migrations:
             entry = entries.get(planned.id)
             if planned.source.version not in state.applied:
@@ -273,7 +279,8 @@ def record(
             elif entry is not None and entry.record is not None:
                 already.append(planned.id)
             else:
-                rows.append((tree.get(planned.id), state.applied[planned.source.version]))
+                # written before the tree was loaded, so it is in the tree
+                rows.append((tree.by_id[planned.id], state.applied[planned.source.version]))
         try:
             recorder.ensure_schema(table_state, current)
             if rows:

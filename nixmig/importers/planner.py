@@ -49,6 +49,13 @@ class PlannedMigration:
     def down_path(self) -> str | None:
         return f"{self.module}/{self.name}_down.sql" if self.down is not None else None
 
+    def sql_files(self) -> list[tuple[str, bytes, str | None]]:
+        """Return (path relative to the directory, bytes, origin in the source) of its up and down file."""
+        out: list[tuple[str, bytes, str | None]] = [(self.up_path, self.up, self.source.up_origin)]
+        if self.down is not None:
+            out.append((f"{self.module}/{self.name}_down.sql", self.down, self.source.down_origin))
+        return out
+
     @property
     def renamed(self) -> bool:
         """True when the source's name held characters nixmig names can't (dots, spaces, ...)."""
@@ -71,12 +78,7 @@ class ImportPlan:
 
     def files(self) -> list[tuple[str, bytes]]:
         """Return (path relative to the directory, bytes) of every file to write."""
-        out = []
-        for m in self.new:
-            out.append((m.up_path, m.up))
-            if m.down is not None:
-                out.append((m.down_path, m.down))
-        return out
+        return [(rel, data) for m in self.new for rel, data, _ in m.sql_files()]
 
 
 def nixmig_name(number: int, migration: SourceMigration) -> str:
@@ -245,12 +247,7 @@ def check_new_files(planned: list[PlannedMigration]) -> dict[str, list[str]]:
     for m in planned:
         if m.existing:
             continue
-        for rel, data, origin in (
-            (m.up_path, m.up, m.source.up_origin),
-            (m.down_path, m.down, m.source.down_origin),
-        ):
-            if rel is None:
-                continue
+        for rel, data, origin in m.sql_files():
             sql_file, problems = _as_sql_file(data, rel)
             if sql_file is None:
                 errors.extend(f"{p} (from {origin})" for p in problems)

@@ -124,6 +124,7 @@ _GOLANG_RE = re.compile(r"^([0-9]+)_(.*)\.(down|up)\.(.*)$", re.S)
 def _golang_migrate(root: Path):
     ups: dict[int, Path] = {}
     downs: dict[int, Path] = {}
+    up_names: dict[int, re.Match[str]] = {}  # the up file's name, parsed: its version digits and title
     notes: list[str] = []
     errors: list[str] = []
     for path in _sql_files(root, recursive=False):
@@ -145,15 +146,17 @@ def _golang_migrate(root: Path):
             )
             continue
         target[version] = path
+        if direction == "up":
+            up_names[version] = match
     migrations = []
     for version, up in ups.items():
         down = downs.get(version)
-        title = _GOLANG_RE.match(up.name)[2]
+        title = up_names[version][2]
         text = _read(up)
         migrations.append(
             SourceMigration(
                 str(version),
-                _GOLANG_RE.match(up.name)[1],
+                up_names[version][1],
                 title,
                 text,
                 _read(down) if down else None,
@@ -304,7 +307,7 @@ def _dbmate(root: Path):
             continue
         up, down = (text, None) if down_at is None else (text[:down_at], text[down_at:])
         up_no_tx = _dbmate_no_transaction(up_m.group(0))
-        down_no_tx = bool(down_m) and _dbmate_no_transaction(down_m.group(0))
+        down_no_tx = down_m is not None and _dbmate_no_transaction(down_m.group(0))
         why = " / ".join(
             x
             for x, on in (
@@ -416,8 +419,10 @@ def _flyway_no_transaction(path: Path, text: str) -> str:
 
 
 def _flyway(root: Path):
-    migrations, notes, errors = [], [], []
-    versioned: dict[tuple, tuple[str, Path]] = {}
+    migrations: list[SourceMigration] = []
+    notes: list[str] = []
+    errors: list[str] = []
+    versioned: dict[tuple, tuple[str, str, Path]] = {}  # version key -> (version, description, path)
     undo: dict[tuple, Path] = {}
     for path in _sql_files(root, recursive=True):
         rel = _rel(root, path)
@@ -446,26 +451,31 @@ def _flyway(root: Path):
             )
             continue
         key = flyway_version_key(match[2])
-        target = versioned if match[1] == "V" else undo
-        if key in target:
-            other = target[key][1] if match[1] == "V" else target[key]
+        versioned_file = match[1] == "V"
+        other = (versioned[key][2] if key in versioned else None) if versioned_file else undo.get(key)
+        if other is not None:
             errors.append(
                 f"{rel} and {_rel(root, other)} have the same version {match[2]}; Flyway refuses that too: "
                 "renumber one."
             )
             continue
-        target[key] = (match[2], path) if match[1] == "V" else path
-    for key, (label, path) in versioned.items():
+        if versioned_file:
+            versioned[key] = (match[2], match[3], path)
+        else:
+            undo[key] = path
+    for key, (label, description, path) in versioned.items():
         up = _read(path)
         down_path = undo.pop(key, None)
-        down = _read(down_path) if down_path else None
+        down, why_down = None, ""
+        if down_path is not None:
+            down = _read(down_path)
+            why_down = _flyway_no_transaction(down_path, down)
         why_up = _flyway_no_transaction(path, up)
-        why_down = _flyway_no_transaction(down_path, down) if down_path else ""
         migrations.append(
             SourceMigration(
                 label.replace("_", "."),
                 label,
-                _FLYWAY_RE.match(path.name)[3],
+                description,
                 up,
                 down,
                 _rel(root, path),
@@ -543,12 +553,12 @@ def _popx(root: Path):
         down_slot = found.get((version, "down"), {})
         down_path, down_auto, _ = down_slot.get("postgres") or down_slot.get("all") or (None, False, "")
         problem = False
-        for path in (up_path, down_path):
-            if path is not None:
-                text = _read(path)
+        for file in (up_path, down_path):
+            if file is not None:
+                text = _read(file)
                 if "{{" in text:
                     errors.append(
-                        f"{_rel(root, path)}:{_line_at(text, text.index('{{'))}: popx renders this file as "
+                        f"{_rel(root, file)}:{_line_at(text, text.index('{{'))}: popx renders this file as "
                         "a Go template; render the template into plain SQL and import again."
                     )
                     problem = True
@@ -592,7 +602,7 @@ def _needs_no_transaction(text: str, *, all_statements: bool) -> str:
     flagged = analysis.no_transaction
     if not flagged or (all_statements and len(analysis.statements) != 1):
         return ""
-    return flagged[0].no_transaction
+    return flagged[0].no_transaction or ""  # set on every flagged statement
 
 
 def _golang_migrate_with_no_transaction(root: Path):
