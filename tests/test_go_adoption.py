@@ -213,8 +213,8 @@ def test_a_bare_name_that_files_in_two_modules_share_is_refused_until_its_module
     ]
 
     (fix,) = re.findall(
-        r"(ALTER TABLE migrations ADD COLUMN IF NOT EXISTS module VARCHAR; "
-        r"UPDATE migrations SET module = '\w+' WHERE id = 1;)",
+        r'(ALTER TABLE "migrations" ADD COLUMN IF NOT EXISTS module VARCHAR; '
+        r"UPDATE \"migrations\" SET module = '\w+' WHERE id = 1;)",
         err,
     )
     scratch_db.sql(fix)
@@ -241,7 +241,7 @@ def test_duplicate_rows_for_one_name_are_refused_until_the_later_one_is_deleted(
     assert "tokens" not in scratch_db.tables()
     assert columns(scratch_db) == {"id", "name", "applied_at"}
 
-    (fix,) = re.findall(r"DELETE FROM migrations WHERE id = 2;", err)
+    (fix,) = re.findall(r'DELETE FROM "migrations" WHERE id = 2;', err)
     scratch_db.sql(fix)
     out, err, rc = scratch_db.run("sqlmigrate_up", dir=str(tree))
 
@@ -284,9 +284,9 @@ def test_two_bare_rows_for_a_name_two_modules_share_are_one_ambiguous_row_and_on
         ("ambiguous_record", "error"),
         ("duplicate_record", "error"),
     ]
-    assert "UPDATE ops.migrations SET module = 'billing' WHERE id = 1;" in problems[0].message
+    assert """UPDATE "ops"."migrations" SET module = 'billing' WHERE id = 1;""" in problems[0].message
     assert "records 001_init twice (rows 1 and 2)" in problems[1].message
-    assert "DELETE FROM ops.migrations WHERE id = 2;" in problems[1].message
+    assert 'DELETE FROM "ops"."migrations" WHERE id = 2;' in problems[1].message
     assert status.legacy == ()
 
 
