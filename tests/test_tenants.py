@@ -731,6 +731,9 @@ def test_lint_goes_over_the_pending_migrations_of_each_schema(scratch_db, tenant
         database=[scratch_db.alias],
         schemas=["tenant_0001"],
     )
+    # a table with rows: an index built on it locks (the linter finds nothing to lock on an empty one)
+    scratch_db.sql("INSERT INTO tenant_0001.orgs (owner) SELECT NULL FROM generate_series(1, 20000)")
+    scratch_db.sql("ANALYZE tenant_0001.orgs")
     tenant_tree.pair(
         "orgs/004_index_orgs", "CREATE INDEX orgs_owner ON orgs (owner);\n", "DROP INDEX orgs_owner;\n"
     )
