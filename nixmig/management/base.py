@@ -273,7 +273,7 @@ class NixmigCommand(BaseCommand):
 
     def select_targets(self, options: dict) -> target_sources.Selection:
         """Return the targets the options name; with --only-failed, those of the report to run again."""
-        sources = dict(
+        sources: dict[str, Any] = dict(  # select()'s keyword arguments
             database=options.get("database"),
             all_databases=bool(options.get("all_databases")),
             schemas=options.get("schemas") or (),
@@ -415,7 +415,7 @@ class NixmigCommand(BaseCommand):
                 result = data["result"]
                 with guard:
                     writer, out, err = writers.pop(result.target.key, (None, None, None))
-                if out is not None and show_blocks:
+                if out is not None and err is not None and show_blocks:  # both set, or neither
                     self.stdout.write(out.getvalue(), ending="")
                     self.stderr.write(err.getvalue(), ending="")
                 if compact:

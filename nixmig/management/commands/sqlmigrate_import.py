@@ -91,8 +91,8 @@ class Command(NixmigCommand):
             f"{verb} {files} file(s) for {new} migration(s); {len(plan.migrations) - new} imported before."
         )
         if result.source_state is not None:
-            n_applied = sum(1 for m in plan.migrations if m.source.version in applied)
             state = result.source_state
+            n_applied = sum(1 for m in plan.migrations if m.source.version in state.applied)
             if result.adopted is None:
                 out.write(
                     f"{state.tool}'s table {state.table} says {n_applied} of {len(plan.migrations)} are applied; "

@@ -1,5 +1,6 @@
 import json
 import os
+from collections.abc import Callable
 
 from django.core.management.base import CommandError
 
@@ -17,7 +18,10 @@ class Command(NixmigCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "ids", nargs="*", metavar="ID", help="Lint these migrations (ids as sqlmigrate_status shows them: module/NNN_name)."
+            "ids",
+            nargs="*",
+            metavar="ID",
+            help="Lint these migrations (ids as sqlmigrate_status shows them: module/NNN_name).",
         )
         parser.add_argument(
             "--dir",
@@ -55,6 +59,7 @@ class Command(NixmigCommand):
         parser.add_argument("--rules", action="store_true", help="List the rules with their levels and exit.")
 
     def run(self, *, ids, directory, database, everything, format, pg_version, rules, since=None, **options):
+        targets: list[str] | tuple[str, ...] | None
         if isinstance(database, (list, tuple)):  # --database is repeatable (target options)
             targets, database = database, database[0] if len(database) == 1 else None
         else:
@@ -157,7 +162,11 @@ class Command(NixmigCommand):
                     f"title={_prop('nixmig lint: ' + f.rule)}::{_data(text)}"
                 )
             return
-        style = {"error": self.style.ERROR, "warning": self.style.WARNING, "info": str}
+        style: dict[str, Callable[[str], str]] = {
+            "error": self.style.ERROR,
+            "warning": self.style.WARNING,
+            "info": str,
+        }
         for f in report.findings:
             first, rest = lint.render(f).split("\n", 1)
             out.write(style[f.level](first))

@@ -32,7 +32,9 @@ class Command(NixmigCommand):
 
     def run(self, *, directory, module, name, **options):
         module = module.strip("/")
-        if not module or not all(MODULE_SEGMENT_RE.fullmatch(s) and set(s) != {"."} for s in module.split("/")):
+        if not module or not all(
+            MODULE_SEGMENT_RE.fullmatch(s) and set(s) != {"."} for s in module.split("/")
+        ):
             raise CommandError(
                 f"{module!r} is not a valid module: use folder names of letters, digits, '_', '-' "
                 "and '.', separated by '/'."

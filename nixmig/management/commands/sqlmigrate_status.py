@@ -1,10 +1,13 @@
 import json
+from collections.abc import Callable
 
 from django.core.management.base import CommandError
 
 from nixmig import api, lint, verify
 from nixmig.management.base import NixmigCommand
+from nixmig.plan import Entry, Status
 from nixmig.rollout import CONTINUE, DONE, UP_TO_DATE, Outcome
+from nixmig.targets import Target
 
 MARKS = {
     "applied": "[X]",
@@ -32,7 +35,7 @@ class Command(NixmigCommand):
         )
 
     def run(self, *, json: bool, check: bool, **options):
-        self.statuses_seen = []
+        self.statuses_seen: list[tuple[Target, Status, dict[str, verify.StoredResult]]] = []
         self.json = json
         self.tree = api.load_tree(options["directory"])  # read once, whatever the number of targets
         verbosity = self.verbosity
@@ -105,7 +108,7 @@ class Command(NixmigCommand):
         v = self.verbosity
         stdout = (writer or self.renderer).stdout
         out: list[str] = []  # written at once: one write of 10,000 lines, not 10,000 writes
-        paints = {
+        paints: dict[str, Callable[[str], str]] = {
             "applied": str,
             "pending": str,
             "changed": style.WARNING,
@@ -113,7 +116,7 @@ class Command(NixmigCommand):
             "partly_applied": style.ERROR,
             "partly_rolled_back": style.ERROR,
         }
-        groups = {}
+        groups: dict[str, list[Entry]] = {}
         for e in status.entries:  # modules in order of their first migration
             groups.setdefault(e.module or "(no module)", []).append(e)
         append = out.append
@@ -158,9 +161,13 @@ class Command(NixmigCommand):
         shown = [p for p in status.problems if p.level != "info" or v >= 1]
         if shown:
             out.append(style.MIGRATE_HEADING("Problems:"))
+            problem_paints: dict[str, Callable[[str], str]] = {
+                "error": style.ERROR,
+                "warning": style.WARNING,
+                "info": str,
+            }
             for p in shown:
-                paint = {"error": style.ERROR, "warning": style.WARNING, "info": str}[p.level]
-                out.append(paint(f"  {p.level}: {p.message}"))
+                out.append(problem_paints[p.level](f"  {p.level}: {p.message}"))
         summary = f"{len(status.entries)} migration(s): {status.counts_text(applied=True)}"
         late = len(status.out_of_order)
         if late:

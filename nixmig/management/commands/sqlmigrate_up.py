@@ -12,7 +12,9 @@ class Command(NixmigCommand):
     def add_arguments(self, parser):
         super().add_arguments(parser)
         parser.add_argument(
-            "--to", metavar="ID", help="Stop after this migration (its id as sqlmigrate_status shows it: module/NNN_name)."
+            "--to",
+            metavar="ID",
+            help="Stop after this migration (its id as sqlmigrate_status shows it: module/NNN_name).",
         )
         parser.add_argument(
             "--plan", action="store_true", help="Print what would run, in order; change nothing."

@@ -90,7 +90,8 @@ class Command(NixmigCommand):
         try:
             if len(selection.targets) == 1:
                 return self.verify_one(selection.targets[0], json, job)
-            failed, reports = [], {}
+            failed: list[tuple[str, CommandError]] = []
+            reports: dict[str, dict] = {}  # target key -> its JSON report
             for target in selection.targets:
                 if not json and self.verbosity >= 1:
                     label = "Schema" if target.schema else "Database"
