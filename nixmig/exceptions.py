@@ -6,6 +6,8 @@ from __future__ import annotations
 class NixmigError(Exception):
     """Base class: a failure with a message meant for the person running nixmig."""
 
+    test_hint: str | None = None  # set while creating a test database: what to do next, told after it
+
 
 class TreeError(NixmigError):
     """The migration tree on disk is invalid; nothing was run."""

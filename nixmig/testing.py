@@ -41,6 +41,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connections
@@ -49,6 +51,9 @@ from . import api, conf, databases
 from .exceptions import MigrationFailed, NixmigError
 from .lint import skipped
 from .sqlnames import ident
+
+if TYPE_CHECKING:
+    from django.db.models import Model
 
 Callback = Callable[..., None]
 
@@ -74,7 +79,7 @@ def test_database_creation() -> dict | None:
     from django.db.backends.base.creation import BaseDatabaseCreation
 
     code = BaseDatabaseCreation.create_test_db.__code__
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code is code:
             found = frame.f_locals
@@ -170,7 +175,7 @@ def django_key(connection) -> str:
     loader = MigrationLoader(connection, ignore_no_migrations=True, load=True)
     for key in sorted(loader.graph.nodes):
         add("django", *key, _source_digest(loader.graph.nodes[key]))
-    synced = []
+    synced: list[type[Model]] = []
     for app_config in apps.get_app_configs():
         if app_config.label in loader.migrated_apps:
             continue
@@ -381,7 +386,7 @@ def _maintenance(connection) -> Iterator[Maintenance]:
 
 
 def prepare_test_database(
-    alias: str, django_migrate: Callable[[], None], *, progress: Callback | None = None
+    alias: str, django_migrate: Callable[[], object], *, progress: Callback | None = None
 ) -> Outcome:
     """Give the (just created or kept) test database of ``alias`` Django's migrations and the SQL tree.
 
@@ -522,8 +527,7 @@ def _from_template(
             key = combine(sql, django_part)
             template = prefix + key[:HASH_LENGTH]
             entry = family.get(template)
-            ready = entry is not None and entry.fields.get("hash") == key and not entry.allowconn
-            if not ready:
+            if entry is None or entry.fields.get("hash") != key or entry.allowconn:  # not ready
                 tree = tree or _tree()
                 return _build(
                     alias,
@@ -548,9 +552,8 @@ def _from_template(
             )
             # The empty test database Django made is renamed away and dropped in the background
             # (DROP DATABASE waits for a checkpoint on some servers: a second on PostgreSQL 15 here).
-            trash = f"{template}_x{uuid.uuid4().hex[:SPARE_ID]}"
-            if not _set_aside(db, name, trash):
-                trash = None
+            aside = f"{template}_x{uuid.uuid4().hex[:SPARE_ID]}"
+            trash = aside if _set_aside(db, name, aside) else None
             if spare is not None:  # a copy made and checked in the background: renaming it costs nothing
                 db.rename(spare, name)
                 db.allow_connections(name, True)
@@ -571,26 +574,26 @@ def _from_template(
                     alias, connection, directory, django_migrate, emit, stamp=stamp, attempt=1
                 )
     expected = entry.fields.get("snapshot")
-    if spare is None and expected not in (None, "-"):
-        if snapshot_digest(connection) != expected:  # someone changed the template since it was built
-            if attempt:
-                raise NixmigError(
-                    f"The test template {template} was changed after it was built and rebuilding it "
-                    "did not help; drop it by hand (DROP DATABASE) and run the tests again."
-                )
-            emit("template_changed", template=template)
-            _close(connection)
-            with _maintenance(connection) as db:
-                db.lock(lock_key, wait=float(conf.get("LOCK_WAIT")), emit=emit)
-                try:
-                    db.drop(template)
-                finally:
-                    db.unlock(lock_key)
-                db.drop(name, force=True)
-                if trash is not None:
-                    db.drop(trash, force=True)
-                db.create(name, suffix=connection.creation.sql_table_creation_suffix())
-            return _from_template(alias, connection, directory, django_migrate, emit, stamp=stamp, attempt=1)
+    # someone changed the template since it was built
+    if spare is None and expected not in (None, "-") and snapshot_digest(connection) != expected:
+        if attempt:
+            raise NixmigError(
+                f"The test template {template} was changed after it was built and rebuilding it "
+                "did not help; drop it by hand (DROP DATABASE) and run the tests again."
+            )
+        emit("template_changed", template=template)
+        _close(connection)
+        with _maintenance(connection) as db:
+            db.lock(lock_key, wait=float(conf.get("LOCK_WAIT")), emit=emit)
+            try:
+                db.drop(template)
+            finally:
+                db.unlock(lock_key)
+            db.drop(name, force=True)
+            if trash is not None:
+                db.drop(trash, force=True)
+            db.create(name, suffix=connection.creation.sql_table_creation_suffix())
+        return _from_template(alias, connection, directory, django_migrate, emit, stamp=stamp, attempt=1)
     _make_spares(connection, template, key, expected, lock_key, trash=trash)
     emit("template_spare" if spare else "template_cloned", template=template)
     return Outcome("spare" if spare else "cloned", template=template)
