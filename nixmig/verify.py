@@ -692,9 +692,8 @@ class _Run:
         self.exclude = own_tables(schema)
         self.current: snapshot.Snapshot | None = None
         self.session: api.Session | None = None
-        self.skipped: list[
-            str
-        ] = []  # migrations whose up failed: recorded without running, so the run goes on
+        # migrations whose up failed: recorded without running, so the run goes on
+        self.skipped: list[str] = []
         self.position = {m.id: i for i, m in enumerate(tree.migrations)}
 
     def take(self, *, incremental: bool = True) -> snapshot.Snapshot:
