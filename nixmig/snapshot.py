@@ -504,6 +504,13 @@ class Difference:
     after: str | None  # the definition in b (None when removed)
 
     @property
+    def row_counts(self) -> tuple[int, int]:
+        """Return (before, after) of a "rows" difference: diff() gives one only for a table in both."""
+        if self.before is None or self.after is None:
+            raise ValueError(f"{self.kind} {self.name}: not a row count difference, it is {self.change}")
+        return int(self.before), int(self.after)
+
+    @property
     def level(self) -> str:
         """'warning' for a row count (data), 'error' for a schema difference."""
         return "warning" if self.kind == "rows" else "error"

@@ -345,6 +345,13 @@ class ScratchDatabase:
         self._dropping: list[threading.Thread] = []  # scratch databases being dropped aside
         self.left_over: list[tuple[str, str]] = []  # (name, why) of those that could not be dropped
 
+    @property
+    def baseline_name(self) -> str:
+        """The baseline database, made by the first create()."""
+        if self.template is None:
+            raise RuntimeError("the scratch database's baseline is made by create(), not yet called")
+        return self.template
+
     def create(self) -> None:
         if self.template is None:
             self._server()
@@ -369,7 +376,7 @@ class ScratchDatabase:
         """
         if self.clean is None:
             self.clean = f"{self.prefix}_clean"
-            self._create(self.clean, self.template)
+            self._create(self.clean, self.baseline_name)
         databases.register(self.clean, self._settings(self.clean))
         try:
             move(self.clean)
@@ -545,11 +552,11 @@ def explain_down(
         label = _label(d.kind, d.name)
         in_up = after_up.objects.get((d.kind, d.name))
         if d.kind == "rows":
-            fewer = int(d.after) < int(d.before)
+            rows_before, rows_after = d.row_counts
             what = (
-                f"deletes {int(d.before) - int(d.after)} row(s) of"
-                if fewer
-                else f"leaves {int(d.after) - int(d.before)} more row(s) in"
+                f"deletes {rows_before - rows_after} row(s) of"
+                if rows_after < rows_before
+                else f"leaves {rows_after - rows_before} more row(s) in"
             )
             findings.append(
                 Finding(
@@ -710,11 +717,25 @@ class _Run:
 
     def up(self, to: str, *, fake: bool = False) -> None:
         with _lint_skipped():  # the linter judges production locking, not reversibility: not here
-            self.session.up(to=to, fake=fake)
+            self.open_session.up(to=to, fake=fake)
 
     def down(self) -> None:
         self.new_command()
-        self.session.down(steps=1)
+        self.open_session.down(steps=1)
+
+    @property
+    def open_session(self) -> api.Session:
+        """The session start() opened, that every step runs in."""
+        if self.session is None:
+            raise RuntimeError("verify runs a migration only in the session start() opens")
+        return self.session
+
+    @property
+    def schema_now(self) -> snapshot.Snapshot:
+        """The scratch database's schema now: taken (or known) after every step since start()."""
+        if self.current is None:
+            raise RuntimeError("verify takes a snapshot after start(), before any migration runs")
+        return self.current
 
     def new_command(self) -> None:
         """Drop the session state a command leaves (temporary tables): in production the down, and
@@ -900,7 +921,7 @@ def _round_trip(run: _Run, migration: Migration) -> MigrationResult:
     result = MigrationResult(migration, EXACT)
     up_file = migration.up.relpath
     down_file = migration.down.relpath if migration.down is not None else None
-    before_up = run.current
+    before_up = run.schema_now
     try:
         run.up(migration.id)
     except MigrationFailed as exc:
