@@ -34,10 +34,14 @@ import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from . import conf, sqlnames
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
 
 Key = tuple[str, str]
 
@@ -546,7 +550,7 @@ def nixmig_tables(table: str | None = None) -> tuple[str, ...]:
 
 
 def take(
-    connection,
+    connection: BaseDatabaseWrapper,
     *,
     exclude_tables: Iterable[str] | None = None,
     row_counts: bool = False,
@@ -598,17 +602,23 @@ def take(
 
 
 def _take(
-    cursor, excluded: tuple, version: int, row_counts: bool, previous: Snapshot | None, started: float
+    cursor: psycopg.Cursor[Any],
+    excluded: tuple,
+    version: int,
+    row_counts: bool,
+    previous: Snapshot | None,
+    started: float,
 ) -> Snapshot:
-    reuse = previous is not None
-    if reuse:
+    if previous is not None:  # incremental
         before = [previous._written.get(cat) if version >= 150000 else None for cat in _SCANNED]
         known = previous._counts if previous.rows is not None else {}
         # One round trip: the statistics flush, then (after the idle point that flushes them) the changes,
         # and whether the rows the previous snapshot found new are still there: a down usually drops
         # what its up just made, so these are the rows most likely deleted (see _deleted_groups).
-        recent = previous._recent if version >= 150000 and any(previous._recent.values()) else {}
-        probe = [(_PROBE, [_array(recent.get(cat, ())) for cat in _TRACKED], True)] if recent else []
+        likely_gone = previous._recent if version >= 150000 and any(previous._recent.values()) else {}
+        probe = (
+            [(_PROBE, [_array(likely_gone.get(cat, ())) for cat in _TRACKED], True)] if likely_gone else []
+        )
         changes = [
             list(excluded),
             previous._since,
@@ -620,11 +630,11 @@ def _take(
             previous._since,
         ]
         flush = [(_FLUSH, None, False)] if version >= 150000 else []
-        rows = _batch(cursor, [*flush, (_CHANGES, changes, True), *probe], sync=True)
+        results = _batch(cursor, [*flush, (_CHANGES, changes, True), *probe], sync=True)
         speculative: dict[str, list] = {cat: [] for cat in _TRACKED}
-        for i, oid in rows[-1] if recent else ():
+        for i, oid in results[-1] if likely_gone else ():
             speculative[_TRACKED[i]].append(oid)
-        first = rows[-2] if recent else rows[-1]
+        first = results[-2] if likely_gone else results[-1]
         members = {cat: dict(previous._members.get(cat, {})) for cat in _TRACKED}
     else:
         cursor.execute(_MEMBERS, [list(excluded), None, None, row_counts, None, None], prepare=True)
@@ -645,13 +655,13 @@ def _take(
             written[name] = n
         elif cat == "since":
             since = n
-        elif reuse:
+        elif previous is not None:
             dirty.add(grp)
             if oid is not None and cat in members:
                 new_rows.append((cat, oid, grp))
         else:
             members[cat][oid] = grp
-    if reuse:
+    if previous is not None:
         dirty.update(_deleted_groups(cursor, members, deleted, previous._deleted, version, speculative))
         dirty.discard(None)
         definitions = (_PARTIAL_SQL, [list(excluded), _array(sorted(dirty)), True], True)
@@ -669,7 +679,7 @@ def _take(
         else:
             fresh.setdefault(grp, {})[(kind, name)] = definition
     groups: dict = {}
-    if reuse:
+    if previous is not None:
         groups = {g: objects for g, objects in previous._groups.items() if g is not None and g not in reread}
     groups.update(fresh)  # a group read again and found empty is gone
     recent: dict[str, list] = {}
@@ -681,9 +691,10 @@ def _take(
         members[cat][oid] = grp
         recent.setdefault(cat, []).append(oid)
     objects = _objects(groups, previous)
-    rows = counts = None
+    rows: dict[str, int] | None = None
+    counts: dict | None = None
     if row_counts:
-        old = previous._counts if reuse and previous.rows is not None else {}
+        old = previous._counts if previous is not None and previous.rows is not None else {}
         counts = {oid: known for oid, known in old.items() if oid in groups}
         for chunk, found in zip(chunks, counted, strict=True):
             for i, count in found:
@@ -707,7 +718,12 @@ def _take(
 
 
 def _deleted_groups(
-    cursor, members: dict, deleted: dict, before: dict, version: int, speculative: dict | None = None
+    cursor: psycopg.Cursor[Any],
+    members: dict,
+    deleted: dict,
+    before: dict,
+    version: int,
+    speculative: dict | None = None,
 ) -> set:
     """Return the groups that lost a row of a tracked catalog since the deleted-row counters ``before``.
 
@@ -760,7 +776,7 @@ _PROBE = " UNION ALL ".join(
 )
 
 
-def _probe(cursor, oids: dict[str, list]) -> dict[str, list]:
+def _probe(cursor: psycopg.Cursor[Any], oids: dict[str, list]) -> dict[str, list]:
     """Return, per catalog, which of these oids no longer exist there (one prepared query)."""
     if not any(oids.values()):
         return {}
@@ -783,7 +799,7 @@ def _objects(groups: dict, previous: Snapshot | None) -> dict[Key, str]:
     depends on the order), so the result is always the one the whole build gives.
     """
     kept = previous._groups if previous is not None else {}
-    if kept:
+    if previous is not None and kept:
         objects = dict(previous.objects)
         for g, group in kept.items():
             if groups.get(g) is not group:  # read again, or gone
@@ -807,7 +823,7 @@ def _count_sql(chunk: list) -> str:
     )
 
 
-def _batch(cursor, queries: list[tuple], *, sync: bool = False) -> list[list]:
+def _batch(cursor: psycopg.Cursor[Any], queries: list[tuple], *, sync: bool = False) -> list[list]:
     """Run ``queries`` (each: sql, params, prepare) in one round trip; return the rows of each.
 
     They go through one pipeline, each on a cursor of its own (the last on ``cursor``); ``sync``
