@@ -12,8 +12,9 @@ import contextlib
 import itertools
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
@@ -89,7 +90,7 @@ _DEFAULTS = {
 }
 
 
-def complete(settings: dict) -> dict:
+def complete(settings: Mapping[str, Any]) -> dict:
     """Fill in the keys Django expects of a DATABASES entry that dj-database-url leaves out."""
     return {**_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
 

@@ -26,7 +26,7 @@ from .sqlnames import check_schema, ident, literal, split_table, values
 from .tree import Migration
 
 if TYPE_CHECKING:
-    from django.db.backends.postgresql.base import DatabaseWrapper
+    from django.db.backends.base.base import BaseDatabaseWrapper
 
 REQUIRED_COLUMNS = {"id", "name", "applied_at"}
 NIXMIG_COLUMNS = {"module": "VARCHAR", "checksum": "VARCHAR(64)", "execution_ms": "DOUBLE PRECISION"}
@@ -39,7 +39,7 @@ APPLIED_AT_MICROSECONDS = "(extract(epoch FROM applied_at::timestamptz) * 100000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _timestamps(connection: DatabaseWrapper) -> Callable[[int], datetime]:
+def _timestamps(connection: BaseDatabaseWrapper) -> Callable[[int], datetime]:
     """Return a function turning APPLIED_AT_MICROSECONDS into the datetime Django's cursor would give.
 
     Aware in the connection's time zone with USE_TZ (UTC unless the database sets another), naive
@@ -75,7 +75,8 @@ class TableState:
 class Recorder:
     """Read and write the tracking table of one database connection."""
 
-    def __init__(self, connection: DatabaseWrapper, table: str | None = None, schema: str | None = None):
+    # Any Django connection: it needs cursors, the alias and the time zone (the SQL is PostgreSQL's).
+    def __init__(self, connection: BaseDatabaseWrapper, table: str | None = None, schema: str | None = None):
         self.connection = connection
         self.table = table or conf.table()
         self.schema = schema  # a schema target: the tables live there, and migrations run with it first

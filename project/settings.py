@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -46,6 +47,7 @@ TEMPLATES = [
 ]
 WSGI_APPLICATION = "project.wsgi.application"
 
+DATABASES: dict[str, Any]
 if os.environ.get("DATABASE_URL"):
     import dj_database_url
 
