@@ -263,11 +263,11 @@ def analyze(text: str) -> Analysis:
                 return _analyze_whole(text)  # the whole text's parse reports the error, as it always did
             _add_statements(statements, lines, text, piece, begin, raw)
             break
-        piece, raw = _piece(text, begin)
-        if piece is None:
+        found, raw = _piece(text, begin)
+        if found is None:
             return _analyze_whole(text)
-        _add_statements(statements, lines, text, piece, begin, raw)
-        begin += len(piece)
+        _add_statements(statements, lines, text, found, begin, raw)
+        begin += len(found)
     return Analysis(tuple(statements), parsed=True)
 
 
@@ -435,6 +435,7 @@ def prepare(sql_file: SqlFile) -> Prepared:
     prepared, problems = examine(sql_file)
     if problems:
         raise TreeError(problems[0])
+    assert prepared is not None, "examine() returns the prepared file whenever it finds no problem"
     return prepared
 
 

@@ -20,8 +20,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .exceptions import TreeError
+
+if TYPE_CHECKING:
+    from .sqltext import Analysis  # sqltext imports this module
 
 # Names are matched whole (fullmatch, and \Z where '$' would also match before a final line break).
 FILE_RE = re.compile(r"(?P<number>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_-]*?)_(?P<direction>up|down)\.sql\Z")
@@ -94,7 +98,9 @@ class SqlFile:
         )
         self.relpath = relpath
         self._text, self._checksum, self._directives = text, checksum, directives
-        self.analysis_cache = None  # sqltext.analysis_of(): parsed once, whatever the number of databases
+        self.analysis_cache: Analysis | None = (
+            None  # sqltext.analysis_of(): parsed once, whatever the number of databases
+        )
         if text is not None and directives is None:
             self._directives = Directives()
 
