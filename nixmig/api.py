@@ -13,11 +13,11 @@ import functools
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import psycopg
 from django.db import DatabaseError, connections
@@ -47,9 +47,12 @@ from .tree import ERROR, INFO, WARNING, Migration, Problem, Tree
 from .tree import load_tree as _load_tree
 
 if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.backends.postgresql.base import DatabaseWrapper
 
 Callback = Callable[..., None]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 # The time of a row a session wrote and has not read back yet (replaced before anyone sees it).
 _NOT_READ = datetime.min.replace(tzinfo=timezone.utc)
@@ -104,15 +107,15 @@ def _unavailable(exc: DatabaseError, database: str) -> DatabaseUnavailable:
     )
 
 
-def _database_errors(function):
+def _database_errors(function: Callable[_P, _R]) -> Callable[_P, _R]:
     """Turn a database error that escapes nixmig's own handling into one paragraph (see _unavailable)."""
 
     @functools.wraps(function)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return function(*args, **kwargs)
         except DatabaseError as exc:
-            raise _unavailable(exc, kwargs.get("database", "default")) from None
+            raise _unavailable(exc, str(kwargs.get("database", "default"))) from None
 
     return wrapper
 
@@ -129,7 +132,7 @@ def load_tree(directory: str | Path | None = None) -> Tree:
     )
 
 
-def connection_for(database: str = "default"):
+def connection_for(database: str = "default") -> DatabaseWrapper:
     """Return the connection of ``database``, connected; raise a clear error when it can't be."""
     databases.require_known([database])
     connection = connections[database]
@@ -146,16 +149,20 @@ def connection_for(database: str = "default"):
             f"{':' + str(params['PORT']) if params.get('PORT') else ''}): {first}. Check DATABASE_URL or "
             "settings.DATABASES and that the server is running."
         ) from None
-    return connection
+    # Vendor "postgresql": Django's PostgreSQL backend or one built on it (PostGIS, ...), told apart
+    # by its vendor as always, not by its class.
+    return cast("DatabaseWrapper", connection)
 
 
-def _state(connection, tree: Tree, table: str | None = None, schema: str | None = None):
+def _state(
+    connection: BaseDatabaseWrapper, tree: Tree, table: str | None = None, schema: str | None = None
+) -> tuple[Recorder, TableState, Status]:
     recorder = Recorder(connection, table, schema)
     state = recorder.read()
     return recorder, state, _resolve(tree, state, recorder)
 
 
-def _resolve(tree: Tree, state, recorder: Recorder) -> Status:
+def _resolve(tree: Tree, state: TableState, recorder: Recorder) -> Status:
     """Resolve the states, and describe partly run files by the lines of their statements."""
     current = resolve(tree, state.records, state.progress, table=recorder.table)
     partial = [e for e in current.entries if e.state in PARTIAL]
@@ -166,8 +173,9 @@ def _resolve(tree: Tree, state, recorder: Recorder) -> Status:
 
     detailed = {}
     for e in partial:
-        sql_file = e.migration.up if e.state == PARTLY_APPLIED else e.migration.down
+        sql_file = e.files.up if e.state == PARTLY_APPLIED else e.files.down
         prep = examine(sql_file)[0] if sql_file is not None else None
+        assert e.progress is not None, f"{e.id} is {e.state}: its progress row is what makes it so"
         detailed[e.id] = replace(
             e,
             statement_lines=tuple(st.line for st in prep.analysis.statements) if prep else (),
@@ -210,7 +218,7 @@ def status(
     return with_leftovers(result, connection, schema) if leftovers else result
 
 
-def with_leftovers(result: Status, connection, schema: str | None = None) -> Status:
+def with_leftovers(result: Status, connection: BaseDatabaseWrapper, schema: str | None = None) -> Status:
     """Add to a status the catalog's leftovers of interrupted statements (one query)."""
     assert result.tree is not None
     found = _leftovers(connection, result.tree, schema)
@@ -229,11 +237,11 @@ def with_leftovers(result: Status, connection, schema: str | None = None) -> Sta
     return replace(result, problems=result.problems + problems, leftovers=tuple(found))
 
 
-def _leftovers(connection, tree: Tree, schema: str | None) -> list:
+def _leftovers(connection: BaseDatabaseWrapper, tree: Tree, schema: str | None) -> list:
     """INVALID and _ccnew/_ccold indexes and partitions pending detach on tables the tree's files name."""
     from .leftovers import catalog_leftovers
 
-    def texts():
+    def texts() -> Iterator[str]:
         for m in tree.migrations:
             for f in (m.up, m.down):
                 if f is not None:
@@ -247,7 +255,7 @@ def _leftovers(connection, tree: Tree, schema: str | None) -> list:
     return found
 
 
-def require_schema(connection, schema: str | None, *, create: bool = False) -> None:
+def require_schema(connection: BaseDatabaseWrapper, schema: str | None, *, create: bool = False) -> None:
     """Raise a clear error when the schema of a schema target does not exist (or create it)."""
     if not schema:
         return
@@ -278,7 +286,7 @@ def require_schema(connection, schema: str | None, *, create: bool = False) -> N
     )
 
 
-def _try_create(connection, recorder: Recorder) -> None:
+def _try_create(connection: BaseDatabaseWrapper, recorder: Recorder) -> None:
     try:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -373,7 +381,7 @@ def plan(
     directory: str | Path | None = None,
     database: str = "default",
     schema: str | None = None,
-    **options,
+    **options: Any,
 ) -> list[Entry]:
     """Return what ``migrate_up`` / ``migrate_down`` would run with these options, changing nothing."""
     tree = load_tree(directory)
@@ -393,7 +401,7 @@ def preview(
     fake: bool = False,
     atomic: bool = False,
     schema: str | None = None,
-    **options,
+    **options: Any,
 ) -> list[tuple[Entry | None, list[str]]]:
     """Return, per migration, the exact queries ``migrate_up`` / ``migrate_down`` would send; send none.
 
@@ -434,7 +442,7 @@ def _prepare(tree: Tree, entries: list[Entry], direction: str, fake: bool) -> di
 
     prepared, refused = {}, []
     for e in entries:
-        sql_file = e.migration.up if direction == "up" else e.migration.down
+        sql_file = e.files.up if direction == "up" else e.files.down
         if sql_file is None:
             continue
         prep, problems = examine(sql_file)
@@ -484,7 +492,7 @@ def over_parse_budget(entries: Sequence[Entry]) -> Problem | None:
     )
 
 
-def refused_files(entries: list[Entry]) -> list[Problem]:
+def refused_files(entries: Sequence[Entry]) -> list[Problem]:
     """Return what a run would refuse in the files of pending migrations, as status problems.
 
     Up files of pending (and partly applied) migrations are checked as ``sqlmigrate_up`` would
@@ -502,7 +510,7 @@ def refused_files(entries: list[Entry]) -> list[Problem]:
 
     out = []
     for e in todo:
-        for sql_file, level in ((e.migration.up, ERROR), (e.migration.down, WARNING)):
+        for sql_file, level in ((e.files.up, ERROR), (e.files.down, WARNING)):
             if sql_file is None:
                 continue
             for message in examine(sql_file)[1]:
@@ -513,7 +521,7 @@ def refused_files(entries: list[Entry]) -> list[Problem]:
 def _with_migration_signals(emit: Callback, database: str) -> Callback:
     """Wrap a progress callback so pre_migration / post_migration are sent around each migration."""
 
-    def callback(event: str, **data) -> None:
+    def callback(event: str, **data: Any) -> None:
         if event == "start":
             signals.pre_migration.send(
                 sender=RunResult,
@@ -957,17 +965,17 @@ def applied_migrations(database: str = "default", schema: str | None = None) -> 
     return Recorder(connection, schema=schema).read().records
 
 
-def rollback(steps: int = 1, **options) -> RunResult:
+def rollback(steps: int = 1, **options: Any) -> RunResult:
     """Roll back the last ``steps`` applied migrations (RollbackMigration / RollbackMigrations)."""
     return migrate_down(steps=steps, **options)
 
 
-def rollback_all(**options) -> RunResult:
+def rollback_all(**options: Any) -> RunResult:
     """Roll back every applied migration."""
     return migrate_down(everything=True, steps=None, **options)
 
 
-def reset_migrations(**options) -> RunResult:
+def reset_migrations(**options: Any) -> RunResult:
     """Forget every applied migration without running SQL (ResetMigrations = down --all --fake)."""
     return migrate_down(everything=True, steps=None, fake=True, **options)
 
@@ -998,7 +1006,7 @@ def repair(
                 )
         recorder.ensure_schema(state, current)
         for mid in wanted:
-            recorder.set_checksum(changed[mid].record, changed[mid].migration.checksum)
+            recorder.set_checksum(changed[mid].recorded, changed[mid].files.checksum)
     return wanted
 
 
