@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import overload
 
 from .exceptions import DatabaseUnavailable, LintError, NixmigError
 from .sqlnames import ident
@@ -450,7 +451,9 @@ def _spans(text: str) -> list[tuple[int, int]]:
         ]
     out = []
     for a, b in pairs:
-        start = _LEAD.match(text, a).end()
+        lead = _LEAD.match(text, a)
+        assert lead is not None, "_LEAD matches the empty string too"
+        start = lead.end()
         if text.startswith("*/", start):  # a nested /* /* */ */ comment: PostgreSQL's rules
             from .sqltext import _skip_space_and_comments
 
@@ -508,6 +511,10 @@ def _fast(which: str) -> re.Pattern:
     return re.compile(_FAST[which], re.IGNORECASE)
 
 
+@overload
+def _fold(ident: str) -> str: ...
+@overload
+def _fold(ident: None) -> None: ...
 def _fold(ident: str | None) -> str | None:
     """Return an identifier as PostgreSQL stores it: unquoted ones folded to lower case."""
     if ident is None:
@@ -599,6 +606,7 @@ _ALIASES = {
 def _parse_format_type(text: str) -> tuple[str, tuple[int, ...]]:
     """Turn format_type() output such as 'character varying(20)' into ('varchar', (20,))."""
     m = re.match(r"^(.*?)(?:\((\d+)(?:,(\d+))?\))?(\[\])?$", text.strip())
+    assert m is not None, f"format_type() output is one line: {text!r}"
     name = _ALIASES.get(m.group(1).strip(), m.group(1).strip())
     mods = tuple(int(g) for g in (m.group(2), m.group(3)) if g is not None)
     return (name + (m.group(4) or ""), mods)
@@ -864,10 +872,12 @@ class Schema:
         contype = con.get("contype")
         if contype not in ("CONSTR_PRIMARY", "CONSTR_UNIQUE", "CONSTR_EXCLUSION"):
             return
-        name = con.get("indexname") or con.get("conname")
-        if con.get("indexname") and (t.schema, name) in self.indexes:
-            self.indexes[(t.schema, name)].table = t.key  # USING INDEX: the index becomes the constraint's
+        index_name = con.get("indexname")
+        if index_name and (t.schema, index_name) in self.indexes:
+            # USING INDEX: the index becomes the constraint's
+            self.indexes[(t.schema, index_name)].table = t.key
             return
+        name = index_name or con.get("conname")
         if not name:
             if contype == "CONSTR_PRIMARY":
                 name = f"{t.name}_pkey"
@@ -883,7 +893,7 @@ class Schema:
             return
         kind, node, _ = parse(t.unread)
         t.unread = None
-        if kind == "CreateStmt":
+        if kind == "CreateStmt" and node is not None:  # a node whenever a kind
             self.learn_table(t, node)
 
     def rename_table(self, t: Table, schema: str | None = None, name: str | None = None) -> None:
@@ -1137,7 +1147,8 @@ class _FileLinter:
             found = self.schema.index(rel, if_exists=bool(node.get("missing_ok")))
             if found is not None:
                 key, ix = found
-                self.schema.indexes[(node.get("newschema"), key[1])] = self.schema.indexes.pop(key)
+                # SET SCHEMA always names the schema
+                self.schema.indexes[(node["newschema"], key[1])] = self.schema.indexes.pop(key)
 
     def not_rerunnable(self, stmt: Stmt, index: int, rel: Rel | None, t: Table | None) -> None:
         what = "CREATE INDEX CONCURRENTLY"
@@ -1440,8 +1451,8 @@ class _FileLinter:
             return
         for r in node.get("relations", []):
             rel = _rangevar(r)
-            t = self.schema.table(rel)
-            if t is None or self.schema.is_new(t):
+            t = self.schema.table(rel)  # None when rel is
+            if rel is None or t is None or self.schema.is_new(t):
                 continue
             self.add(
                 "truncate-cascade",
@@ -1499,8 +1510,8 @@ class _FileLinter:
                 obj=t,
             )
             self.takes_access_exclusive(stmt, index, rel, "ALTER TABLE ... RENAME", t)
-        elif kind == "OBJECT_TABCONSTRAINT":
-            key = (t.schema, node.get("subname"))
+        elif kind == "OBJECT_TABCONSTRAINT" and node.get("subname") is not None:
+            key = (t.schema, node["subname"])
             if self.schema.indexes.get(key) is not None and self.schema.indexes[key].table == t.key:
                 self.schema.indexes[(t.schema, newname)] = self.schema.indexes.pop(key)
         elif kind == "OBJECT_COLUMN" and node.get("relationType") == "OBJECT_TABLE":
@@ -1598,7 +1609,7 @@ class _FileLinter:
             self.schema.constraint_index(t, c.get("Constraint", {}), [colname])
         if new:
             return
-        contypes = {}
+        contypes: dict[str | None, dict] = {}
         for c in col.get("constraints", []):
             con = c.get("Constraint", {})
             contypes.setdefault(con.get("contype"), con)
@@ -2378,7 +2389,7 @@ def pending_summary(status, database: str = "default") -> dict:
     if api.over_parse_budget(pending) is not None:  # status says so; sqlmigrate_lint lints them
         return {**counts, "migrations": {}, "skipped": True}
     report = lint_entries(pending, connection=api.connection_for(database))
-    per: dict[str, dict[str, int]] = {}
+    per: dict[str | None, dict[str, int]] = {}  # by migration id
     for f in report.findings:
         counts[f.level] += 1
         per.setdefault(f.migration, {ERROR: 0, WARNING: 0, INFO: 0})[f.level] += 1
