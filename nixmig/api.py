@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
@@ -55,7 +55,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 # The time of a row a session wrote and has not read back yet (replaced before anyone sees it).
-_NOT_READ = datetime.min.replace(tzinfo=timezone.utc)
+_NOT_READ = datetime.min.replace(tzinfo=UTC)
 
 # Callables run on every plan under the lock, before anything is sent (see register_plan_check).
 _plan_checks: list[Callable[..., None]] = []

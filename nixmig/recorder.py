@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -36,7 +36,7 @@ NIXMIG_COLUMNS = {"module": "VARCHAR", "checksum": "VARCHAR(64)", "execution_ms"
 # where Django's timestamptz loader costs several microseconds of Python per row (a third of
 # reading 10,000 rows). _timestamps() turns it into what Django's loader would have returned.
 APPLIED_AT_MICROSECONDS = "(extract(epoch FROM applied_at::timestamptz) * 1000000)::bigint"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _timestamps(connection: BaseDatabaseWrapper) -> Callable[[int], datetime]:

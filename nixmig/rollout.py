@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,7 @@ def run(
     started = time.perf_counter()
     results = [TargetResult(t) for t in targets]
     results += [TargetResult(Target(key), SKIPPED, reason=reason) for key, reason in skipped or ()]
-    rollout = Rollout(results, started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    rollout = Rollout(results, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
     state = _State(job, results, on_error, progress_for, emit, len(targets))
     try:
         first = canaries(targets, canary) if canary or any(t.canary for t in targets) else []

@@ -68,7 +68,7 @@ def pending(html: str) -> list[str]:
 
 
 def at(day: int, month: int = 1) -> dt.datetime:
-    return dt.datetime(2025, month, day, 12, 0, tzinfo=dt.timezone.utc)
+    return dt.datetime(2025, month, day, 12, 0, tzinfo=dt.UTC)
 
 
 def test_changelist_shows_id_module_applied_time_execution_time_and_checksum_state(admin_client, sql_tree):

@@ -1,6 +1,6 @@
 """The pure core: reading trees, planning and classifying SQL. No database, no settings."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -9,7 +9,7 @@ from nixmig.plan import AppliedRecord, plan_down, plan_up, resolve
 from nixmig.sqltext import analyze, blank_out, prepare
 from nixmig.tree import checksum, load_tree
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def record(row_id, module, name, checksum=None):

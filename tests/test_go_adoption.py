@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -62,7 +62,7 @@ class GoMigrator:
             self.conn.execute(self.up[name])  # no arguments: the simple query protocol, as bun sends it
             self.conn.execute(
                 "INSERT INTO migrations (name, applied_at) VALUES (%s, %s)",
-                [name, datetime.now(timezone.utc)],
+                [name, datetime.now(UTC)],
             )
             ran.append(name)
         self.conn.execute("COMMIT")
@@ -274,7 +274,7 @@ def test_documented_query_deletes_every_later_duplicate_of_a_go_table(scratch_db
 def test_two_bare_rows_for_a_name_two_modules_share_are_one_ambiguous_row_and_one_duplicate(tree):
     tree.table_pair("auth/001_init", "auth_init")
     tree.table_pair("billing/001_init", "billing_init")
-    at = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    at = datetime(2025, 1, 1, tzinfo=UTC)
     records = [AppliedRecord(1, "001_init", None, at), AppliedRecord(2, "001_init", None, at)]
 
     status = resolve(load_tree(tree.path), records, table="ops.migrations")
