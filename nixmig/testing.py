@@ -219,6 +219,10 @@ def files_stamp(directory) -> str:
             continue
         for entry in entries:
             name = relative + entry.name
+            if (
+                entry.name == "__pycache__"
+            ):  # the checksum cache's folder: not part of the tree (load_tree skips it)
+                continue
             try:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append((name + "/", entry.path))

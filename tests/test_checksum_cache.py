@@ -225,3 +225,16 @@ def test_a_cached_file_over_a_lowered_size_limit_is_read_and_refused(tree, short
     limited = load_tree(tree.path, checksum_cache=_cache(tree), max_file_bytes=10)
     assert limited.errors and limited.files_read == 3
     assert _shape(limited) == _shape(load_tree(tree.path, max_file_bytes=10))
+
+
+def test_writing_the_cache_leaves_the_test_templates_stamp_of_the_tree_alone(tree, short_margin):
+    from nixmig.testing import files_stamp
+
+    _sample(tree)
+    short_margin()
+    before = files_stamp(tree.path)
+    load_tree(tree.path, checksum_cache=_cache(tree))
+    assert list((tree.path / "__pycache__").iterdir())
+    assert files_stamp(tree.path) == before
+    (tree.path / "auth/001_users_up.sql").write_text(EDITED)
+    assert files_stamp(tree.path) != before
