@@ -27,7 +27,14 @@ DEFAULTS: dict[str, Any] = {
     "VERIFY_SETUP": None,  # SQL files (or a callable) making what a deploy makes outside the tree
     "DRIFT_IGNORE": (),  # name patterns that sqlmigrate_verify --drift leaves out
     "CHECKSUM_CACHE": True,  # True: <migrations dir>/__pycache__; a folder; False: read every up file each run
+    # How a rollout over many targets runs (nixmig.rollout): EXECUTOR "threads" (this process) or
+    # "celery" (nixmig.tasks on Celery workers); QUEUE the Celery queue of a target that names none
+    # (a name, or a callable mapping a Target to a name); CELERY_APP the dotted
+    # path of the project's Celery app when it is not found the usual way.
+    "ROLLOUT": {},
 }
+
+ROLLOUT_DEFAULTS: dict[str, Any] = {"EXECUTOR": "threads", "QUEUE": "nixmig", "CELERY_APP": None}
 
 
 def get(key: str) -> Any:
@@ -35,6 +42,11 @@ def get(key: str) -> Any:
     from django.conf import settings
 
     return getattr(settings, "NIXMIG", {}).get(key, DEFAULTS[key])
+
+
+def rollout(key: str) -> Any:
+    """Return NIXMIG['ROLLOUT'][key], or its default."""
+    return (get("ROLLOUT") or {}).get(key, ROLLOUT_DEFAULTS[key])
 
 
 def migrations_dir() -> Path:

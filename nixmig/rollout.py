@@ -16,6 +16,7 @@ interrupted, not started or skipped.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -41,7 +42,8 @@ DONE, UP_TO_DATE, FAILED, INTERRUPTED, NOT_STARTED, SKIPPED = (
     "skipped",
 )
 STATUSES = (DONE, UP_TO_DATE, FAILED, INTERRUPTED, NOT_STARTED, SKIPPED)
-RERUN = (FAILED, INTERRUPTED, NOT_STARTED)  # what --only-failed runs again
+RUNNING = "running"  # only in a report written while the rollout runs (or by a coordinator that died)
+RERUN = (FAILED, INTERRUPTED, NOT_STARTED, RUNNING)  # what --only-failed runs again
 STOP, CONTINUE = "stop", "continue"
 
 Callback = Callable[..., None]
@@ -79,6 +81,8 @@ class TargetResult:
     seconds: float = 0.0
     payload: Any = None
     reason: str = ""  # why a target was skipped or not started
+    extra: dict = field(default_factory=dict)  # what an executor adds (Celery: task id, queue, worker)
+    output: tuple[str, str] | None = None  # the job's output where it ran elsewhere (a Celery worker)
 
     def as_dict(self) -> dict:
         t = self.target
@@ -94,6 +98,7 @@ class TargetResult:
             "error": self.error,
             "reason": self.reason or None,
             "seconds": round(self.seconds, 3),
+            **self.extra,
         }
 
 
@@ -105,11 +110,12 @@ class Rollout:
     stopped: str | None = None  # None, "canary", "error" or "interrupt"
     seconds: float = 0.0
     started_at: str = ""
+    meta: dict = field(default_factory=dict)  # what an executor adds to the report (Celery: how to --resume)
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
         for r in self.results:
-            counts[r.status] += 1
+            counts[r.status] = counts.get(r.status, 0) + 1
         return counts
 
     def with_status(self, *statuses: str) -> list[TargetResult]:
@@ -137,6 +143,7 @@ class Rollout:
     def as_dict(self, **extra) -> dict:
         return {
             **extra,
+            **self.meta,
             "started_at": self.started_at,
             "seconds": round(self.seconds, 3),
             "stopped": self.stopped,
@@ -184,14 +191,22 @@ def run(
     progress_for: Callable[[Target], Callback] | None = None,
     callback: Callback | None = None,
     skipped: list[tuple[str, str]] | None = None,
+    executor: Any = None,
+    results: list[TargetResult] | None = None,
+    meta: dict | None = None,
 ) -> Rollout:
     """Run ``job(target, progress)`` on every target; return every target's result.
+
+    ``executor`` runs the targets elsewhere instead of on threads of this process
+    (``nixmig.tasks.CeleryExecutor``: on Celery workers); ``results`` carries the results of a
+    rollout being resumed, where targets that finished keep their result.
 
     ``progress`` is the callback to give the engine (``api.migrate_up(progress=...)``): it
     forwards to ``progress_for(target)`` and raises RolloutInterrupted before the next
     migration once the rollout is interrupted. ``callback`` gets ``phase`` (name, count),
     ``target_done`` (result, finished, total) and ``stopping`` (reason) events, in the
-    calling thread.
+    calling thread; ``target_done`` and ``dispatched`` also carry the ``rollout`` so far (for a
+    report written as results arrive).
     """
     if on_error not in (STOP, CONTINUE):
         raise NixmigError(f"--on-error must be 'stop' or 'continue', not {on_error!r}.")
@@ -199,15 +214,19 @@ def run(
         raise NixmigError("--parallel must be 1 or more.")
     emit = callback or (lambda event, **data: None)
     started = time.perf_counter()
-    results = [TargetResult(t) for t in targets]
-    results += [TargetResult(Target(key), SKIPPED, reason=reason) for key, reason in skipped or ()]
-    rollout = Rollout(results, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    if results is None:
+        results = [TargetResult(t) for t in targets]
+        results += [TargetResult(Target(key), SKIPPED, reason=reason) for key, reason in skipped or ()]
+    rollout = Rollout(results, started_at=datetime.now(UTC).isoformat(timespec="seconds"), meta=meta or {})
     state = _State(job, results, on_error, progress_for, emit, len(targets))
+    state.rollout = rollout
+    phase = state.phase if executor is None else functools.partial(executor.phase, state)
     try:
         first = canaries(targets, canary) if canary or any(t.canary for t in targets) else []
+        first = [i for i in first if results[i].status in (NOT_STARTED, RUNNING)]  # a resumed canary phase
         if first:
             emit("phase", name="canary", count=len(first))
-            state.phase(first, parallel, canary=True)
+            phase(first, parallel, canary=True)
             failed = [results[i] for i in first if results[i].status in (FAILED, INTERRUPTED)]
             if failed and not state.interrupted.is_set():
                 state.stop("canary", f"{len(failed)} of {len(first)} canary target(s) failed")
@@ -215,7 +234,12 @@ def run(
                 emit("phase", name="rest", count=len(targets) - len(first))
         if not state.stopped:
             chosen = set(first)
-            state.phase([i for i in range(len(targets)) if i not in chosen], parallel)
+            rest = [
+                i
+                for i in range(len(targets))
+                if i not in chosen and results[i].status in (NOT_STARTED, RUNNING)
+            ]
+            phase(rest, parallel)
     except KeyboardInterrupt:  # the second Ctrl-C, or one between two phases: report what is known
         state.no_more.set()
         state.interrupted.set()
@@ -252,8 +276,9 @@ class _State:
         self.progress_for = progress_for
         self.emit = emit
         self.total = total
-        self.finished = 0
+        self.finished = sum(1 for r in results if r.status not in (NOT_STARTED, RUNNING, SKIPPED))
         self.stopped: str | None = None
+        self.rollout: Rollout | None = None
         self.canary_phase = False
         self.interrupted = threading.Event()  # running targets stop before their next migration
         self.no_more = threading.Event()  # no new target starts
@@ -298,7 +323,13 @@ class _State:
                         if canary
                         else f"{result.target.key} failed",
                     )
-                self.emit("target_done", result=result, finished=self.finished, total=self.total)
+                self.emit(
+                    "target_done",
+                    result=result,
+                    finished=self.finished,
+                    total=self.total,
+                    rollout=self.rollout,
+                )
             except queue.Empty:
                 continue
             except KeyboardInterrupt:
@@ -389,8 +420,34 @@ def write_report(path: str | Path, rollout: Rollout, **extra) -> None:
         ) from None
 
 
+def read_report(path: str | Path, option: str = "--only-failed") -> dict:
+    """Return a rollout report's data; raise a ReportError naming the file when it is not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not all(
+            isinstance(row, dict) and isinstance(row["target"], str) and isinstance(row["status"], str)
+            for row in data["targets"]
+        ):
+            raise TypeError("no list of targets with their status")
+        sources = data.get("sources")
+        if sources is not None and not isinstance(sources, dict):
+            raise TypeError("'sources' is not an object")
+        return data
+    except OSError as exc:
+        raise ReportError(
+            f"Can't read the report {path} ({exc.strerror or exc}); give {option} the file "
+            "that --report wrote."
+        ) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReportError(
+            f"{path} is not a nixmig rollout report ({type(exc).__name__}: {exc}); give "
+            f"{option} the JSON file that --report wrote."
+        ) from None
+
+
 def rerun_keys(path: str | Path) -> list[str]:
-    """Return the targets of a report that failed, were interrupted or did not start, in its order."""
+    """Return the targets of a report that failed, were interrupted, were running or did not start, in its order."""
     return rerun_targets(path)[0]
 
 
@@ -401,21 +458,10 @@ def rerun_targets(path: str | Path) -> tuple[list[str], dict | None]:
     way the first run did, so credentials come from where they came from then (settings, the
     targets file, the environment), never from the report, which holds none.
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        rows = data["targets"]
-        sources = data.get("sources")
-        if sources is not None and not isinstance(sources, dict):
-            raise TypeError("'sources' is not an object")
-        return [row["target"] for row in rows if row["status"] in RERUN], sources
-    except OSError as exc:
-        raise ReportError(
-            f"Can't read the report {path} ({exc.strerror or exc}); give --only-failed the file "
-            "that --report wrote."
-        ) from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ReportError(
-            f"{path} is not a nixmig rollout report ({type(exc).__name__}: {exc}); give "
-            "--only-failed the JSON file that --report wrote."
-        ) from None
+    data = read_report(path)
+    return [row["target"] for row in data["targets"] if row["status"] in RERUN], data.get("sources")
+
+
+def rerun_queues(path: str | Path) -> dict[str, str]:
+    """Return the Celery queue of each target of a report that names one."""
+    return {row["target"]: row["queue"] for row in read_report(path)["targets"] if row.get("queue")}

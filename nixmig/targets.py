@@ -9,12 +9,14 @@ none of these is given, ``NIXMIG['TARGETS']``, a callable (or its dotted path) r
 targets.
 
 A targets file has one target per line: ``alias``, ``alias:schema``, ``URL`` or
-``URL schema``, optionally followed by ``[canary]``; blank lines and ``#`` comments are
+``URL schema``, optionally followed by ``[canary]`` and ``[queue=NAME]`` (the Celery queue
+whose workers can reach it, for ``--executor celery``); blank lines and ``#`` comments are
 ignored. Parsing a file needs no database (``parse_targets``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +29,7 @@ from .databases import without_password
 from .exceptions import NixmigError, UnsafeName
 
 CANARY = "[canary]"
+QUEUE_RE = re.compile(r"\[queue=([A-Za-z0-9_.:@-]{1,200})\]\Z", re.IGNORECASE)
 URL_SCHEMES = ("postgres://", "postgresql://", "pgsql://")
 
 
@@ -42,6 +45,7 @@ class Target:
     schema: str | None = None
     url: str | None = None  # a URL target's URL, without its password
     canary: bool = False
+    queue: str | None = None  # the Celery queue whose workers take it (--executor celery)
 
     @property
     def key(self) -> str:
@@ -63,6 +67,7 @@ class TargetSpec:
     schema: str | None
     canary: bool
     line: int
+    queue: str | None = None
 
     @property
     def is_url(self) -> bool:
@@ -106,13 +111,21 @@ def parse_targets(text: str, source: str = "the targets file") -> list[TargetSpe
             continue
         where = f"{source} line {number}"
         fields = line.split()
-        canary = fields[-1].lower() == CANARY
-        if canary:
+        canary, queue = False, None
+        while fields and fields[-1].startswith("["):
+            mark = QUEUE_RE.match(fields[-1])
+            if fields[-1].lower() == CANARY and not canary:
+                canary = True
+            elif mark and queue is None:
+                queue = mark.group(1)
+            else:
+                break
             fields = fields[:-1]
         if not fields or len(fields) > 2 or any(f.startswith("[") for f in fields):
             raise TargetError(
                 f"{where}: {_shown(raw)!r} is not a target. Write one per line: 'alias', "
-                "'alias:schema', 'URL' or 'URL schema', optionally followed by '[canary]'."
+                "'alias:schema', 'URL' or 'URL schema', optionally followed by '[canary]' and "
+                "'[queue=NAME]' (letters, digits and . _ - : @)."
             )
         database, schema = fields[0], fields[1] if len(fields) == 2 else None
         if "://" in database:
@@ -133,7 +146,7 @@ def parse_targets(text: str, source: str = "the targets file") -> list[TargetSpe
                 raise TargetError(f"{where}: {_shown(raw)!r} names no database alias before the ':'.")
         if schema is not None:
             schema = check_schema_name(schema, where)
-        specs.append(TargetSpec(database, schema, canary, number))
+        specs.append(TargetSpec(database, schema, canary, number, queue))
     return specs
 
 
@@ -153,14 +166,14 @@ def _from_specs(specs: Iterable[TargetSpec], source: str, temporary: list[str]) 
             alias = register_url(spec.database, where)
             if alias not in temporary:
                 temporary.append(alias)
-            out.append(Target(alias, spec.schema, without_password(spec.database), spec.canary))
+            out.append(Target(alias, spec.schema, without_password(spec.database), spec.canary, spec.queue))
         else:
             if spec.database not in connections.settings:
                 raise TargetError(
                     f"{where}: there is no database {spec.database!r} in settings.DATABASES (known: "
                     f"{', '.join(connections)}). Use an alias of settings.DATABASES or a database URL."
                 )
-            out.append(Target(spec.database, spec.schema, None, spec.canary))
+            out.append(Target(spec.database, spec.schema, None, spec.canary, spec.queue))
     return out
 
 

@@ -1125,3 +1125,19 @@ def load_migration(
         else None
     )
     return Migration(module, int(match["number"]), name, up, down)
+
+
+def digest(tree: Tree) -> str:
+    """Return a short hash of the tree's migration ids and file checksums (up and down).
+
+    Two trees with the same digest run the same SQL: a Celery worker compares it with the one
+    the coordinator planned with before it touches a target.
+    """
+    h = hashlib.sha256()
+    for m in tree.migrations:
+        try:
+            down = m.down.checksum if m.down is not None else "-"
+        except TreeError:
+            down = "unreadable"
+        h.update(f"{m.id}\0{m.up.checksum}\0{down}\n".encode())
+    return h.hexdigest()[:16]

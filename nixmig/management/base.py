@@ -6,17 +6,22 @@ import gc
 import io
 import sys
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
 
+from .. import api, conf
 from .. import rollout as rollouts
 from .. import targets as target_sources
 from ..exceptions import NixmigError
 from ..targets import Target
+
+EXECUTORS = ("threads", "celery")
 
 
 def add_target_arguments(parser, *, rollout: bool = True) -> None:
@@ -62,6 +67,14 @@ def add_target_arguments(parser, *, rollout: bool = True) -> None:
         metavar="N",
         help="Work on N targets at once, with at most N connections per server (default 1).",
     )
+    group.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default=None,
+        help="Where the targets run: threads of this process (default, --parallel of them) or celery "
+        "(nixmig.tasks on the project's Celery workers, each target on its [queue=NAME]); default: "
+        "NIXMIG['ROLLOUT']['EXECUTOR'].",
+    )
     if rollout:
         group.add_argument(
             "--canary",
@@ -88,6 +101,12 @@ def add_target_arguments(parser, *, rollout: bool = True) -> None:
             metavar="REPORT",
             help="Run only the targets that failed, were interrupted or did not start in this "
             "report (of --report).",
+        )
+        group.add_argument(
+            "--resume",
+            metavar="REPORT",
+            help="Re-attach to a Celery rollout whose coordinator stopped: collect the outcomes of its "
+            "tasks and dispatch the targets it had not dispatched (the report of --report, updated).",
         )
 
 
@@ -202,6 +221,9 @@ class NixmigCommand(BaseCommand):
     multi_database = False  # True: the target options (add_target_arguments) and rollouts over many targets
     rollout_options = True  # with multi_database: also --canary, --on-error, --report, --only-failed
     compact = False  # set during a rollout of tenants: one line per target, no blocks
+    # Inside a Celery task (nixmig.tasks): (target, progress callback, tree digest), and the job's outcome.
+    worker: tuple[Target, Callable, str] | None = None
+    worker_outcome: rollouts.Outcome | None = None
     uses_database = True  # False: the command reads and writes files only (no --database)
 
     def add_arguments(self, parser):
@@ -287,7 +309,7 @@ class NixmigCommand(BaseCommand):
         given = any(sources.values())
         if not given:
             if recorded is None:  # a report of an older nixmig: aliases only (a URL key has no password)
-                return target_sources.from_keys(keys, only_failed)
+                return self._with_queues(target_sources.from_keys(keys, only_failed), only_failed)
             sources = {k: recorded.get(k) for k in sources}
             sources["schemas"] = sources["schemas"] or ()
             sources["all_databases"] = bool(sources["all_databases"])
@@ -300,6 +322,13 @@ class NixmigCommand(BaseCommand):
             for key in keys
             if key not in found
         ]
+        return self._with_queues(selection, only_failed)
+
+    @staticmethod
+    def _with_queues(selection: target_sources.Selection, report: str) -> target_sources.Selection:
+        """Give the targets of a Celery rollout's report the queue they had there, unless they name one."""
+        queues = rollouts.rerun_queues(report)
+        selection.targets = [replace(t, queue=t.queue or queues.get(t.key)) for t in selection.targets]
         return selection
 
     @staticmethod
@@ -333,13 +362,35 @@ class NixmigCommand(BaseCommand):
         non-zero exit when any target failed. ``progress`` is the callback to give the API;
         ``finish`` gets the rollout before a failure ends the command.
         """
+        worker = getattr(self, "worker", None)
+        if worker is not None:  # inside a Celery task (nixmig.tasks): this one target, here
+            target, progress, digest = worker
+            from ..tasks import check_tree
+
+            check_tree(
+                digest,
+                getattr(self, "tree", None) or api.load_tree(options.get("directory")),
+                self.hostname(),
+            )
+            self.worker_outcome = job(target, self.renderer, progress)
+            return None
         parallel = options.get("parallel") or 1
         if parallel < 1:
             raise CommandError("--parallel must be 1 or more.")
         if (options.get("canary") or 0) < 0:
             raise CommandError("--canary must be 0 or more.")
+        executor_name = options.get("executor") or conf.rollout("EXECUTOR")
+        if executor_name not in EXECUTORS:
+            raise CommandError(
+                f"NIXMIG['ROLLOUT']['EXECUTOR'] = {executor_name!r} is not an executor; use 'threads' or 'celery'."
+            )
+        if options.get("resume"):
+            return self._resume(options, job, done_label, on_error, finish)
         selection = self.select_targets(options)
         try:
+            executor = (
+                self.celery_executor(options) if executor_name == "celery" and selection.targets else None
+            )
             return self._rollout(
                 selection,
                 options,
@@ -348,15 +399,119 @@ class NixmigCommand(BaseCommand):
                 done_label,
                 on_error or options.get("on_error") or rollouts.STOP,
                 finish,
+                executor,
             )
         finally:
             selection.close()
 
+    def hostname(self) -> str:
+        import socket
+
+        return socket.gethostname()
+
+    def celery_executor(self, options: dict, **resumed):
+        """Return the Celery executor of this command and its options, connected to the broker."""
+        try:
+            from .. import tasks
+        except ImportError as exc:
+            raise CommandError(
+                f"--executor celery needs Celery ({exc}); install it with pip install 'nixmig[celery]'."
+            ) from None
+        from ..tree import digest
+
+        command = type(self).__module__.rsplit(".", 1)[-1]
+        tree = getattr(self, "tree", None) or api.load_tree(options.get("directory"))
+        tree.raise_for_errors()
+        executor = tasks.CeleryExecutor(
+            tasks.celery_app(), command, options, resumed.pop("digest", None) or digest(tree), **resumed
+        )
+        executor.connect()  # a broker that is down: one paragraph, before anything is dispatched
+        return executor
+
+    def _resume(self, options, job, done_label, on_error, finish) -> rollouts.Rollout | None:
+        """Re-attach to the Celery rollout of a report: collect its tasks' outcomes, dispatch what it had not."""
+        path = options["resume"]
+        data = rollouts.read_report(path, "--resume")
+        meta = data.get("celery")
+        if data.get("executor") != "celery" or not isinstance(meta, dict):
+            raise CommandError(
+                f"{path} is the report of a rollout on threads, which ended with its process; --resume re-attaches "
+                f"to Celery rollouts only. Run the failed and unfinished targets again with --only-failed {path}."
+            )
+        command = type(self).__module__.rsplit(".", 1)[-1]
+        from ..tasks import TASKS
+
+        if meta.get("task") != TASKS.get(command):
+            raise CommandError(
+                f"{path} is the report of a {meta.get('task')} rollout; resume it with that command."
+            )
+        self.resumed_sources = data.get("sources")  # what --only-failed on the updated report selects with
+        selection = target_sources.from_keys([row["target"] for row in data["targets"]], path)
+        try:
+            results = []
+            for target, row in zip(selection.targets, data["targets"], strict=True):
+                extra = {
+                    k: row[k]
+                    for k in ("task_id", "queue", "worker", "deliveries", "revoked", "redelivered")
+                    if k in row
+                }
+                target = replace(target, canary=bool(row.get("canary")), queue=row.get("queue"))
+                results.append(
+                    rollouts.TargetResult(
+                        target,
+                        row["status"],
+                        list(row.get("applied") or []),
+                        row.get("summary") or "",
+                        error=row.get("error"),
+                        seconds=float(row.get("seconds") or 0),
+                        reason=row.get("reason") or "",
+                        extra=extra,
+                    )
+                )
+            selection.targets = [r.target for r in results]
+            options = dict(options, **meta.get("options", {}), report=options.get("report") or path)
+            executor = self.celery_executor(
+                options,
+                digest=meta.get("digest"),
+                rollout_id=meta.get("rollout"),
+                dispatch_new=data.get("stopped") is None,
+            )
+            rollout = self._rollout(
+                selection,
+                options,
+                job,
+                1,
+                done_label,
+                on_error or options.get("on_error") or rollouts.STOP,
+                finish,
+                executor,
+                results,
+                data.get("stopped"),
+            )
+        finally:
+            selection.close()
+        return rollout
+
     def _rollout(
-        self, selection, options, job, parallel, done_label, on_error, finish
+        self,
+        selection,
+        options,
+        job,
+        parallel,
+        done_label,
+        on_error,
+        finish,
+        executor=None,
+        results=None,
+        stopped=None,
     ) -> rollouts.Rollout | None:
         found, skipped = selection.targets, selection.skipped
-        asked = options.get("report") or options.get("only_failed") or options.get("canary")
+        asked = (
+            options.get("report")
+            or options.get("only_failed")
+            or options.get("canary")
+            or executor is not None
+        )
         if options.get("only_failed") and not found:
             if self.verbosity >= 1:
                 self.stdout.write(
@@ -410,14 +565,49 @@ class NixmigCommand(BaseCommand):
                     writer.stderr.write(self.style.ERROR(f"Database {target.alias!r}: {exc}"))
                 raise
 
+        report = options.get("report")
+        next_write = [0.0]
+
+        def write_report(rollout: rollouts.Rollout, now: float | None = None) -> None:
+            """Write the report as results arrive: a killed coordinator leaves a valid partial report.
+
+            With ``now``, only when due: at most twice a second, and never more than a fifth of the
+            time (a report of 100,000 targets takes a while to write).
+            """
+            if report and (now is None or now >= next_write[0]):
+                started = time.monotonic()
+                rollouts.write_report(
+                    report,
+                    rollout,
+                    command=type(self).__module__.rsplit(".", 1)[-1],
+                    directory=str(options.get("directory") or "") or None,
+                    sources=getattr(self, "resumed_sources", None) or self.target_options(options),
+                )
+                done = time.monotonic()
+                next_write[0] = done + max(0.5, 4 * (done - started))
+
         def on_event(event: str, **data) -> None:
-            if event == "target_done":
+            if event in ("dispatched", "replies"):
+                write_report(data["rollout"])
+            elif event == "waiting":
+                self.stderr.write(
+                    self.style.WARNING(
+                        f"No worker has answered for {data['seconds']:.0f} s; targets wait in queue(s) "
+                        f"{', '.join(data['queues'])}: is a worker running with -Q for each (celery -A <project> "
+                        "worker -Q <queue>)?"
+                    )
+                )
+            elif event == "target_done":
                 result = data["result"]
+                write_report(data["rollout"], time.monotonic())
                 with guard:
                     writer, out, err = writers.pop(result.target.key, (None, None, None))
                 if out is not None and err is not None and show_blocks:  # both set, or neither
                     self.stdout.write(out.getvalue(), ending="")
                     self.stderr.write(err.getvalue(), ending="")
+                elif result.output is not None and show_blocks:  # a block written on a Celery worker
+                    self.stdout.write(result.output[0], ending="")
+                    self.stderr.write(result.output[1], ending="")
                 if compact:
                     if self.verbosity >= 1:
                         label = result.target.schema if one_alias else result.target.key
@@ -441,33 +631,53 @@ class NixmigCommand(BaseCommand):
                     "canary": f"Stopping: {data['why']}; no other target starts.",
                     "error": f"Stopping: {data['why']}; no more targets start (--on-error stop), running "
                     "ones finish.",
+                    "broker": f"Stopping: {data['why']}; no more targets are dispatched.",
                 }[data["reason"]]
                 self.stderr.write(self.style.WARNING(what))
 
-        result = rollouts.run(
-            found,
-            run_job,
-            parallel=parallel,
-            canary=options.get("canary") or 0,
-            on_error=on_error,
-            progress_for=writer_for,
-            callback=on_event,
-            skipped=skipped,
-        )
-        report = options.get("report")
-        if report:
-            rollouts.write_report(
-                report,
-                result,
-                command=type(self).__module__.rsplit(".", 1)[-1],
-                directory=str(options.get("directory") or "") or None,
-                sources=self.target_options(options),
+        if executor is not None:
+            executor.want_output = show_blocks
+        try:
+            result = rollouts.run(
+                found,
+                run_job,
+                parallel=parallel,
+                canary=options.get("canary") or 0,
+                on_error=on_error,
+                progress_for=writer_for,
+                callback=on_event,
+                skipped=skipped,
+                executor=executor,
+                results=results,
+                meta=executor.meta() if executor is not None else None,
             )
+        except BaseException:
+            if executor is not None:
+                executor.close(keep_queue=True)
+            raise
+        result.stopped = result.stopped or stopped
+        if executor is not None:  # keep the reply queue while a task may still answer (for --resume)
+            executor.close(keep_queue=bool(self._unfinished(result.results)))
+        write_report(result)
         self.render_rollout(result, compact, done_label)
         if finish is not None:
             finish(result)
         self.fail_rollout(result, compact, report)
         return result
+
+    @staticmethod
+    def _unfinished(results: list[rollouts.TargetResult]) -> list[rollouts.TargetResult]:
+        """Return the results whose Celery task may still send a reply (running, detached, or queued)."""
+        return [
+            r
+            for r in results
+            if r.extra.get("task_id")
+            and (
+                r.status == rollouts.RUNNING
+                or r.extra.get("detached")
+                or (r.status == rollouts.NOT_STARTED and not r.extra.get("revoked"))
+            )
+        ]
 
     def target_line(self, result: rollouts.TargetResult, label: str, finished: int, total: int) -> str:
         """Return the line of one finished target: '[312/1000] tenant_0312 ... 14 applied in 0.4 s'."""
@@ -512,6 +722,16 @@ class NixmigCommand(BaseCommand):
             if report
             else ""
         )
+        if result.stopped == "broker":
+            raise CommandError(
+                f"The Celery broker failed during the rollout: {result.summary().rstrip('.')}. Targets that were "
+                "running finish on their workers and their tracking tables say what ran. Once the broker answers, "
+                + (
+                    f"run again with --resume {report} to collect their outcomes and dispatch the rest."
+                    if report
+                    else "run the command again."
+                )
+            )
         if result.stopped == "interrupt":
             raise CommandError(
                 f"Interrupted (Ctrl-C): {result.summary().rstrip('.')}. Each target that was running stopped before "

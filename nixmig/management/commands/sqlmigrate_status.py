@@ -1,5 +1,6 @@
 import json
 from collections.abc import Callable
+from types import SimpleNamespace
 
 from django.core.management.base import CommandError
 
@@ -61,6 +62,11 @@ class Command(NixmigCommand):
                     )
                 )
             )
+        if rollout is not None and rollout.meta.get("executor") == "celery":  # read on the workers
+            self.fail_unless_up_to_date(
+                check, [(r.target.key, _Remote(r)) for r in rollout.results if r.status in (DONE, UP_TO_DATE)]
+            )
+            return
         self.fail_unless_up_to_date(check, [(t.key, s) for t, s, _ in self.statuses_seen])
 
     def write_all_json(self, rollout) -> None:
@@ -68,7 +74,9 @@ class Command(NixmigCommand):
         out = {}
         for r in rollout.results:
             status = r.payload
-            if status is not None:
+            if isinstance(status, dict):  # read on a Celery worker
+                out[r.target.key] = status
+            elif status is not None:
                 out[r.target.key] = dict(status.as_dict(), lint=lint.pending_summary(status, r.target.alias))
             else:
                 out[r.target.key] = {"status": r.status, "error": r.error, "reason": r.reason or None}
@@ -174,6 +182,19 @@ class Command(NixmigCommand):
             summary += f", {late} out of order"
         out.append(style.MIGRATE_HEADING(summary + "."))
         stdout.write("\n".join(out))
+
+
+class _Remote:
+    """What --check needs of a status read on a Celery worker: whether it is up to date, its counts."""
+
+    def __init__(self, result):
+        self.ok = result.status == UP_TO_DATE
+        self.text = result.summary
+        problems = (result.payload or {}).get("problems", []) if isinstance(result.payload, dict) else []
+        self.problems = [SimpleNamespace(level=p.get("level")) for p in problems]
+
+    def counts_text(self) -> str:
+        return self.text
 
 
 def _dumps(data) -> str:
