@@ -104,7 +104,7 @@ class Worker:
         )
         self.pid = self.process.pid
 
-    def wait_ready(self, timeout: float = 60) -> Worker:
+    def wait_ready(self, timeout: float = 180) -> Worker:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if " ready." in self.log.read_text(errors="replace"):
@@ -387,7 +387,7 @@ def test_a_broker_that_is_down_is_one_paragraph_before_anything_is_dispatched(
 # -- faults ---------------------------------------------------------------------------------------
 
 
-def _worker_running(db: ScratchDB, workers: list[Worker], timeout: float = 30) -> Worker:
+def _worker_running(db: ScratchDB, workers: list[Worker], timeout: float = 90) -> Worker:
     """Return the worker whose connection is migrating a target of ``db`` (its pid is in application_name)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:

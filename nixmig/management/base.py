@@ -422,6 +422,8 @@ class NixmigCommand(BaseCommand):
         command = type(self).__module__.rsplit(".", 1)[-1]
         tree = getattr(self, "tree", None) or api.load_tree(options.get("directory"))
         tree.raise_for_errors()
+        if options.get("directory") is None and getattr(self, "tree", None) is not None:
+            options = dict(options, directory=str(tree.directory))  # the tree the digest is of
         executor = tasks.CeleryExecutor(
             tasks.celery_app(), command, options, resumed.pop("digest", None) or digest(tree), **resumed
         )
@@ -446,16 +448,27 @@ class NixmigCommand(BaseCommand):
                 f"{path} is the report of a {meta.get('task')} rollout; resume it with that command."
             )
         self.resumed_sources = data.get("sources")  # what --only-failed on the updated report selects with
-        selection = target_sources.from_keys([row["target"] for row in data["targets"]], path)
+        # The coordinator connects to no target, so the report's keys are all it needs (no credentials).
+        selection = target_sources.Selection([], [], [])
         try:
             results = []
-            for target, row in zip(selection.targets, data["targets"], strict=True):
+            for row in data["targets"]:
+                target = Target(
+                    row.get("database") or "",
+                    row.get("schema"),
+                    row.get("url"),
+                    bool(row.get("canary")),
+                    row.get("queue"),
+                )
+                if target.key != row["target"]:
+                    raise CommandError(
+                        f"{path} is not a report of this nixmig: {row['target']!r} can't be read back."
+                    )
                 extra = {
                     k: row[k]
                     for k in ("task_id", "queue", "worker", "deliveries", "revoked", "redelivered")
                     if k in row
                 }
-                target = replace(target, canary=bool(row.get("canary")), queue=row.get("queue"))
                 results.append(
                     rollouts.TargetResult(
                         target,

@@ -116,4 +116,4 @@ class Command(NixmigCommand):
             )
             if not self.confirm(f"This will {what_} in {where}. Continue?"):
                 raise CommandError("Cancelled: --all needs confirmation; pass --noinput to skip it.")
-        self.for_each_target(options, job, done_label="rolled back")
+        self.for_each_target(dict(options, directory=directory), job, done_label="rolled back")

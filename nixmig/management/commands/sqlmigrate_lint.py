@@ -118,8 +118,12 @@ class Command(NixmigCommand):
                 text = report.summary() if report.findings else "no findings"
                 return Outcome(DONE if report.findings else UP_TO_DATE, [], text, text, report)
 
+            self.tree = tree  # what a Celery rollout's workers must have (its digest)
             self.for_each_target(
-                dict(options, database=targets), pending, done_label="with findings", on_error=CONTINUE
+                dict(options, database=targets, directory=directory),
+                pending,
+                done_label="with findings",
+                on_error=CONTINUE,
             )
             return
         self.write_report(report, format, scope)
