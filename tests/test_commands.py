@@ -497,7 +497,15 @@ def test_python_api_twins_of_the_go_api(scratch_db, three):
 # -- --help ----------------------------------------------------------------------------------
 
 NIXMIG_COMMANDS = sorted(name for name, app in get_commands().items() if app == "nixmig")
-ROLLOUT_OPTIONS = ["--parallel", "--canary", "--on-error", "--report", "--only-failed"]
+ROLLOUT_OPTIONS = [
+    "--parallel",
+    "--executor",
+    "--canary",
+    "--on-error",
+    "--report",
+    "--only-failed",
+    "--resume",
+]
 
 
 @pytest.mark.parametrize("name", NIXMIG_COMMANDS)
@@ -521,10 +529,10 @@ def test_help_keeps_the_rollout_options_in_their_own_section_after_the_targets(n
     )
 
 
-def test_status_help_has_parallel_but_no_rollout_reports():
+def test_status_help_has_parallel_and_executor_but_no_rollout_reports():
     parser = load_command_class("nixmig", "sqlmigrate_status").create_parser("manage.py", "sqlmigrate_status")
     groups = {g.title: [a.option_strings[0] for a in g._group_actions] for g in parser._action_groups}
-    assert groups["rollout over several targets"] == ["--parallel"]
+    assert groups["rollout over several targets"] == ["--parallel", "--executor"]
 
 
 # -- examples in messages come from the user's tree ------------------------------------------
