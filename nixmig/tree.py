@@ -512,22 +512,27 @@ class ChecksumCache:
         _PARSED[self.path] = (self.version, files, snapshot)
         return files, snapshot
 
-    def unchanged(self, root: Path, allow_empty: bool) -> bool:
-        """True when no folder and no up file changed since the last full read (stat() only)."""
+    def _fitting_snapshot(self, allow_empty: bool) -> dict | None:
+        """The last full read's snapshot, if it was taken under the same settings."""
         snap = self.snapshot
         if (
             snap is None
             or snap.get("allow_empty") is not allow_empty
             or snap.get("max") != self.max_file_bytes
         ):
+            return None
+        return snap
+
+    def unchanged(self, root: Path, allow_empty: bool) -> bool:
+        """True when no folder and no up file changed since the last full read (stat() only)."""
+        snap = self._fitting_snapshot(allow_empty)
+        if snap is None:
             return False
         base = str(root)
         stat_ = _stat
         try:
-            for folder, mtime, ctime, ino in snap["folders"]:
-                st = stat_(f"{base}/{folder}" if folder else base)
-                if st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_ino != ino:
-                    return False
+            if not _folders_unchanged(base, snap):
+                return False
             files = self.entries
             for module, _number, name, _has_down in snap["migrations"]:
                 up_rel = f"{module}/{name}_up.sql" if module else f"{name}_up.sql"
@@ -562,20 +567,14 @@ class ChecksumCache:
         whenever it is written. Anything else (a file, a folder or a setting changed, a snapshot
         that doesn't fit) returns None, and the tree is read again (through the file entries).
         """
-        snap = self.snapshot
-        if (
-            snap is None
-            or snap.get("allow_empty") is not allow_empty
-            or snap.get("max") != self.max_file_bytes
-        ):
+        snap = self._fitting_snapshot(allow_empty)
+        if snap is None:
             return None
         base = str(root)
         stat_ = _stat
         try:
-            for folder, mtime, ctime, ino in snap["folders"]:
-                st = stat_(f"{base}/{folder}" if folder else base)
-                if st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_ino != ino:
-                    return None
+            if not _folders_unchanged(base, snap):
+                return None
             files = self.entries
             seen: dict[str, list] = {}
             migrations = []
@@ -1141,3 +1140,12 @@ def digest(tree: Tree) -> str:
             down = "unreadable"
         h.update(f"{m.id}\0{m.up.checksum}\0{down}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _folders_unchanged(base: str, snap: dict) -> bool:
+    """True when every folder of the snapshot has the times and inode it had (stat() only; OSError passes up)."""
+    for folder, mtime, ctime, ino in snap["folders"]:
+        st = _stat(f"{base}/{folder}" if folder else base)
+        if st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_ino != ino:
+            return False
+    return True
