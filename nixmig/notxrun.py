@@ -55,7 +55,9 @@ class NoTransactionRun:
                 try:
                     start = self._settle(start, progress.in_flight)
                 except DatabaseError as exc:  # the mark stays: what the statement left is still unknown
-                    raise self._failed(start, self.statements[start].line, exc, [], sent=False) from None
+                    raise self._failed(
+                        start, self.statements[start].line, exc, [], settled=False, sent=False
+                    ) from None
         ex.recorder.ensure_progress_table()
         ran = start  # statements of this file known to have run
         try:
@@ -144,12 +146,15 @@ class NoTransactionRun:
             problem = self._broken(stmt, since)
         except DatabaseError as exc:
             self.ex.rollback()
+            settled = self._after_failure(stmt, k, since, cleaned, exc)
+            if settled is None:
+                return  # finishing what the attempt left completed the statement: its progress follows
             pos, line = position(exc), stmt.line
             if pos is not None:
                 offset = pos - (0 if stmt.no_transaction else query.index(text))
                 if 0 <= offset <= len(text):
                     line = line_of(body, stmt.start + offset)
-            raise self._failed(k, line, exc, cleaned, sent=True, since=since) from None
+            raise self._failed(k, line, exc, cleaned, settled=settled) from None
         if problem:
             raise self._unkept(k, problem, since)
 
@@ -184,11 +189,45 @@ class NoTransactionRun:
             ex.send(left.fix)
             cleaned.append(left.what)
             ex.callback(
-                "cleaned", entry=self.entry, statement=k + 1, line=stmt.line, what=left.what, sql=left.fix
+                "cleaned",
+                entry=self.entry,
+                statement=k + 1,
+                line=stmt.line,
+                what=left.what,
+                sql=left.fix,
+                finishes=left.finishes,
             )
             if left.finishes:
                 return leftovers.Found(True)
         return found
+
+    def _after_failure(
+        self, stmt: Statement, k: int, since: str | None, cleaned: list[str], exc: DatabaseError
+    ) -> bool | None:
+        """Statement k+1 failed: remove or finish what it left. Return None when that completed it.
+
+        A DETACH PARTITION ... CONCURRENTLY that times out in its second transaction leaves the
+        partition pending detach, and the only way on is FINALIZE, which completes the detach: the
+        statement is then done and counts as done, never as a failure that left nothing. Otherwise
+        return whether the catalog is settled (False: the clean-up failed too, the mark stays).
+        """
+        if not stmt.no_transaction:
+            return True
+        try:
+            found = self._clean(stmt, k, since, cleaned)
+        except DatabaseError:
+            return False
+        if found is None or not found.done:
+            return True
+        self.ex.callback(
+            "completed",
+            entry=self.entry,
+            statement=k + 1,
+            line=stmt.line,
+            what=stmt.no_transaction,
+            reason=describe(exc)[0],
+        )
+        return None
 
     def _broken(self, stmt: Statement, since: str | None) -> str | None:
         """Why the catalog is not as statement ``stmt`` (just run, no error) promises; None when it is."""
@@ -224,19 +263,17 @@ class NoTransactionRun:
         exc: DatabaseError,
         cleaned: list[str],
         *,
-        sent: bool,
-        since: str | None = None,
+        settled: bool,
+        sent: bool = True,
     ) -> MigrationFailed:
-        """Statement k+1 (sent, or being settled before a resume) failed: keep what may have run, say why."""
+        """Statement k+1 (sent, or being settled before a resume) failed: keep what may have run, say why.
+
+        ``settled``: what the failed attempt left was removed (a failed CREATE INDEX CONCURRENTLY
+        leaves an INVALID index), so the progress can say exactly statements 1..k ran.
+        """
         text, sqlstate = describe(exc)
         why = cause(exc, sqlstate)
         stmt = self.statements[k]
-        settled = sent
-        if sent and stmt.no_transaction:
-            try:  # what the failed attempt left (a failed CREATE INDEX CONCURRENTLY leaves an INVALID index)
-                self._clean(stmt, k, since, cleaned)
-            except DatabaseError:
-                settled = False
         settled = settled and self._save_failure(k, text)
         state = (
             "settled" if settled else "in flight" if stmt.no_transaction or not sent else "one transaction"

@@ -180,11 +180,20 @@ class EventRenderer:
                     "the last runner stopped, had finished, so it is not run again"
                 )
             )
+        elif event == "completed":
+            self.close_line()
+            self.stderr.write(
+                self.style.WARNING(
+                    f"    statement {data['statement']} (line {data['line']}), a {data['what']}, failed "
+                    f"({data['reason']}), but finishing what it left completed it, so it counts as done"
+                )
+            )
         elif event == "cleaned":
             self.close_line()
             self.stderr.write(
                 self.style.WARNING(
-                    f"    statement {data['statement']} (line {data['line']}): removed {data['what']} that an "
+                    f"    statement {data['statement']} (line {data['line']}): "
+                    f"{'finished' if data.get('finishes') else 'removed'} {data['what']} that an "
                     f"interrupted or failed attempt left ({data['sql']})"
                 )
             )

@@ -289,11 +289,63 @@ def test_a_failed_resume_of_a_pending_detach_keeps_its_marker_and_the_next_final
     rc, out, err, tb = db.inprocess("sqlmigrate_up", "--dir", tree)
 
     assert (rc, tb) == (0, None), err
-    assert "removed the partition ev_2020 pending detach" in err
+    assert "finished the partition ev_2020 pending detach" in err
     assert db.conn.execute(
         "SELECT count(*) FROM pg_inherits WHERE inhrelid = 'ev_2020'::regclass"
     ).fetchone() == (0,)
     assert _records(db) == ["idx/001_change"] and _progress(db) == []
+
+
+def test_a_detach_that_times_out_and_is_finalized_counts_as_done_and_the_file_goes_on(chaos_db, tmp_path):
+    """The lock timeout fires in DETACH CONCURRENTLY's wait, leaving the partition pending detach; the
+    FINALIZE that clears it completes the detach, so the statement is done: the progress must not say
+    it failed and left nothing (a resume would then find the partition gone under a clean row)."""
+    import threading
+
+    db = chaos_db
+    db.conn.execute("CREATE TABLE ev (at date NOT NULL) PARTITION BY RANGE (at)")
+    db.conn.execute("CREATE TABLE ev_2020 PARTITION OF ev FOR VALUES FROM ('2020-01-01') TO ('2021-01-01')")
+    tree = _tree(
+        tmp_path,
+        "ALTER TABLE ev DETACH PARTITION ev_2020 CONCURRENTLY;\nCREATE TABLE after_detach (id int);\n",
+        timeout="3s",
+    )
+    blocker = _blocker(db, "SELECT count(*) FROM ev")  # a reader of the parent: the detach waits for it
+    result: list = []
+    with override_settings(NIXMIG={"LOCK_RETRIES": 0}):
+        runner = threading.Thread(target=lambda: result.append(db.inprocess("sqlmigrate_up", "--dir", tree)))
+        runner.start()
+        try:
+            backend = _waiting_on(db, "CONCURRENTLY")  # the detach waits; its lock timeout fires
+            _waiting_on(db, "FINALIZE", backend)  # the clean-up after the timeout waits on the same reader
+        finally:
+            blocker.close()  # the reader ends: the FINALIZE completes the detach
+            runner.join(60)
+    assert not runner.is_alive() and result, "the runner did not end"
+    rc, out, err, tb = result[0]
+    assert (rc, tb) == (0, None), err
+    assert "finished the partition ev_2020 pending detach" in err
+    assert "counts as done" in err
+    assert db.conn.execute(
+        "SELECT count(*) FROM pg_inherits WHERE inhrelid = 'ev_2020'::regclass"
+    ).fetchone() == (0,)
+    assert db.conn.execute("SELECT to_regclass('after_detach') IS NOT NULL").fetchone() == (True,)
+    assert _records(db) == ["idx/001_change"] and _progress(db) == []
+
+
+def _waiting_on(db, text: str, backend: int | None = None, timeout: float = 30) -> int:
+    """Return the backend whose query holds ``text`` once it waits for a lock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = db.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE %s "
+            "AND application_name <> 'blocker' AND (%s::int IS NULL OR pid = %s::int)",
+            [f"%{text}%", backend, backend],
+        ).fetchone()
+        if row:
+            return row[0]
+        time.sleep(0.01)
+    raise AssertionError(f"no backend waited for a lock in a query with {text!r}")
 
 
 # -- 6. messages name the cause ----------------------------------------------------------------------
