@@ -66,8 +66,9 @@ def read_status(alias: str) -> Status | None:
 
 
 def serving() -> bool:
-    """Return True in a ``manage.py runserver`` process (Django runs its system checks there)."""
-    return sys.argv[1:2] == ["runserver"]
+    """Return True in a development server's process: ``runserver``, or another app's command of that
+    family (django-extensions' ``runserver_plus``, ...), which runs the system checks without databases."""
+    return len(sys.argv) > 1 and sys.argv[1].startswith("runserver")
 
 
 def check_pending_at_runserver(app_configs=None, databases=None, **kwargs) -> list:

@@ -340,8 +340,8 @@ def test_manage_py_check_database_default_prints_the_warning_and_succeeds(scratc
     assert scratch_db.tables() == set()  # checking applied nothing, even with APPLY_ON_STARTUP on
 
 
-def _runserver_checks(scratch_db: ScratchDB, tree, order: str) -> str:
-    """Start 'manage.py runserver' with nixmig listed first or last; return what it printed before serving."""
+def _runserver_checks(scratch_db: ScratchDB, tree, order: str, command: str = "runserver") -> str:
+    """Start 'manage.py runserver' (or ``command``) with nixmig listed first or last; return what it printed before serving."""
     env = scratch_db.env(
         DJANGO_SETTINGS_MODULE="settings_app_order",
         NIXMIG_TEST_APP_ORDER=order,
@@ -349,7 +349,7 @@ def _runserver_checks(scratch_db: ScratchDB, tree, order: str) -> str:
         PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}",
     )
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "runserver", "--noreload", "127.0.0.1:0"],
+        [sys.executable, str(ROOT / "manage.py"), command, "--noreload", "127.0.0.1:0"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -380,6 +380,13 @@ def test_runserver_warns_about_pending_sql_migrations_wherever_nixmig_is_listed(
     ) in printed
     assert "Starting development server" in printed
     assert scratch_db.tables() == set()  # warning created nothing
+
+
+def test_another_apps_development_server_warns_too(scratch_db, three):
+    """django-extensions' runserver_plus (here: runserver under that name) runs the same system checks."""
+    printed = _runserver_checks(scratch_db, three, "first", command="runserver_plus")
+    assert "(nixmig.W001) You have 3 unapplied SQL migration(s)" in printed
+    assert "Starting development server" in printed
 
 
 def test_runserver_stays_quiet_when_up_to_date(scratch_db, three):
