@@ -197,14 +197,14 @@ class NoTransactionRun:
                 sql=left.fix,
                 finishes=left.finishes,
             )
-            if left.finishes:
-                return leftovers.Found(True)
+            if left.finishes:  # done, by what it sent: the leftover it finished is kept to say so
+                return leftovers.Found(True, (left,))
         return found
 
     def _after_failure(
         self, stmt: Statement, k: int, since: str | None, cleaned: list[str], exc: DatabaseError
     ) -> bool | None:
-        """Statement k+1 failed: remove or finish what it left. Return None when that completed it.
+        """Statement k+1 failed: remove or finish what it left. Return None when finishing it completed it.
 
         A DETACH PARTITION ... CONCURRENTLY that times out in its second transaction leaves the
         partition pending detach, and the only way on is FINALIZE, which completes the detach: the
@@ -217,8 +217,8 @@ class NoTransactionRun:
             found = self._clean(stmt, k, since, cleaned)
         except DatabaseError:
             return False
-        if found is None or not found.done:
-            return True
+        if found is None or not found.done or not any(x.finishes for x in found.leftovers):
+            return True  # a statement whose goal was there already (DROP INDEX of no index) still failed
         self.ex.callback(
             "completed",
             entry=self.entry,

@@ -15,10 +15,12 @@ The invariant, after the runner's backend is gone:
 An UP progress row only for an unrecorded migration, a DOWN one only for a recorded one,
 never both, and statements_done >= 1 -- or 0 with statement 1 "in flight" (the row holds one
 statement hash more than statements_done: the engine marks a statement that can't run in a
-transaction as sent before sending it), and only such a statement may be in flight. In 2..5 the effect of statement k+1 (k = 0 without a
-progress row) may be in any state -- absent, present, or an INVALID index -- only when that
-statement can't run in a transaction (CREATE/DROP INDEX CONCURRENTLY): the engine can't write
-progress atomically with it. Every index of a recorded migration is valid, and no ``_ccnew``/``_ccold``
+transaction as sent before sending it), and only such a statement may be in flight. In 4 and 5 the effect of statement k+1 may be in any state
+-- absent, present, or an INVALID index -- only when that statement can't run in a transaction
+(CREATE/DROP INDEX CONCURRENTLY, DETACH ... CONCURRENTLY): the engine can't write progress
+atomically with it. Up, only while the row marks it in flight (a settled failure removed or
+finished what it left); down, also under a settled row (a failed DROP INDEX CONCURRENTLY may
+leave its index INVALID). Every index of a recorded migration is valid, and no ``_ccnew``/``_ccold``
 index nor partition pending detach is left, except by the statement in flight (``leaves``).
 """
 
@@ -347,17 +349,25 @@ def snapshot(conn) -> Snapshot:
 # -- the invariant --------------------------------------------------------------------------
 
 
-def _expect(spec: Spec, direction: str, k: int, nt: bool) -> tuple[set[str], set[str], set[str]]:
-    """Return (must be present and valid, must be absent, may be in any state) after k statements."""
+def _expect(
+    spec: Spec, direction: str, k: int, nt: bool, in_flight: bool = False
+) -> tuple[set[str], set[str], set[str]]:
+    """Return (must be present and valid, must be absent, may be in any state) after k statements.
+
+    Up, statement k+1 may have left something only while it is marked in flight: a failure that
+    was settled removed (or finished and counted) what it left. Down, a DROP INDEX CONCURRENTLY
+    that failed may leave its index INVALID under a settled row (status lists it as a leftover).
+    """
     everything = set(spec.effects)
     if direction == "up":
         stmts = spec.up
         created = {e for s in stmts for e in s.effects}
         present = {e for s in stmts[:k] for e in s.effects} - {e for s in stmts[:k] for e in s.removes}
         loose = set()
-        if nt and k < len(stmts) and stmts[k].nontx:
+        if nt and in_flight and k < len(stmts) and stmts[k].nontx:
             loose = set(stmts[k].effects) | set(stmts[k].removes) | set(stmts[k].leaves)
-        return present, created - present - loose, loose
+        # An in-flight DETACH may have taken away a partition an earlier statement made: loose, not present.
+        return present - loose, created - present - loose, loose
     stmts = spec.down
     gone = {e for s in stmts[:k] for e in s.effects}
     loose = set(stmts[k].effects) if nt and k < len(stmts) and stmts[k].nontx else set()
@@ -421,7 +431,7 @@ def check(specs: list[Spec], snap: Snapshot, *, unknown: frozenset[str] = frozen
             state = f"recorded, down progress {k}/{len(spec.down)}" if down else "recorded"
         else:
             k = up["done"] if up else 0
-            present, absent, loose = _expect(spec, "up", k, spec.up_nt)
+            present, absent, loose = _expect(spec, "up", k, spec.up_nt, bool(up and up.get("in_flight")))
             state = f"not recorded, up progress {k}/{len(spec.up)}" if up else "not recorded"
         missing = sorted(e for e in present if e not in mine)
         invalid = sorted(e for e in present if mine.get(e) is False)
