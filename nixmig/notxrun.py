@@ -139,16 +139,19 @@ class NoTransactionRun:
         cleaned: list[str] = []
         if _named_index(stmt):
             self._clean(stmt, k, None, cleaned)  # an INVALID index a failed earlier run left
+        sent = time.perf_counter()
         try:
-            sent = time.perf_counter()
             self._send(query, text, stmt, lambda: self._clean(stmt, k, since, cleaned))
             self.ms += (time.perf_counter() - sent) * 1000
             problem = self._broken(stmt, since)
         except DatabaseError as exc:
             self.ex.rollback()
             settled = self._after_failure(stmt, k, since, cleaned, exc)
-            if settled is None:
-                return  # finishing what the attempt left completed the statement: its progress follows
+            if (
+                settled is None
+            ):  # finishing what the attempt left completed the statement: its progress follows
+                self.ms += (time.perf_counter() - sent) * 1000
+                return
             pos, line = position(exc), stmt.line
             if pos is not None:
                 offset = pos - (0 if stmt.no_transaction else query.index(text))
