@@ -404,6 +404,30 @@ def _worker_running(db: ScratchDB, workers: list[Worker], timeout: float = 90) -
     raise AssertionError("no worker was running the slow target")
 
 
+def _coordinator(db: ScratchDB, tree, targets: Path, report: Path, **env: str) -> subprocess.Popen:
+    """Start 'manage.py sqlmigrate_up --executor celery' over a targets file, writing a report, as a process."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "sqlmigrate_up",
+            "--executor",
+            "celery",
+            "--dir",
+            str(tree),
+            "--targets-file",
+            str(targets),
+            "--report",
+            str(report),
+        ],
+        cwd=ROOT,
+        env=dict(db.env(), CELERY_BROKER_URL=BROKER, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_a_worker_killed_mid_target_has_it_redelivered_and_nothing_applied_twice(
     scratch_db, tenant_tree, tmp_path, app
 ):
@@ -416,25 +440,8 @@ def test_a_worker_killed_mid_target_has_it_redelivered_and_nothing_applied_twice
     try:
         for w in started:
             w.wait_ready()
-        coordinator = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "manage.py"),
-                "sqlmigrate_up",
-                "--executor",
-                "celery",
-                "--dir",
-                str(tenant_tree),
-                "--targets-file",
-                str(path),
-                "--report",
-                str(report),
-            ],
-            cwd=ROOT,
-            env=dict(scratch_db.env(), CELERY_BROKER_URL=BROKER, CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        coordinator = _coordinator(
+            scratch_db, tenant_tree, path, report, CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY)
         )
         victim = _worker_running(scratch_db, started)
         os.kill(victim.pid, signal.SIGKILL)  # mid-migration: its transaction is rolled back with its record
@@ -459,25 +466,7 @@ def test_a_killed_coordinator_leaves_a_partial_report_that_resume_completes(
     scratch_db.sql("CREATE TABLE tenant_0002.slow_here ()")
     path = targets_file(tmp_path, scratch_db, schemas)
     report = tmp_path / "report.json"
-    coordinator = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "manage.py"),
-            "sqlmigrate_up",
-            "--executor",
-            "celery",
-            "--dir",
-            str(tenant_tree),
-            "--targets-file",
-            str(path),
-            "--report",
-            str(report),
-        ],
-        cwd=ROOT,
-        env=dict(scratch_db.env(), CELERY_BROKER_URL=BROKER),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    coordinator = _coordinator(scratch_db, tenant_tree, path, report)
     try:
         _worker_running(scratch_db, workers)  # tasks are dispatched and the slow one runs
     finally:
